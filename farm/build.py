@@ -1,0 +1,351 @@
+"""Executing one build on a worker: source at the pinned commit, sandboxed steps, packed outputs, signed
+provenance, then publication to the store (blobs first, record last, put-if-absent).
+
+This is plain code with no Celery in it; ``workers.tasks`` only deserialises a request and calls
+:func:`execute_build`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from farm import provenance, sandbox
+from farm.envs.host import Environment
+from farm.errors import E, FarmError
+from farm.identity import build_key_inputs
+from farm.keys import BuilderKey
+from farm.log import step
+from farm.pack import check_tree_entry, pack_dir, safe_extract
+from farm.recipes import Recipe
+from farm.run import require_tool, run, tail
+from farm.sources.git import SourceCache
+from farm.store import Artifact, BuildRecord, Store
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL = 3000
+
+
+@dataclass(frozen=True)
+class DependencyInput:
+    recipe: str
+    build_key: str
+    artifacts: Mapping[str, str]  # artifact name -> sha256
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything a worker needs, decided by the coordinator; JSON-serialisable for the task message."""
+
+    build_key: str
+    recipe: Mapping[str, Any]
+    recipe_path: str
+    fetch_url: str
+    tree: str
+    environment: str
+    dependencies: Sequence[DependencyInput] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["dependencies"] = [asdict(d) for d in self.dependencies]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BuildRequest:
+        data = dict(data)
+        data["dependencies"] = tuple(DependencyInput(**d) for d in data.get("dependencies", ()))
+        return cls(**data)
+
+    def dependency_outputs(self) -> dict[str, dict[str, str]]:
+        return {d.recipe: dict(d.artifacts) for d in self.dependencies}
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    build_key: str
+    recipe: str
+    ok: bool
+    record: dict[str, Any] | None = None
+    published: bool = False
+    error: dict[str, Any] | None = None
+    log_digest: str | None = None
+    log_tail: str = ""
+    worker: str = ""
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BuildOutcome:
+        return cls(**data)
+
+
+@dataclass
+class WorkerContext:
+    store: Store
+    builder_key: BuilderKey
+    sources: SourceCache
+    work_root: Path
+    builder_id: str
+    environment: Environment
+    timeout: float = 3600.0
+    jobs: int = 1
+    keep_workdir: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BuildFailure(FarmError):
+    pass
+
+
+def _stage_dependencies(req: BuildRequest, store: Store, deps_dir: Path) -> None:
+    for dep in req.dependencies:
+        target = deps_dir / dep.recipe
+        target.mkdir(parents=True, exist_ok=True)
+        for name, digest in sorted(dep.artifacts.items()):
+            blob = target / name
+            store.fetch_blob(digest, blob)  # verifies the sha256 on the way out
+            if name.endswith(".tar"):
+                with tarfile.open(blob) as tar:
+                    safe_extract(tar, target / name[: -len(".tar")], "dependency file")
+                blob.unlink()
+            else:
+                blob.chmod(0o555)  # the mount is read-only anyway; a dependency's tool must be runnable
+
+
+def _collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[Path]:
+    files = []
+    for rel in recipe.outputs:
+        path = out / rel
+        if not path.exists() and not path.is_symlink():
+            raise BuildFailure(
+                E.BUILD_OUTPUT,
+                f"declared output '{rel}' was not produced",
+                file=recipe.path,
+                field="outputs",
+                hint="make the build write it under $OUT, or fix the path in outputs",
+            )
+        real = path.resolve()
+        if out.resolve() not in real.parents and real != out.resolve():
+            raise BuildFailure(
+                E.BUILD_OUTPUT,
+                f"declared output '{rel}' resolves outside the output directory",
+                file=recipe.path,
+                field="outputs",
+                hint="outputs must be real files or directories under $OUT",
+            )
+        if path.is_dir() and not path.is_symlink():
+            target = dest / f"{path.name}.tar"
+            pack_dir(path, target, mtime)
+        else:
+            check_tree_entry(out, path, rel)
+            if path.is_symlink():
+                raise BuildFailure(
+                    E.BUILD_OUTPUT,
+                    f"declared output '{rel}' is a symlink",
+                    file=recipe.path,
+                    field="outputs",
+                    hint="declare the file it points to instead",
+                )
+            target = dest / path.name
+            shutil.copyfile(path, target)
+            shutil.copymode(path, target)
+        files.append(target)
+    return files
+
+
+def _run_steps(
+    recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], deadline: float
+) -> None:
+    for i, script in enumerate(recipe.steps, 1):
+        logfh.write(f"==> step {i}/{len(recipe.steps)}: {script}\n".encode())
+        logfh.flush()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BuildFailure(
+                E.BUILD_FAILED,
+                f"build timed out before step {i}",
+                file=recipe.path,
+                hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
+            )
+        result = run(
+            sandbox.bwrap_argv(spec, sandbox.step_command(script)),
+            stdout=logfh,
+            stderr_to_stdout=True,
+            check=False,
+            timeout=remaining,
+        )
+        if result.timed_out:
+            raise BuildFailure(
+                E.BUILD_FAILED,
+                f"step {i} timed out and was killed: {script}",
+                file=recipe.path,
+                field="build.steps",
+                hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
+            )
+        if result.returncode != 0:
+            raise BuildFailure(
+                E.BUILD_FAILED,
+                f"step {i} failed with exit {result.returncode}: {script}",
+                file=recipe.path,
+                field="build.steps",
+                hint="read the log tail below; reproduce with 'mangos-farm rebuild --force'",
+            )
+
+
+def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
+    """Run one build end to end. Never raises for a build problem: failures come back as an outcome."""
+    recipe = Recipe.from_content(req.recipe, Path(req.recipe_path))
+    started_clock = time.monotonic()
+    started = _now()
+    ctx.work_root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix=f"{recipe.name}-"))
+    logpath = workdir / "build.log"
+    try:
+        with logpath.open("wb") as logfh, step("build", log, recipe=recipe.name, key=req.build_key[:16]):
+            logfh.write(
+                f"mangos-farm build {recipe.name} {recipe.version}\nkey {req.build_key}\n"
+                f"source {recipe.source.git} @ {recipe.source.commit}\nbuilder {ctx.builder_id}\n".encode()
+            )
+            try:
+                record = _build(req, recipe, ctx, workdir, logfh, started, started_clock)
+            except FarmError as exc:
+                logfh.write(f"\n!!! {exc.render()}\n".encode())
+                logfh.flush()
+                return BuildOutcome(
+                    build_key=req.build_key,
+                    recipe=recipe.name,
+                    ok=False,
+                    error=exc.to_json(),
+                    log_digest=ctx.store.put_file(logpath).digest,
+                    log_tail=tail(logpath.read_bytes(), LOG_TAIL),
+                    worker=ctx.builder_id,
+                    duration=time.monotonic() - started_clock,
+                )
+        published = ctx.store.put_record(record)
+        if not published:
+            existing = ctx.store.get_record(req.build_key)
+            assert existing is not None
+            if existing.outputs() != record.outputs():
+                log.warning(
+                    "build %s of %s differs from the published one (not reproducible); the published "
+                    "record stays",
+                    req.build_key[:16],
+                    recipe.name,
+                )
+            record = existing
+        return BuildOutcome(
+            build_key=req.build_key,
+            recipe=recipe.name,
+            ok=True,
+            record=record.to_json(),
+            published=published,
+            log_digest=record.log,
+            worker=ctx.builder_id,
+            duration=time.monotonic() - started_clock,
+        )
+    finally:
+        if not ctx.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _build(
+    req: BuildRequest,
+    recipe: Recipe,
+    ctx: WorkerContext,
+    workdir: Path,
+    logfh: IO[bytes],
+    started: str,
+    started_clock: float,
+) -> BuildRecord:
+    require_tool("bwrap", "bubblewrap")
+    if ctx.environment.digest != req.environment:
+        raise BuildFailure(
+            E.WORKER,
+            f"this worker's build environment {ctx.environment.digest[:16]} is not the planned "
+            f"{req.environment[:16]}",
+            hint="run workers on machines with the same packages as the coordinator, or re-plan",
+        )
+    src, out, home, deps, arts = (workdir / d for d in ("src", "out", "home", "deps", "artifacts"))
+    for d in (out, home, deps, arts):
+        d.mkdir()
+    with step("source", log, commit=recipe.source.commit[:12]):
+        resolved = ctx.sources.resolve(
+            req.fetch_url, recipe.source.commit, recipe.source.ref, origin=req.recipe_path
+        )
+        if resolved.tree != req.tree:
+            raise BuildFailure(
+                E.SOURCE_COMMIT,
+                f"commit {resolved.commit} has tree {resolved.tree}, but {req.tree} was planned",
+                hint="the repository was rewritten under the same commit id; investigate before building",
+            )
+        ctx.sources.export(req.fetch_url, recipe.source.commit, src, resolved.commit_time)
+    with step("dependencies", log, count=len(req.dependencies)):
+        _stage_dependencies(req, ctx.store, deps)
+    env = sandbox.base_env(resolved.commit_time, ctx.jobs) | dict(recipe.env)
+    spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env)
+    deadline = started_clock + ctx.timeout
+    with step("sandbox", log, steps=len(recipe.steps)):
+        _run_steps(recipe, spec, logfh, deadline)
+    with step("pack", log):
+        files = _collect_outputs(recipe, out, arts, resolved.commit_time)
+        artifacts = [ctx.store.put_file(f) for f in files]
+    finished = _now()
+    stmt = provenance.statement(
+        subjects=[(a.name, a.digest) for a in artifacts],
+        recipe=recipe.content(),
+        recipe_digest=recipe.digest,
+        source_url=recipe.source.git,
+        commit=resolved.commit,
+        tree=resolved.tree,
+        environment=req.environment,
+        dependencies=[
+            {"name": f"{d.recipe}/{name}", "digest": {"sha256": digest}, "annotations": {"buildKey": d.build_key}}
+            for d in req.dependencies
+            for name, digest in sorted(d.artifacts.items())
+        ],
+        builder_id=ctx.builder_id,
+        build_key=req.build_key,
+        started=started,
+        finished=finished,
+    )
+    envelope = provenance.sign(stmt, ctx.builder_key)
+    envelope_digest = ctx.store.put_bytes(json.dumps(envelope, sort_keys=True, indent=1).encode())
+    logfh.write(f"==> outputs: {', '.join(f'{a.name} {a.digest}' for a in artifacts)}\n".encode())
+    logfh.flush()
+    log_digest = ctx.store.put_file(workdir / "build.log").digest
+    return BuildRecord(
+        build_key=req.build_key,
+        recipe=recipe.name,
+        version=recipe.version,
+        recipe_digest=recipe.digest,
+        source_url=recipe.source.git,
+        commit=resolved.commit,
+        tree=resolved.tree,
+        environment=req.environment,
+        artifacts=tuple(artifacts),
+        provenance=envelope_digest,
+        log=log_digest,
+        builder=ctx.builder_id,
+        started=started,
+        finished=finished,
+        key_inputs=build_key_inputs(
+            recipe.content(), resolved.commit, resolved.tree, req.environment, req.dependency_outputs()
+        ),
+    )

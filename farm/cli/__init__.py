@@ -1,0 +1,1 @@
+"""The ``mangos-farm`` command line: the only place that prints."""

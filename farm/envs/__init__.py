@@ -1,0 +1,1 @@
+"""Build environments, identified by digest."""

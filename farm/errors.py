@@ -1,0 +1,117 @@
+"""User-facing errors.
+
+Every error a user can meet carries a stable id (for docs, scripts and support) and a hint that says how to fix
+it. The CLI prints ``error[ID]: where: message`` plus the hint and exits non-zero; tracebacks appear only with
+``--debug``. Anything that is not a :class:`FarmError` reaching the CLI is a bug in the farm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class FarmError(Exception):
+    """A failure the user can act on."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        hint: str = "",
+        file: Path | str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.file = str(file) if file is not None else None
+        self.field = field
+
+    @property
+    def where(self) -> str:
+        parts = [p for p in (self.file, f"field '{self.field}'" if self.field else None) if p]
+        return ": ".join(parts)
+
+    def render(self) -> str:
+        where = f"{self.where}: " if self.where else ""
+        text = f"error[{self.code}]: {where}{self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "file": self.file,
+            "field": self.field,
+        }
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class ErrorGroup(FarmError):
+    """Several independent problems found in one pass (for example every bad recipe in a directory).
+
+    Reporting them all at once saves the user a fix-rerun loop per mistake.
+    """
+
+    def __init__(self, errors: Iterable[FarmError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(
+            first.code, f"{len(self.errors)} problem(s) found", hint=first.hint, file=first.file
+        )
+
+    def render(self) -> str:
+        return "\n".join(e.render() for e in self.errors)
+
+
+@dataclass(frozen=True)
+class ErrorCodes:
+    """The stable ids. Kept in one place so docs and tests can enumerate them."""
+
+    RECIPE_SYNTAX = "E-RECIPE-SYNTAX"
+    RECIPE_UNKNOWN_KEY = "E-RECIPE-UNKNOWN-KEY"
+    RECIPE_MISSING = "E-RECIPE-MISSING-FIELD"
+    RECIPE_TYPE = "E-RECIPE-TYPE"
+    RECIPE_VALUE = "E-RECIPE-VALUE"
+    RECIPE_COMMIT = "E-RECIPE-COMMIT"
+    RECIPE_OUTPUT_PATH = "E-RECIPE-OUTPUT-PATH"
+    RECIPE_DUPLICATE = "E-RECIPE-DUPLICATE"
+    RECIPE_UNKNOWN_DEP = "E-RECIPE-UNKNOWN-DEPENDENCY"
+    RECIPE_CYCLE = "E-RECIPE-CYCLE"
+    RECIPE_DIR = "E-RECIPE-DIR"
+    SOURCE_FETCH = "E-SOURCE-FETCH"
+    SOURCE_COMMIT = "E-SOURCE-NO-COMMIT"
+    SOURCE_REF = "E-SOURCE-REF-MISMATCH"
+    COMMAND = "E-COMMAND-FAILED"
+    TOOL_MISSING = "E-TOOL-MISSING"
+    STORE_CORRUPT = "E-STORE-CORRUPT"
+    STORE_MISSING = "E-STORE-MISSING"
+    STORE_URL = "E-STORE-URL"
+    KEY_MISSING = "E-KEY-MISSING"
+    KEY_EXISTS = "E-KEY-EXISTS"
+    KEY_INVALID = "E-KEY-INVALID"
+    VERIFY_DIGEST = "E-VERIFY-DIGEST"
+    VERIFY_SIGNATURE = "E-VERIFY-SIGNATURE"
+    VERIFY_UNTRUSTED = "E-VERIFY-UNTRUSTED-KEY"
+    VERIFY_ENVELOPE = "E-VERIFY-ENVELOPE"
+    VERIFY_NO_ENVELOPE = "E-VERIFY-NO-ENVELOPE"
+    VERIFY_NOT_SUBJECT = "E-VERIFY-NOT-A-SUBJECT"
+    BUILD_FAILED = "E-BUILD-FAILED"
+    BUILD_OUTPUT = "E-BUILD-OUTPUT"
+    WORKER = "E-WORKER"
+    SETTINGS = "E-SETTINGS"
+    FETCH_NOTHING = "E-FETCH-NOTHING"
+
+
+E = ErrorCodes()

@@ -1,0 +1,78 @@
+"""Canonical JSON and build keys: the one place that decides what a build's inputs are.
+
+A build key is the sha256 of the canonical JSON of everything that can change a build's outputs: the recipe
+content, the source commit and its tree, the build environment's digest and the output digests of the
+build-dependencies. Canonical means sorted keys, no insignificant whitespace, UTF-8 and no floats (whose text
+form differs between languages), so any implementation on any machine computes the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+KEY_SCHEMA = "https://mangos.dev/farm/build-key/v1"
+
+
+class NotCanonical(TypeError):
+    pass
+
+
+def _check(value: Any, path: str = "$") -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return
+    if isinstance(value, float):
+        raise NotCanonical(f"{path}: floats are not allowed in canonical JSON")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise NotCanonical(f"{path}: keys must be strings")
+            _check(v, f"{path}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check(v, f"{path}[{i}]")
+        return
+    raise NotCanonical(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def canonical_json(value: Any) -> bytes:
+    _check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_of(value: Any) -> str:
+    return sha256_hex(canonical_json(value))
+
+
+def build_key_inputs(
+    recipe: Mapping[str, Any],
+    commit: str,
+    tree: str,
+    environment: str,
+    dependencies: Mapping[str, Mapping[str, str]],
+) -> dict[str, Any]:
+    """The exact document hashed into a build key; kept in the build record for audit."""
+    return {
+        "schema": KEY_SCHEMA,
+        "recipe": dict(recipe),
+        "source": {"commit": commit, "tree": tree},
+        "environment": environment,
+        "dependencies": {name: dict(outputs) for name, outputs in dependencies.items()},
+    }
+
+
+def build_key(
+    recipe: Mapping[str, Any],
+    commit: str,
+    tree: str,
+    environment: str,
+    dependencies: Mapping[str, Mapping[str, str]],
+) -> str:
+    return digest_of(build_key_inputs(recipe, commit, tree, environment, dependencies))

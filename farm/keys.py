@@ -1,0 +1,139 @@
+"""Builder keys: Ed25519, PEM on disk, identified by the sha256 of the public key's DER SubjectPublicKeyInfo.
+
+Builder keys sign provenance on workers. Release keys (image, Secure Boot, verity) are a different type in a
+different place and are never loaded by this module's callers on workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from farm.errors import E, FarmError
+
+PRIVATE_NAME = "builder.key"
+PUBLIC_NAME = "builder.pub"
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    key: Ed25519PublicKey
+    source: str = ""
+
+    @property
+    def der(self) -> bytes:
+        return self.key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def keyid(self) -> str:
+        return hashlib.sha256(self.der).hexdigest()
+
+    def pem(self) -> bytes:
+        return self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        try:
+            self.key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class BuilderKey:
+    key: Ed25519PrivateKey
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(self.key.public_key(), "builder key")
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+
+def generate(keys_dir: Path, force: bool = False) -> BuilderKey:
+    private = keys_dir / PRIVATE_NAME
+    if private.exists() and not force:
+        raise FarmError(
+            E.KEY_EXISTS,
+            f"a builder key already exists at {private}",
+            hint="keep it (peers trust it), or pass --force to replace it and redistribute the public key",
+        )
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    tmp = private.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.replace(tmp, private)
+    builder = BuilderKey(key)
+    (keys_dir / PUBLIC_NAME).write_bytes(builder.public.pem())
+    return builder
+
+
+def load_builder(keys_dir: Path) -> BuilderKey:
+    private = keys_dir / PRIVATE_NAME
+    try:
+        data = private.read_bytes()
+    except FileNotFoundError:
+        raise FarmError(
+            E.KEY_MISSING,
+            f"no builder key at {private}",
+            hint="run 'mangos-farm keys generate' (or set MANGOS_FARM_HOME to where your key lives)",
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise FarmError(
+            E.KEY_INVALID, f"cannot read the builder key: {exc}", file=private, hint="regenerate it"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise FarmError(E.KEY_INVALID, "not an Ed25519 key", file=private, hint="builder keys are Ed25519")
+    return BuilderKey(key)
+
+
+def load_public(path: Path) -> PublicKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FarmError(
+            E.KEY_MISSING, f"cannot read public key: {exc.strerror}", file=path, hint="check the path"
+        ) from None
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise FarmError(
+            E.KEY_INVALID,
+            f"not a PEM public key: {exc}",
+            file=path,
+            hint="export one with 'mangos-farm keys export-public'",
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise FarmError(E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519")
+    return PublicKey(key, str(path))
+
+
+def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: list[Path] | None = None) -> list[PublicKey]:
+    """This organization's own builder key, every PEM in the trusted directory, and explicit extras."""
+    found: list[PublicKey] = []
+    own = keys_dir / PUBLIC_NAME
+    if own.is_file():
+        found.append(load_public(own))
+    if trusted_dir.is_dir():
+        found.extend(load_public(p) for p in sorted(trusted_dir.glob("*.pem")))
+    found.extend(load_public(p) for p in extra or [])
+    return found

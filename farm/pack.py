@@ -1,0 +1,94 @@
+"""Deterministic packing of build outputs, and safe unpacking of trees.
+
+A packed directory is a tar with entries in sorted order, mtimes fixed to SOURCE_DATE_EPOCH, owner 0:0 with
+empty names, and modes normalised to 0644/0755, so two builds with the same inputs give identical bytes
+wherever they ran. Outputs that could harm whoever unpacks them (setuid/setgid bits, device nodes, symlinks
+leaving the tree) are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from farm.errors import E, FarmError
+
+
+def _refuse(path: str, why: str, what: str = "output") -> FarmError:
+    return FarmError(
+        E.BUILD_OUTPUT,
+        f"{what} '{path}' {why}",
+        hint="fix the build so the declared outputs contain only regular files, directories and internal links",
+    )
+
+
+def _normalise(info: tarfile.TarInfo, rel: str, mtime: int) -> tarfile.TarInfo:
+    info.name = rel
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = mtime
+    if info.isdir() or (info.isfile() and info.mode & 0o111):
+        info.mode = 0o755
+    elif info.issym():
+        info.mode = 0o777
+    else:
+        info.mode = 0o644
+    return info
+
+
+def check_tree_entry(root: Path, path: Path, rel: str) -> None:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            raise _refuse(rel, f"is a symlink pointing outside the output tree ({target})")
+        return
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        raise _refuse(rel, "has the setuid or setgid bit")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise _refuse(rel, "is a device node, FIFO or socket")
+
+
+def pack_dir(src: Path, dest: Path, mtime: int) -> None:
+    """Pack ``src`` (its contents, relative names) into the tar file ``dest``."""
+    entries: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            path = base / name
+            entries.append((path.relative_to(src).as_posix(), path))
+    entries.sort(key=lambda e: e[0])
+    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
+        for rel, path in entries:
+            check_tree_entry(src, path, rel)
+            info = _normalise(tar.gettarinfo(str(path), arcname=rel), rel, mtime)
+            if info.isfile():
+                with path.open("rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path, what: str = "archive entry") -> None:
+    """Extract refusing absolute paths, '..', links out of the tree, devices and setuid bits."""
+    members = tar.getmembers()
+    for m in members:
+        p = PurePosixPath(m.name)
+        if p.is_absolute() or ".." in p.parts:
+            raise _refuse(m.name, "escapes the tree", what)
+        if m.issym():
+            resolved = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname))
+            if m.linkname.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                raise _refuse(m.name, f"is a symlink pointing outside the tree ({m.linkname})", what)
+        elif m.islnk():
+            lp = PurePosixPath(m.linkname)
+            if lp.is_absolute() or ".." in lp.parts:
+                raise _refuse(m.name, "is a hard link outside the tree", what)
+        elif not (m.isfile() or m.isdir()):
+            raise _refuse(m.name, "is a device node or FIFO", what)
+        m.mode &= 0o777
+    tar.extractall(dest, members=members)  # noqa: S202 - every member was checked above

@@ -1,0 +1,380 @@
+"""Recipes: one TOML file per source package, validated strictly.
+
+A recipe pins its source to a full git commit. A human ``ref`` (tag or branch) may be given, but it is only
+checked against the commit when the source is fetched, never followed: the commit is the identity.
+
+Every problem found while loading names the file, the field and the fix; all problems in a directory are
+reported together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from farm.errors import E, ErrorGroup, FarmError
+from farm.identity import digest_of
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = {"PATH", "HOME", "SRC", "OUT", "DEPS", "SOURCE_DATE_EPOCH", "TZ", "LC_ALL", "LANG"}
+
+# The schema as data: table -> {key: (python type, required, help)}.
+SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
+    "": {
+        "name": (str, True, 'the package name, e.g. name = "zlib"'),
+        "version": (str, True, 'the upstream version, e.g. version = "1.3"'),
+        "description": (str, False, "one line about the package"),
+        "build-depends": (list, False, 'names of other recipes, e.g. build-depends = ["zlib"]'),
+        "outputs": (list, True, 'paths under $OUT to publish, e.g. outputs = ["bin/hello", "lib/"]'),
+        "source": (dict, True, "a [source] table with git and commit"),
+        "build": (dict, True, "a [build] table with steps"),
+    },
+    "source": {
+        "git": (str, True, 'the repository URL or a path relative to the recipe, e.g. git = "https://..."'),
+        "commit": (str, True, "the full 40-hex commit id to build"),
+        "ref": (str, False, "a tag or branch the commit must be on (checked, never followed)"),
+    },
+    "build": {
+        "steps": (list, True, 'shell steps run in the sandbox, e.g. steps = ["make", "make install"]'),
+        "env": (dict, False, 'extra environment variables, e.g. env = { CFLAGS = "-O2" }'),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    git: str
+    commit: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    source: Source
+    steps: tuple[str, ...]
+    outputs: tuple[str, ...]
+    build_depends: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+    path: Path = Path("<memory>")
+
+    def content(self) -> dict[str, Any]:
+        """What a build key and provenance record of the recipe: everything but where the file lies."""
+        source: dict[str, Any] = {"git": self.source.git, "commit": self.source.commit}
+        if self.source.ref:
+            source["ref"] = self.source.ref
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "build-depends": list(self.build_depends),
+            "outputs": list(self.outputs),
+            "source": source,
+            "build": {"steps": list(self.steps), "env": dict(self.env)},
+        }
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.content())
+
+    @property
+    def git_location(self) -> str:
+        """Where to fetch from: URLs as written, relative paths resolved against the recipe's directory."""
+        url = self.source.git
+        if "://" in url or url.startswith(("git@", "/")):
+            return url
+        return str((self.path.parent / url).resolve())
+
+    @classmethod
+    def from_content(cls, content: Mapping[str, Any], path: Path = Path("<memory>")) -> Recipe:
+        """Rebuild a recipe from :meth:`content` (how workers receive it)."""
+        return parse(dict(content), path)
+
+
+def _err(code: str, path: Path, field: str, message: str, hint: str) -> FarmError:
+    return FarmError(code, message, hint=hint, file=path, field=field)
+
+
+def _check_table(table: Mapping[str, Any], schema_name: str, path: Path, errors: list[FarmError]) -> None:
+    schema = SCHEMA[schema_name]
+    prefix = f"{schema_name}." if schema_name else ""
+    for key in table:
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"allowed keys: {', '.join(schema)}"
+            errors.append(_err(E.RECIPE_UNKNOWN_KEY, path, prefix + key, "unknown key", hint))
+    for key, (type_, required, help_) in schema.items():
+        if key not in table:
+            if required:
+                errors.append(_err(E.RECIPE_MISSING, path, prefix + key, "missing required field", help_))
+            continue
+        if not isinstance(table[key], type_):
+            got = type(table[key]).__name__
+            errors.append(
+                _err(E.RECIPE_TYPE, path, prefix + key, f"expected {type_.__name__}, got {got}", help_)
+            )
+
+
+def _string_list(value: Any, path: Path, field: str, errors: list[FarmError], example: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        errors.append(
+            _err(E.RECIPE_TYPE, path, field, "every entry must be a non-empty string", f"e.g. {example}")
+        )
+        return ()
+    return tuple(value)
+
+
+def check_output_path(value: str) -> str | None:
+    """Why an output path is unacceptable, or None. Outputs must stay inside $OUT."""
+    if value.startswith("/"):
+        return "is absolute"
+    p = PurePosixPath(value)
+    if ".." in p.parts:
+        return "contains '..'"
+    if "\\" in value or "\0" in value:
+        return "contains a backslash or NUL"
+    if str(p) in ("", "."):
+        return "names the output directory itself"
+    return None
+
+
+def _check_commit(commit: str, path: Path, errors: list[FarmError]) -> None:
+    if COMMIT_RE.match(commit):
+        return
+    if HEX_RE.match(commit) and len(commit) < 40:
+        msg, hint = (
+            f"'{commit}' is an abbreviated commit",
+            "write the full 40-hex commit id (git rev-parse <rev>)",
+        )
+    elif HEX_RE.match(commit):
+        msg, hint = f"'{commit}' is not a 40-hex commit id", "use lowercase, 40 hex digits (a sha1 commit)"
+    else:
+        msg, hint = (
+            f"'{commit}' looks like a branch or tag name, not a commit",
+            f"pin the full commit (git rev-parse {commit}) and move the name to source.ref",
+        )
+    errors.append(_err(E.RECIPE_COMMIT, path, "source.commit", msg, hint))
+
+
+def parse(data: dict[str, Any], path: Path) -> Recipe:
+    """Validate one recipe document. Raises ErrorGroup listing every problem in it."""
+    errors: list[FarmError] = []
+    _check_table(data, "", path, errors)
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    build = data.get("build") if isinstance(data.get("build"), dict) else {}
+    assert isinstance(source, dict) and isinstance(build, dict)
+    if "source" in data and isinstance(data["source"], dict):
+        _check_table(source, "source", path, errors)
+    if "build" in data and isinstance(data["build"], dict):
+        _check_table(build, "build", path, errors)
+
+    name = data.get("name") if isinstance(data.get("name"), str) else ""
+    if isinstance(data.get("name"), str) and not NAME_RE.match(name):
+        errors.append(
+            _err(
+                E.RECIPE_VALUE,
+                path,
+                "name",
+                f"'{name}' is not a valid package name",
+                "use lowercase letters, digits and + . - (Debian's rule), starting with a letter or digit",
+            )
+        )
+    version = data.get("version") if isinstance(data.get("version"), str) else ""
+    if isinstance(data.get("version"), str) and not version.strip():
+        errors.append(_err(E.RECIPE_VALUE, path, "version", "must not be empty", 'e.g. version = "1.0"'))
+
+    commit = source.get("commit", "")
+    if isinstance(commit, str) and "commit" in source:
+        _check_commit(commit, path, errors)
+    git = source.get("git", "")
+    if isinstance(git, str) and "git" in source and not git.strip():
+        errors.append(_err(E.RECIPE_VALUE, path, "source.git", "must not be empty", SCHEMA["source"]["git"][2]))
+    ref = source.get("ref") if isinstance(source.get("ref"), str) else None
+
+    depends = _string_list(data.get("build-depends", []), path, "build-depends", errors, '["zlib"]')
+    for dep in depends:
+        if dep == name:
+            errors.append(
+                _err(E.RECIPE_CYCLE, path, "build-depends", f"'{name}' depends on itself", "remove it")
+            )
+    if len(set(depends)) != len(depends):
+        errors.append(
+            _err(E.RECIPE_VALUE, path, "build-depends", "lists a recipe twice", "list each dependency once")
+        )
+    steps = _string_list(build.get("steps", []), path, "build.steps", errors, '["make"]')
+    if "steps" in build and isinstance(build["steps"], list) and not build["steps"]:
+        errors.append(
+            _err(E.RECIPE_VALUE, path, "build.steps", "needs at least one step", SCHEMA["build"]["steps"][2])
+        )
+    outputs = _string_list(data.get("outputs", []), path, "outputs", errors, '["bin/hello"]')
+    if "outputs" in data and isinstance(data["outputs"], list) and not data["outputs"]:
+        errors.append(_err(E.RECIPE_VALUE, path, "outputs", "needs at least one path", SCHEMA[""]["outputs"][2]))
+    for out in outputs:
+        why = check_output_path(out)
+        if why:
+            errors.append(
+                _err(
+                    E.RECIPE_OUTPUT_PATH,
+                    path,
+                    "outputs",
+                    f"'{out}' {why}: outputs must stay inside the output directory",
+                    "write a path relative to $OUT, e.g. 'bin/hello'",
+                )
+            )
+    names = [PurePosixPath(o).name for o in outputs]
+    if len(set(names)) != len(names):
+        errors.append(
+            _err(
+                E.RECIPE_OUTPUT_PATH,
+                path,
+                "outputs",
+                "two outputs share a file name; artifacts are named by it",
+                "publish a common parent directory instead",
+            )
+        )
+    env_items: list[tuple[str, str]] = []
+    for key, value in (build.get("env") or {}).items() if isinstance(build.get("env"), dict) else []:
+        if not ENV_NAME_RE.match(key) or key in RESERVED_ENV or not isinstance(value, str):
+            errors.append(
+                _err(
+                    E.RECIPE_VALUE,
+                    path,
+                    f"build.env.{key}",
+                    "invalid or reserved variable, or a non-string value",
+                    f"use a string value and a name other than {', '.join(sorted(RESERVED_ENV))}",
+                )
+            )
+        else:
+            env_items.append((key, value))
+    description = data.get("description", "")
+    if errors:
+        raise ErrorGroup(errors)
+    return Recipe(
+        name=name,
+        version=version,
+        description=description if isinstance(description, str) else "",
+        source=Source(git=git, commit=commit, ref=ref),
+        steps=steps,
+        outputs=outputs,
+        build_depends=depends,
+        env=tuple(sorted(env_items)),
+        path=path,
+    )
+
+
+def load_file(path: Path) -> Recipe:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise FarmError(
+            E.RECIPE_DIR, f"cannot read: {exc.strerror}", file=path, hint="check the path and permissions"
+        ) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FarmError(E.RECIPE_SYNTAX, "not UTF-8 text", file=path, hint="save the file as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FarmError(
+            E.RECIPE_SYNTAX,
+            f"invalid TOML: {exc}",
+            file=path,
+            hint="fix the syntax at the position shown (https://toml.io)",
+        ) from None
+    return parse(data, path)
+
+
+@dataclass(frozen=True)
+class RecipeSet:
+    """All recipes of a directory, by name, checked as a whole (duplicates, dependencies, cycles)."""
+
+    recipes: Mapping[str, Recipe]
+    directory: Path
+
+    def __iter__(self) -> Iterable[Recipe]:  # type: ignore[override]
+        return iter(self.recipes.values())
+
+    def __len__(self) -> int:
+        return len(self.recipes)
+
+
+def load_dir(directory: Path) -> RecipeSet:
+    from farm.graph import find_cycle  # graph is pure and imports nothing from here
+
+    if not directory.is_dir():
+        raise FarmError(
+            E.RECIPE_DIR,
+            "not a directory of recipes",
+            file=directory,
+            hint="pass the directory holding the *.toml recipes, e.g. 'recipes/'",
+        )
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise FarmError(
+            E.RECIPE_DIR, "holds no *.toml recipes", file=directory, hint="add recipes or pass another directory"
+        )
+    errors: list[FarmError] = []
+    by_name: dict[str, Recipe] = {}
+    for path in files:
+        try:
+            recipe = load_file(path)
+        except ErrorGroup as group:
+            errors.extend(group.errors)
+            continue
+        except FarmError as exc:
+            errors.append(exc)
+            continue
+        if recipe.name in by_name:
+            other = by_name[recipe.name].path
+            errors.append(
+                _err(
+                    E.RECIPE_DUPLICATE,
+                    path,
+                    "name",
+                    f"recipe '{recipe.name}' is also defined in {other}",
+                    "rename one of them or delete the duplicate",
+                )
+            )
+            continue
+        by_name[recipe.name] = recipe
+    for recipe in by_name.values():
+        for dep in recipe.build_depends:
+            if dep not in by_name:
+                close = difflib.get_close_matches(dep, list(by_name), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
+                errors.append(
+                    _err(
+                        E.RECIPE_UNKNOWN_DEP,
+                        recipe.path,
+                        "build-depends",
+                        f"depends on '{dep}', which no recipe defines",
+                        hint,
+                    )
+                )
+    if not errors:
+        cycle = find_cycle({n: r.build_depends for n, r in by_name.items()})
+        if cycle:
+            errors.append(
+                _err(
+                    E.RECIPE_CYCLE,
+                    by_name[cycle[0]].path,
+                    "build-depends",
+                    "dependency cycle: " + " -> ".join(cycle),
+                    "break the cycle by removing one of these build-depends",
+                )
+            )
+    if errors:
+        raise ErrorGroup(errors)
+    return RecipeSet(recipes=dict(sorted(by_name.items())), directory=directory)

@@ -1,0 +1,140 @@
+"""One source of truth for the farm's settings.
+
+Each field of :class:`Settings` declares its environment variable and help text; the CLI's ``config`` command,
+the worker processes and the README table are all derived from these declarations.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from farm.errors import E, FarmError
+
+ENV_PREFIX = "MANGOS_FARM_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = _setting(Path(".mangos"), "state directory: store, keys, source cache, embedded broker")
+    store: str = _setting("", "artifact store: a directory (default HOME/store), later an s3:// URL")
+    broker: str = _setting("", "Celery broker URL (default: an embedded SQLite broker under HOME)")
+    workers: int = _setting(2, "build processes the embedded farm starts for a rebuild")
+    builder_id: str = _setting("", "builder identity written into provenance (default: mangos-farm@HOSTNAME)")
+    build_timeout: int = _setting(3600, "wall-clock seconds a single build may run before it is killed")
+
+    # -- derived locations -------------------------------------------------------------------------------------
+    @property
+    def store_url(self) -> str:
+        return self.store or str(self.home / "store")
+
+    @property
+    def broker_url(self) -> str:
+        return self.broker or f"farmsql+sqlite:///{(self.home / 'broker' / 'broker.sqlite').resolve()}"
+
+    @property
+    def result_backend(self) -> str:
+        if self.broker.startswith(("redis://", "rediss://")):
+            return self.broker
+        return f"db+sqlite:///{(self.home / 'broker' / 'results.sqlite').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def trusted_keys_dir(self) -> Path:
+        return self.home / "keys" / "trusted"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def builder(self) -> str:
+        return self.builder_id or f"mangos-farm@{socket.gethostname()}"
+
+    # -- loading -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def env_name(name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(cls.env_name(f.name))
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        if settings.workers < 1:
+            raise FarmError(
+                E.SETTINGS,
+                f"workers must be at least 1, got {settings.workers}",
+                field=cls.env_name("workers"),
+                hint="set MANGOS_FARM_WORKERS to a positive number",
+            )
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (workers)."""
+        return {self.env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+    def with_home(self, home: Path) -> Settings:
+        return replace(self, home=home)
+
+
+def _convert(name: str, type_: Any, raw: str) -> Any:
+    type_name = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    if type_name == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise FarmError(
+                E.SETTINGS,
+                f"expected a whole number, got {raw!r}",
+                field=Settings.env_name(name),
+                hint="set it to a number such as 4",
+            ) from None
+    if type_name == "Path":
+        return Path(raw)
+    return raw
+
+
+def describe() -> list[dict[str, str]]:
+    """Every setting with its variable, default and help: used by ``mangos-farm config`` and the docs."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default if f.default is not MISSING else ""
+        rows.append(
+            {
+                "name": f.name,
+                "env": Settings.env_name(f.name),
+                "default": str(default),
+                "help": f.metadata["help"],
+            }
+        )
+    return rows

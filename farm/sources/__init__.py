@@ -1,0 +1,1 @@
+"""Fetching sources at pinned commits."""

@@ -1,0 +1,142 @@
+"""Git sources at pinned commits, through a per-machine cache of bare mirrors (GitPython).
+
+A commit is immutable, so once it is in the cache nothing is fetched again; the cache is only updated when a
+recipe names a commit it does not hold. Concurrent builds on one machine share the cache under a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from farm.errors import E, FarmError
+from farm.log import step
+from farm.pack import safe_extract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    url: str
+    commit: str
+    tree: str
+    commit_time: int
+
+
+def _cache_name(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+class SourceCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self, url: str) -> Iterator[Path]:
+        path = self.root / f"{_cache_name(url)}.git"
+        with (self.root / f"{path.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield path
+
+    def _mirror(self, url: str, path: Path) -> git.Repo:
+        try:
+            if not path.exists():
+                with step("clone", log, url=url):
+                    tmp = path.with_suffix(".tmp")
+                    if tmp.exists():
+                        import shutil
+
+                        shutil.rmtree(tmp)
+                    git.Repo.clone_from(url, tmp, mirror=True)
+                    os.replace(tmp, path)
+            return git.Repo(path)
+        except git.GitCommandError as exc:
+            raise FarmError(
+                E.SOURCE_FETCH,
+                f"cannot fetch {url}: {exc.stderr.strip() or exc}",
+                hint="check source.git: the URL or path must be a reachable git repository",
+            ) from None
+
+    def _has_commit(self, repo: git.Repo, commit: str) -> bool:
+        try:
+            return repo.commit(commit).hexsha == commit
+        except (ValueError, git.BadName, git.GitCommandError):
+            return False
+
+    def resolve(self, url: str, commit: str, ref: str | None = None, *, origin: str = "") -> ResolvedSource:
+        """Make sure ``commit`` is cached; check ``ref`` against it; return its tree and time."""
+        where = origin or url
+        with self._locked(url) as path:
+            repo = self._mirror(url, path)
+            if not self._has_commit(repo, commit):
+                with step("fetch", log, url=url):
+                    try:
+                        repo.git.fetch("--prune", "origin", "+refs/*:refs/*")
+                    except git.GitCommandError as exc:
+                        raise FarmError(
+                            E.SOURCE_FETCH,
+                            f"cannot update {url}: {exc.stderr.strip() or exc}",
+                            file=where,
+                            field="source.git",
+                            hint="check that the repository is reachable",
+                        ) from None
+            if not self._has_commit(repo, commit):
+                raise FarmError(
+                    E.SOURCE_COMMIT,
+                    f"commit {commit} does not exist in {url}",
+                    file=where,
+                    field="source.commit",
+                    hint="pin a commit that is in the repository (git log / git rev-parse <tag>)",
+                )
+            c = repo.commit(commit)
+            if ref:
+                self._check_ref(repo, ref, commit, where)
+            return ResolvedSource(url, commit, c.tree.hexsha, int(c.committed_date))
+
+    def _check_ref(self, repo: git.Repo, ref: str, commit: str, where: str) -> None:
+        try:
+            target = repo.commit(ref).hexsha
+        except (ValueError, git.BadName, git.GitCommandError):
+            raise FarmError(
+                E.SOURCE_REF,
+                f"ref '{ref}' does not exist in the repository",
+                file=where,
+                field="source.ref",
+                hint="fix the ref name or remove it (the commit alone is authoritative)",
+            ) from None
+        if target == commit:
+            return
+        if repo.is_ancestor(commit, target):
+            return  # a branch that moved on since the commit was pinned: the commit is still on it
+        raise FarmError(
+            E.SOURCE_REF,
+            f"ref '{ref}' points at {target}, which does not contain the pinned commit {commit}",
+            file=where,
+            field="source.ref",
+            hint="the ref and the commit disagree: pin the commit the ref names, or correct the ref",
+        )
+
+    def export(self, url: str, commit: str, dest: Path, mtime: int) -> None:
+        """Write the commit's tree to ``dest`` (no .git), with every mtime set to ``mtime``."""
+        with self._locked(url) as path:
+            repo = git.Repo(path)
+            data = io.BytesIO()
+            repo.archive(data, commit, format="tar")
+        data.seek(0)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=data) as tar:
+            safe_extract(tar, dest, "source file")
+        for p in [dest, *dest.rglob("*")]:
+            os.utime(p, (mtime, mtime), follow_symlinks=False)

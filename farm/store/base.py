@@ -1,0 +1,112 @@
+"""The store interface and the build record.
+
+Invariants every implementation keeps (and the conformance suite checks):
+- a blob's name is the sha256 of its bytes, verified on the way in and on the way out;
+- writes are atomic: a reader never sees half a blob or half a record;
+- a record is accepted only when every blob it names is already present, and never overwritten
+  (put-if-absent), so a duplicate build cannot replace what another build published.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+RECORD_SCHEMA = "https://mangos.dev/farm/build-record/v1"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    digest: str
+    size: int
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    build_key: str
+    recipe: str
+    version: str
+    recipe_digest: str
+    source_url: str
+    commit: str
+    tree: str
+    environment: str
+    artifacts: tuple[Artifact, ...]
+    provenance: str  # digest of the DSSE envelope blob
+    log: str  # digest of the build log blob
+    builder: str
+    started: str
+    finished: str
+    key_inputs: dict[str, Any] = field(default_factory=dict)
+
+    def blob_digests(self) -> list[str]:
+        return [a.digest for a in self.artifacts] + [self.provenance, self.log]
+
+    def outputs(self) -> dict[str, str]:
+        return {a.name: a.digest for a in self.artifacts}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema"] = RECORD_SCHEMA
+        data["artifacts"] = [asdict(a) for a in self.artifacts]
+        return data
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BuildRecord:
+        data = dict(data)
+        data.pop("schema", None)
+        data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
+        return cls(**data)
+
+
+class Store(ABC):
+    """Put/get blobs by digest; put records if absent; look records up by key, recipe or commit."""
+
+    url: str
+
+    @abstractmethod
+    def put_file(self, path: Path) -> Artifact:
+        """Store a file's bytes; returns its digest and size (name is the file's name)."""
+
+    @abstractmethod
+    def put_bytes(self, data: bytes) -> str: ...
+
+    @abstractmethod
+    def has_blob(self, digest: str) -> bool: ...
+
+    @abstractmethod
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A reader of the blob. Prefer :meth:`fetch_blob`, which verifies the digest."""
+
+    @abstractmethod
+    def fetch_blob(self, digest: str, dest: Path) -> None:
+        """Copy a blob to ``dest`` atomically, verifying its digest; raises on a corrupt blob."""
+
+    @abstractmethod
+    def get_bytes(self, digest: str) -> bytes: ...
+
+    @abstractmethod
+    def put_record(self, record: BuildRecord) -> bool:
+        """Publish a record if none exists for its key. False if one did (the old one stays)."""
+
+    @abstractmethod
+    def get_record(self, build_key: str) -> BuildRecord | None: ...
+
+    @abstractmethod
+    def keys_present(self, build_keys: Iterable[str]) -> set[str]:
+        """Which of these keys have records (one call for a whole plan)."""
+
+    @abstractmethod
+    def records_for_recipe(self, name: str) -> list[BuildRecord]: ...
+
+    @abstractmethod
+    def records_for_commit(self, commit: str) -> list[BuildRecord]: ...

@@ -1,0 +1,210 @@
+"""The store in a local directory.
+
+Layout::
+
+    blobs/sha256/ab/abcd...        immutable, mode 0444
+    records/<build key>.json       immutable, published with link(2): atomic put-if-absent
+    index/recipe/<name>/<key>      empty marker files, written after the record
+    index/commit/<sha>/<key>
+    tmp/                           staging; anything left here by a crash is never visible
+
+Everything is written to ``tmp/`` first, fsynced, then linked into place, so a crash leaves either nothing or
+the complete file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from farm.errors import E, FarmError
+from farm.store.base import Artifact, BuildRecord, Store
+
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1 << 20
+
+
+def _check_digest(digest: str) -> None:
+    if not DIGEST_RE.match(digest):
+        raise FarmError(E.STORE_MISSING, f"'{digest}' is not a sha256 digest", hint="pass 64 lowercase hex")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+        for sub in ("blobs/sha256", "records", "index/recipe", "index/commit", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- blobs ------------------------------------------------------------------------------------------------
+    def _blob_path(self, digest: str) -> Path:
+        _check_digest(digest)
+        return self.root / "blobs" / "sha256" / digest[:2] / digest
+
+    @contextmanager
+    def _staging(self) -> Iterator[tuple[IO[bytes], Path]]:
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="put-")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh, tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _publish(self, tmp: Path, final: Path) -> bool:
+        """Link ``tmp`` to ``final`` unless it exists. True if this call published it."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        _fsync_dir(final.parent)
+        return True
+
+    def _put_stream(self, src: IO[bytes]) -> tuple[str, int]:
+        with self._staging() as (fh, tmp):
+            h = hashlib.sha256()
+            size = 0
+            while chunk := src.read(CHUNK):
+                h.update(chunk)
+                fh.write(chunk)
+                size += len(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.chmod(tmp, 0o444)
+            digest = h.hexdigest()
+            self._publish(tmp, self._blob_path(digest))
+        return digest, size
+
+    def put_file(self, path: Path) -> Artifact:
+        with path.open("rb") as src:
+            digest, size = self._put_stream(src)
+        return Artifact(name=path.name, digest=digest, size=size, executable=os.access(path, os.X_OK))
+
+    def put_bytes(self, data: bytes) -> str:
+        import io
+
+        return self._put_stream(io.BytesIO(data))[0]
+
+    def has_blob(self, digest: str) -> bool:
+        return self._blob_path(digest).is_file()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        path = self._blob_path(digest)
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise FarmError(
+                E.STORE_MISSING,
+                f"blob {digest} is not in the store {self.url}",
+                hint="the artifact was never stored here; check MANGOS_FARM_STORE",
+            ) from None
+
+    def fetch_blob(self, digest: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        tmp = Path(name)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, self.open_blob(digest) as src:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+            if h.hexdigest() != digest:
+                raise FarmError(
+                    E.STORE_CORRUPT,
+                    f"blob {digest} in {self.url} is corrupt (its bytes hash to {h.hexdigest()})",
+                    hint="delete the blob file and rebuild with --force; investigate who wrote to the store",
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get_bytes(self, digest: str) -> bytes:
+        with self.open_blob(digest) as src:
+            data = src.read()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise FarmError(
+                E.STORE_CORRUPT,
+                f"blob {digest} in {self.url} is corrupt",
+                hint="delete the blob file and rebuild with --force; investigate who wrote to the store",
+            )
+        return data
+
+    # -- records ----------------------------------------------------------------------------------------------
+    def _record_path(self, key: str) -> Path:
+        _check_digest(key)
+        return self.root / "records" / f"{key}.json"
+
+    def put_record(self, record: BuildRecord) -> bool:
+        missing = [d for d in record.blob_digests() if not self.has_blob(d)]
+        if missing:
+            raise FarmError(
+                E.STORE_MISSING,
+                f"record {record.build_key} names blobs that are not stored: {', '.join(missing)}",
+                hint="store every blob before its record (this is a bug in the caller)",
+            )
+        final = self._record_path(record.build_key)
+        with self._staging() as (fh, tmp):
+            fh.write(record.to_bytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.chmod(tmp, 0o444)
+            published = self._publish(tmp, final)
+        # Index markers are idempotent, so a crash between record and markers heals on the next put.
+        for kind, value in (("recipe", record.recipe), ("commit", record.commit)):
+            marker = self.root / "index" / kind / value / record.build_key
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+        return published
+
+    def get_record(self, build_key: str) -> BuildRecord | None:
+        try:
+            data = json.loads(self._record_path(build_key).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise FarmError(
+                E.STORE_CORRUPT,
+                f"record {build_key} in {self.url} is unreadable: {exc}",
+                hint="records are immutable; restore it from a backup or rebuild with --force",
+            ) from None
+        return BuildRecord.from_json(data)
+
+    def keys_present(self, build_keys: Iterable[str]) -> set[str]:
+        return {k for k in build_keys if self._record_path(k).is_file()}
+
+    def _indexed(self, kind: str, value: str) -> list[BuildRecord]:
+        if not value or "/" in value or value.startswith("."):
+            return []
+        folder = self.root / "index" / kind / value
+        if not folder.is_dir():
+            return []
+        records = []
+        for marker in sorted(folder.iterdir()):
+            rec = self.get_record(marker.name)
+            if rec is not None:
+                records.append(rec)
+        return sorted(records, key=lambda r: (r.recipe, r.finished))
+
+    def records_for_recipe(self, name: str) -> list[BuildRecord]:
+        return self._indexed("recipe", name)
+
+    def records_for_commit(self, commit: str) -> list[BuildRecord]:
+        return self._indexed("commit", commit)

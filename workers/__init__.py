@@ -1,0 +1,1 @@
+"""The Celery adapter: app configuration, thin tasks, a dispatcher for the coordinator, local worker processes."""

@@ -1,0 +1,121 @@
+"""Local worker processes for the embedded farm: started for a rebuild, stopped at its end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from farm.build import BuildOutcome, BuildRequest
+from farm.errors import E, FarmError
+from farm.run import tail
+from farm.settings import Settings
+from workers.app import BUILD_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+def worker_argv(concurrency: int, name: str, loglevel: str = "INFO") -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        BUILD_QUEUE,
+        "--hostname",
+        name,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+class LocalWorkers:
+    def __init__(self, settings: Settings, logfile: Path) -> None:
+        self.settings = settings
+        self.logfile = logfile
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ) | self.settings.to_env()
+        env["MANGOS_FARM_HOME"] = str(Path(self.settings.home).resolve())
+        argv = worker_argv(self.settings.workers, f"local-{os.getpid()}@%h")
+        log.info("starting %d local build worker(s): %s", self.settings.workers, " ".join(argv))
+        with self.logfile.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # Every build of this run has finished, so a warm shutdown has nothing to wait for. Signal only the
+        # main process: it stops its pool children itself (signalling the group makes it wait for them).
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> LocalWorkers:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedDispatcher:
+    """A Celery dispatcher that owns local worker processes and notices if they die."""
+
+    def __init__(self, settings: Settings, logfile: Path) -> None:
+        from workers.app import make_app
+        from workers.dispatch import CeleryDispatcher
+
+        self.workers = LocalWorkers(settings, logfile)
+        self.app = make_app(settings)
+        self.app.control.purge()  # the embedded broker is ours alone: drop leftovers of a killed run
+        self.inner = CeleryDispatcher(self.app)
+        self.workers.start()
+
+    def submit(self, request: BuildRequest) -> None:
+        self.inner.submit(request)
+
+    def poll(self, timeout: float) -> list[BuildOutcome]:
+        outcomes = self.inner.poll(timeout)
+        if not outcomes and not self.workers.alive():
+            raise FarmError(
+                E.WORKER,
+                "the local build workers exited unexpectedly",
+                hint=f"see their log: {self.workers.logfile}\n{tail(self._log(), 2000)}",
+            )
+        return outcomes
+
+    def _log(self) -> bytes:
+        try:
+            return self.workers.logfile.read_bytes()
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self.workers.stop()
