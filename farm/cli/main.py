@@ -191,6 +191,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- keys / config / worker ------------------------------------------------------------------------------------
 def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.if_missing and (settings.keys_dir / keymod.PRIVATE_NAME).exists():
+        key = keymod.load_builder(settings.keys_dir)
+        print(f"builder key {key.public.keyid} already in {settings.keys_dir}")
+        return 0
     key = keymod.generate(settings.keys_dir, force=args.force)
     print(f"builder key {key.public.keyid} written to {settings.keys_dir}/{keymod.PRIVATE_NAME} (mode 0600)")
     print(f"public key: {settings.keys_dir}/{keymod.PUBLIC_NAME}  (share it: mangos-farm keys export-public)")
@@ -273,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="builder keys").add_subparsers(dest="keys_cmd", required=True)
     sp = add("generate", cmd_keys_generate, "create this organization's builder key pair", keys)
     sp.add_argument("--force", action="store_true", help="replace an existing key")
+    sp.add_argument("--if-missing", action="store_true", help="keep an existing key instead of failing")
     sp = add("export-public", cmd_keys_export, "print the builder public key as PEM (SubjectPublicKeyInfo)", keys)
     sp.add_argument("-o", "--output", help="write to this file instead of stdout")
 
