@@ -45,7 +45,7 @@ def make_repo(src: Path, dest: Path) -> str:
 
 
 def main() -> int:
-    dest = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "git"
+    dest = (Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "git").resolve()
     dest.mkdir(parents=True, exist_ok=True)
     for src in sorted((HERE / "src").iterdir()):
         commit = make_repo(src, dest / f"{src.name}.git")

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).parent / "mangos-farm")
+
+
+@dataclass
+class Farm:
+    """A farm in a temporary directory, driven only through the CLI, as a user would."""
+
+    root: Path
+    home: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [CLI, *args],
+            cwd=self.root,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mangos-farm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    def json(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> Any:
+        return json.loads(self.run(*args, "--json", env=env, check=check).stdout)
+
+
+@pytest.fixture(scope="session")
+def demo_farm(tmp_path_factory: pytest.TempPathFactory) -> Farm:
+    """The repository's own demo recipes and demo sources, laid out as in the checkout, with a fresh home."""
+    require("bwrap")
+    require("git")
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copytree(REPO / "recipes", root / "recipes")
+    shutil.copytree(REPO / "demo" / "src", root / "demo" / "src")
+    shutil.copy(REPO / "demo" / "make_sources.py", root / "demo" / "make_sources.py")
+    subprocess.run([sys.executable, "demo/make_sources.py", "demo/git"], cwd=root, check=True, capture_output=True)
+    home = root / ".mangos"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANGOS_FARM_")}
+    env |= {"MANGOS_FARM_HOME": str(home), "MANGOS_FARM_WORKERS": "2"}
+    farm = Farm(root, home, env)
+    farm.run("keys", "generate")
+    return farm
