@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -30,7 +29,7 @@ from farm.pack import check_tree_entry, pack_dir, safe_extract
 from farm.recipes import Recipe
 from farm.run import require_tool, run, tail
 from farm.sources.git import SourceCache
-from farm.store import Artifact, BuildRecord, Store
+from farm.store import BuildRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +169,7 @@ def _collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[
     return files
 
 
-def _run_steps(
-    recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], deadline: float
-) -> None:
+def _run_steps(recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], deadline: float) -> None:
     for i, script in enumerate(recipe.steps, 1):
         logfh.write(f"==> step {i}/{len(recipe.steps)}: {script}\n".encode())
         logfh.flush()
@@ -224,7 +221,15 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                 f"source {recipe.source.git} @ {recipe.source.commit}\nbuilder {ctx.builder_id}\n".encode()
             )
             try:
-                record = _build(req, recipe, ctx, workdir, logfh, started, started_clock)
+                record = _build(
+                    req,
+                    recipe=recipe,
+                    ctx=ctx,
+                    workdir=workdir,
+                    logfh=logfh,
+                    started=started,
+                    started_clock=started_clock,
+                )
             except FarmError as exc:
                 logfh.write(f"\n!!! {exc.render()}\n".encode())
                 logfh.flush()
@@ -244,8 +249,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
             assert existing is not None
             if existing.outputs() != record.outputs():
                 log.warning(
-                    "build %s of %s differs from the published one (not reproducible); the published "
-                    "record stays",
+                    "build %s of %s differs from the published one (not reproducible); the published record stays",
                     req.build_key[:16],
                     recipe.name,
                 )
@@ -267,6 +271,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
 
 def _build(
     req: BuildRequest,
+    *,
     recipe: Recipe,
     ctx: WorkerContext,
     workdir: Path,
@@ -278,17 +283,14 @@ def _build(
     if ctx.environment.digest != req.environment:
         raise BuildFailure(
             E.WORKER,
-            f"this worker's build environment {ctx.environment.digest[:16]} is not the planned "
-            f"{req.environment[:16]}",
+            f"this worker's build environment {ctx.environment.digest[:16]} is not the planned {req.environment[:16]}",
             hint="run workers on machines with the same packages as the coordinator, or re-plan",
         )
     src, out, home, deps, arts = (workdir / d for d in ("src", "out", "home", "deps", "artifacts"))
     for d in (out, home, deps, arts):
         d.mkdir()
     with step("source", log, commit=recipe.source.commit[:12]):
-        resolved = ctx.sources.resolve(
-            req.fetch_url, recipe.source.commit, recipe.source.ref, origin=req.recipe_path
-        )
+        resolved = ctx.sources.resolve(req.fetch_url, recipe.source.commit, recipe.source.ref, origin=req.recipe_path)
         if resolved.tree != req.tree:
             raise BuildFailure(
                 E.SOURCE_COMMIT,
@@ -316,7 +318,11 @@ def _build(
         tree=resolved.tree,
         environment=req.environment,
         dependencies=[
-            {"name": f"{d.recipe}/{name}", "digest": {"sha256": digest}, "annotations": {"buildKey": d.build_key}}
+            {
+                "name": f"{d.recipe}/{name}",
+                "digest": {"sha256": digest},
+                "annotations": {"buildKey": d.build_key},
+            }
             for d in req.dependencies
             for name, digest in sorted(d.artifacts.items())
         ],

@@ -67,9 +67,7 @@ class ErrorGroup(FarmError):
     def __init__(self, errors: Iterable[FarmError]) -> None:
         self.errors = list(errors)
         first = self.errors[0]
-        super().__init__(
-            first.code, f"{len(self.errors)} problem(s) found", hint=first.hint, file=first.file
-        )
+        super().__init__(first.code, f"{len(self.errors)} problem(s) found", hint=first.hint, file=first.file)
 
     def render(self) -> str:
         return "\n".join(e.render() for e in self.errors)

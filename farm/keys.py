@@ -123,7 +123,9 @@ def load_public(path: Path) -> PublicKey:
             hint="export one with 'mangos-farm keys export-public'",
         ) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise FarmError(E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519")
+        raise FarmError(
+            E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519"
+        )
     return PublicKey(key, str(path))
 
 

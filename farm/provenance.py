@@ -46,7 +46,7 @@ def statement(
         {"uri": f"git+{source_url}@{commit}", "digest": {"gitCommit": commit, "gitTree": tree}},
         {"name": "build-environment", "digest": {"sha256": environment}},
     ]
-    resolved.extend(dependencies)
+    resolved.extend(dict(d) for d in dependencies)
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": digest}} for name, digest in subjects],
@@ -99,7 +99,9 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
         raise _bad(f"payloadType is {envelope.get('payloadType')!r}, expected {PAYLOAD_TYPE!r}")
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
-        sigs = [(s.get("keyid", ""), base64.b64decode(s["sig"], validate=True)) for s in envelope["signatures"]]
+        sigs = [
+            (s.get("keyid", ""), base64.b64decode(s["sig"], validate=True)) for s in envelope["signatures"]
+        ]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _bad(f"malformed DSSE envelope: {exc}") from None
     if not sigs:

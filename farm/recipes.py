@@ -125,7 +125,9 @@ def _check_table(table: Mapping[str, Any], schema_name: str, path: Path, errors:
             )
 
 
-def _string_list(value: Any, path: Path, field: str, errors: list[FarmError], example: str) -> tuple[str, ...]:
+def _string_list(
+    value: Any, path: Path, field: str, errors: list[FarmError], example: str
+) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
     bad = [v for v in value if not isinstance(v, str) or not v]
@@ -152,14 +154,14 @@ def check_output_path(value: str) -> str | None:
 
 
 def _check_commit(commit: str, path: Path, errors: list[FarmError]) -> None:
-    if COMMIT_RE.match(commit):
+    if COMMIT_RE.fullmatch(commit):
         return
-    if HEX_RE.match(commit) and len(commit) < 40:
+    if HEX_RE.fullmatch(commit) and len(commit) < 40:
         msg, hint = (
             f"'{commit}' is an abbreviated commit",
             "write the full 40-hex commit id (git rev-parse <rev>)",
         )
-    elif HEX_RE.match(commit):
+    elif HEX_RE.fullmatch(commit):
         msg, hint = f"'{commit}' is not a 40-hex commit id", "use lowercase, 40 hex digits (a sha1 commit)"
     else:
         msg, hint = (
@@ -182,7 +184,7 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
         _check_table(build, "build", path, errors)
 
     name = data.get("name") if isinstance(data.get("name"), str) else ""
-    if isinstance(data.get("name"), str) and not NAME_RE.match(name):
+    if isinstance(data.get("name"), str) and not NAME_RE.fullmatch(name):
         errors.append(
             _err(
                 E.RECIPE_VALUE,
@@ -201,7 +203,9 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
         _check_commit(commit, path, errors)
     git = source.get("git", "")
     if isinstance(git, str) and "git" in source and not git.strip():
-        errors.append(_err(E.RECIPE_VALUE, path, "source.git", "must not be empty", SCHEMA["source"]["git"][2]))
+        errors.append(
+            _err(E.RECIPE_VALUE, path, "source.git", "must not be empty", SCHEMA["source"]["git"][2])
+        )
     ref = source.get("ref") if isinstance(source.get("ref"), str) else None
 
     depends = _string_list(data.get("build-depends", []), path, "build-depends", errors, '["zlib"]')
@@ -221,7 +225,9 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
         )
     outputs = _string_list(data.get("outputs", []), path, "outputs", errors, '["bin/hello"]')
     if "outputs" in data and isinstance(data["outputs"], list) and not data["outputs"]:
-        errors.append(_err(E.RECIPE_VALUE, path, "outputs", "needs at least one path", SCHEMA[""]["outputs"][2]))
+        errors.append(
+            _err(E.RECIPE_VALUE, path, "outputs", "needs at least one path", SCHEMA[""]["outputs"][2])
+        )
     for out in outputs:
         why = check_output_path(out)
         if why:
@@ -247,7 +253,7 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
         )
     env_items: list[tuple[str, str]] = []
     for key, value in (build.get("env") or {}).items() if isinstance(build.get("env"), dict) else []:
-        if not ENV_NAME_RE.match(key) or key in RESERVED_ENV or not isinstance(value, str):
+        if not ENV_NAME_RE.fullmatch(key) or key in RESERVED_ENV or not isinstance(value, str):
             errors.append(
                 _err(
                     E.RECIPE_VALUE,
@@ -323,7 +329,10 @@ def load_dir(directory: Path) -> RecipeSet:
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise FarmError(
-            E.RECIPE_DIR, "holds no *.toml recipes", file=directory, hint="add recipes or pass another directory"
+            E.RECIPE_DIR,
+            "holds no *.toml recipes",
+            file=directory,
+            hint="add recipes or pass another directory",
         )
     errors: list[FarmError] = []
     by_name: dict[str, Recipe] = {}
@@ -353,7 +362,9 @@ def load_dir(directory: Path) -> RecipeSet:
         for dep in recipe.build_depends:
             if dep not in by_name:
                 close = difflib.get_close_matches(dep, list(by_name), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
+                hint = (
+                    f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
+                )
                 errors.append(
                     _err(
                         E.RECIPE_UNKNOWN_DEP,

@@ -74,7 +74,7 @@ def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
     for target, link in ROOT_LINKS:
         if Path("/" + target).exists():
             argv += ["--symlink", target, link]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
     argv += ["--bind", str(spec.src), SRC, "--bind", str(spec.out), OUT, "--bind", str(spec.home), HOME]
     if spec.deps is not None:
         argv += ["--ro-bind", str(spec.deps), DEPS]

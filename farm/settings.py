@@ -18,18 +18,27 @@ from farm.errors import E, FarmError
 ENV_PREFIX = "MANGOS_FARM_"
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+DEFAULT_HOME = Path(".mangos")
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = _setting(Path(".mangos"), "state directory: store, keys, source cache, embedded broker")
-    store: str = _setting("", "artifact store: a directory (default HOME/store), later an s3:// URL")
-    broker: str = _setting("", "Celery broker URL (default: an embedded SQLite broker under HOME)")
-    workers: int = _setting(2, "build processes the embedded farm starts for a rebuild")
-    builder_id: str = _setting("", "builder identity written into provenance (default: mangos-farm@HOSTNAME)")
-    build_timeout: int = _setting(3600, "wall-clock seconds a single build may run before it is killed")
+    home: Path = field(
+        default=DEFAULT_HOME, metadata={"help": "state directory: store, keys, source cache, embedded broker"}
+    )
+    store: str = field(
+        default="", metadata={"help": "artifact store: a directory (default HOME/store), later an s3:// URL"}
+    )
+    broker: str = field(
+        default="", metadata={"help": "Celery broker URL (default: an embedded SQLite broker under HOME)"}
+    )
+    workers: int = field(default=2, metadata={"help": "build processes the embedded farm starts for a rebuild"})
+    builder_id: str = field(
+        default="", metadata={"help": "builder identity written into provenance (default: mangos-farm@HOSTNAME)"}
+    )
+    build_timeout: int = field(
+        default=3600, metadata={"help": "wall-clock seconds a single build may run before it is killed"}
+    )
 
     # -- derived locations -------------------------------------------------------------------------------------
     @property

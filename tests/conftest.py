@@ -41,9 +41,7 @@ def require(tool: str) -> str:
 
 def git(cwd: Path, *args: str) -> str:
     env = dict(os.environ) | GIT_ENV
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 MakeRepo = Callable[..., tuple[Path, str]]
@@ -54,7 +52,9 @@ def make_repo(tmp_path: Path) -> MakeRepo:
     """Create a real git repository from a dict of files; returns (path, commit)."""
     require("git")
 
-    def _make(name: str, files: dict[str, str], executable: tuple[str, ...] = (), tag: str | None = None) -> tuple[Path, str]:
+    def _make(
+        name: str, files: dict[str, str], executable: tuple[str, ...] = (), tag: str | None = None
+    ) -> tuple[Path, str]:
         repo = tmp_path / "repos" / name
         repo.mkdir(parents=True, exist_ok=True)
         if not (repo / ".git").exists():
@@ -82,6 +82,7 @@ def builder_key(tmp_path_factory: pytest.TempPathFactory) -> BuilderKey:
 def write_recipe(
     directory: Path,
     name: str,
+    *,
     git_url: str,
     commit: str,
     steps: list[str],

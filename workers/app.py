@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from farm.settings import Settings
-from workers import transport as _embedded_transport  # registers the farmsql:// scheme
+from workers import transport
 
 BUILD_TASK = "mangos.build"
 BUILD_QUEUE = "mangos.build"
@@ -45,6 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_app(settings: Settings) -> Celery:
+    transport.register()
     app = Celery("mangos-farm", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.conf.update(include=["workers.tasks"])

@@ -13,8 +13,13 @@ from kombu.transport.sqlalchemy import Transport as SQLTransport
 SCHEME = "farmsql"
 
 
-class Transport(SQLTransport):  # type: ignore[misc]
+class Transport(SQLTransport):
     polling_interval = 0.1
 
 
-TRANSPORT_ALIASES[SCHEME] = "workers.transport:Transport"
+def register() -> None:
+    """Make ``farmsql+...`` broker URLs resolve to this transport (idempotent)."""
+    TRANSPORT_ALIASES[SCHEME] = "workers.transport:Transport"
+
+
+register()

@@ -77,7 +77,8 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         key = b.key[:12] if b.key else "?" * 12
         print(f"{b.decision.value:<6} {name:<{width}} {key}  {b.reason}")
     s = plan.to_json()["summary"]
-    print(f"{s['total']} recipe(s): {s['cached']} cached, {s['build']} to build (environment {plan.environment.digest[:12]})")
+    env = plan.environment.digest[:12]
+    print(f"{s['total']} recipe(s): {s['cached']} cached, {s['build']} to build (environment {env})")
     return 0
 
 
@@ -122,8 +123,10 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
         )
         for b in result.builds.values():
             if b.state is State.FAILED and b.outcome is not None:
-                err = FarmError(**{k: v for k, v in (b.outcome.error or {}).items() if k != "code"},
-                                code=(b.outcome.error or {}).get("code", E.BUILD_FAILED))
+                err = FarmError(
+                    **{k: v for k, v in (b.outcome.error or {}).items() if k != "code"},
+                    code=(b.outcome.error or {}).get("code", E.BUILD_FAILED),
+                )
                 print(f"\n--- {b.planned.name} failed: {err.render()}")
                 if b.outcome.log_digest:
                     print(f"    full log: blob {b.outcome.log_digest}")
@@ -146,8 +149,14 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
     records = records_for(store, args.commit, args.recipe)
     if args.output is None:
         rows = [
-            {"recipe": r.recipe, "version": r.version, "build_key": r.build_key, "artifact": a.name,
-             "sha256": a.digest, "size": a.size}
+            {
+                "recipe": r.recipe,
+                "version": r.version,
+                "build_key": r.build_key,
+                "artifact": a.name,
+                "sha256": a.digest,
+                "size": a.size,
+            }
             for r in records
             for a in r.artifacts
         ]
@@ -315,6 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in the farm: say so plainly, keep the traceback for --debug
+        if args.debug:
+            raise
+        print(
+            f"error[E-INTERNAL]: {type(exc).__name__}: {exc}\n"
+            "  hint: this is a bug in mangos-farm; rerun with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 70
 
 
 if __name__ == "__main__":

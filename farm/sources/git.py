@@ -118,7 +118,7 @@ class SourceCache:
             ) from None
         if target == commit:
             return
-        if repo.is_ancestor(commit, target):
+        if repo.is_ancestor(repo.commit(commit), repo.commit(target)):
             return  # a branch that moved on since the commit was pinned: the commit is still on it
         raise FarmError(
             E.SOURCE_REF,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 
 from farm.sources.git import ResolvedSource, SourceCache
 

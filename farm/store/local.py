@@ -32,7 +32,7 @@ CHUNK = 1 << 20
 
 
 def _check_digest(digest: str) -> None:
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):  # fullmatch: '$' alone would accept a trailing newline
         raise FarmError(E.STORE_MISSING, f"'{digest}' is not a sha256 digest", hint="pass 64 lowercase hex")
 
 

@@ -25,7 +25,9 @@ class Farm:
     home: Path
     env: dict[str, str]
 
-    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [CLI, *args],
             cwd=self.root,

@@ -17,7 +17,9 @@ from tests.e2e.conftest import Farm
 
 pytestmark = pytest.mark.e2e
 
-WELCOME_COMMIT = re.search(r'commit = "([0-9a-f]{40})"', (Path(__file__).parents[2] / "recipes" / "welcome.toml").read_text())
+WELCOME_COMMIT = re.search(
+    r'commit = "([0-9a-f]{40})"', (Path(__file__).parents[2] / "recipes" / "welcome.toml").read_text()
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +77,18 @@ def test_fetch_writes_verifiable_artifacts(demo_farm: Farm, first_run: dict[str,
     greet_commit = re.search(r'commit = "([0-9a-f]{40})"', (demo_farm.root / "recipes" / "greet.toml").read_text())
     assert greet_commit
     demo_farm.run("fetch", "--commit", greet_commit.group(1), "--recipe", "greet", "-o", str(out))
-    assert subprocess.run([out / "greet", "-V"], capture_output=True, text=True, check=True).stdout == "libgreet 1.0.0\n"
+    assert (
+        subprocess.run([out / "greet", "-V"], capture_output=True, text=True, check=True).stdout == "libgreet 1.0.0\n"
+    )
 
 
 def test_verify_refuses_tampering_and_unknown_keys(demo_farm: Farm, first_run: dict[str, Any], tmp_path: Path) -> None:
     assert WELCOME_COMMIT
+
     def fetch(name: str) -> Path:
         out = tmp_path / name
-        demo_farm.run("fetch", "--commit", WELCOME_COMMIT.group(1), "-o", str(out))  # type: ignore[union-attr]
+        assert WELCOME_COMMIT
+        demo_farm.run("fetch", "--commit", WELCOME_COMMIT.group(1), "-o", str(out))
         return out
 
     blob = fetch("blob")
@@ -111,7 +117,9 @@ def test_verify_refuses_tampering_and_unknown_keys(demo_farm: Farm, first_run: d
     # ...and trusting the farm's exported public key makes the same files verify
     pem = tmp_path / "farm.pem"
     demo_farm.run("keys", "export-public", "-o", str(pem))
-    ok = demo_farm.run("verify", "--key", str(pem), str(tmp_path / "untrusted"), env={"MANGOS_FARM_HOME": str(stranger_home)})
+    ok = demo_farm.run(
+        "verify", "--key", str(pem), str(tmp_path / "untrusted"), env={"MANGOS_FARM_HOME": str(stranger_home)}
+    )
     assert "OK" in ok.stdout
 
 
@@ -124,9 +132,19 @@ def test_fetch_unknown_commit_is_a_clear_error(demo_farm: Farm) -> None:
 def test_failed_build_stops_only_its_dependents(demo_farm: Farm, make_repo: Any, tmp_path: Path) -> None:
     repo, commit = make_repo("x", {"f": "data\n"})
     recipes = tmp_path / "recipes"
-    write_recipe(recipes, "broken", str(repo), commit, ['echo "compiling..."', "false"], ["f"])
-    write_recipe(recipes, "needs-broken", str(repo), commit, ['cp f "$OUT/f"'], ["f"], depends=("broken",))
-    write_recipe(recipes, "fine", str(repo), commit, ['cp f "$OUT/f"'], ["f"])
+    write_recipe(
+        recipes, "broken", git_url=str(repo), commit=commit, steps=['echo "compiling..."', "false"], outputs=["f"]
+    )
+    write_recipe(
+        recipes,
+        "needs-broken",
+        git_url=str(repo),
+        commit=commit,
+        steps=['cp f "$OUT/f"'],
+        outputs=["f"],
+        depends=("broken",),
+    )
+    write_recipe(recipes, "fine", git_url=str(repo), commit=commit, steps=['cp f "$OUT/f"'], outputs=["f"])
     proc = demo_farm.run("rebuild", str(recipes), check=False)
     assert proc.returncode == 1
     assert "1 built, 0 cached, 1 failed, 1 blocked" in proc.stdout
@@ -153,5 +171,8 @@ def test_bad_recipes_exit_2_with_every_problem_and_no_traceback(demo_farm: Farm,
         ("E-RECIPE-OUTPUT-PATH", "outputs"),
         ("E-RECIPE-UNKNOWN-DEPENDENCY", "build-depends"),
     ]:
-        assert re.search(rf"error\[{code}\]: .*\.toml: field '{re.escape(field)}'", proc.stderr), (code, proc.stderr)
+        assert re.search(rf"error\[{code}\]: .*\.toml: field '{re.escape(field)}'", proc.stderr), (
+            code,
+            proc.stderr,
+        )
     assert proc.stderr.count("hint:") >= 4

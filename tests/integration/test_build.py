@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import socket
 import threading
 from pathlib import Path
@@ -43,6 +43,7 @@ def request_for(
     commit: str,
     steps: list[str],
     outputs: list[str],
+    *,
     deps: tuple[DependencyInput, ...] = (),
     name: str = "pkg",
 ) -> BuildRequest:
@@ -105,9 +106,7 @@ def test_build_publishes_artifacts_record_and_signed_provenance(
     assert not list(ctx.work_root.iterdir()), "the work directory is cleaned up"
 
 
-def test_same_request_twice_gives_identical_bytes(
-    ctx: WorkerContext, make_repo: MakeRepo, tmp_path: Path
-) -> None:
+def test_same_request_twice_gives_identical_bytes(ctx: WorkerContext, make_repo: MakeRepo, tmp_path: Path) -> None:
     repo, commit = make_repo("lib", {"a.c": "int f(void){return __LINE__;}\n"})
     req = request_for(
         repo, commit, ['mkdir -p "$OUT/lib" && cc -O2 -c a.c -o a.o && ar rcD "$OUT/lib/liba.a" a.o'], ["lib"]
@@ -129,10 +128,8 @@ def test_network_is_unreachable_even_on_loopback(ctx: WorkerContext, make_repo: 
     accepted: list[object] = []
 
     def accept() -> None:
-        try:
+        with contextlib.suppress(OSError):
             accepted.append(server.accept())
-        except OSError:
-            pass
 
     thread = threading.Thread(target=accept)
     thread.start()
@@ -158,8 +155,10 @@ def test_clean_environment_unprivileged_fixed_paths(
     req = request_for(
         repo,
         commit,
-        ['mkdir "$OUT/info" && env | sort > "$OUT/info/env" && id -u > "$OUT/info/uid" && pwd > "$OUT/info/pwd"'
-         ' && hostname > "$OUT/info/host" && (ls /root /home/* 2>&1 || true) > "$OUT/info/ls"'],
+        [
+            'mkdir "$OUT/info" && env | sort > "$OUT/info/env" && id -u > "$OUT/info/uid" && pwd > "$OUT/info/pwd"'
+            ' && hostname > "$OUT/info/host" && (ls /root /home/* 2>&1 || true) > "$OUT/info/ls"'
+        ],
         ["info"],
     )
     outcome = build(ctx, req)
@@ -214,7 +213,11 @@ def test_dependencies_are_staged_read_only(ctx: WorkerContext, make_repo: MakeRe
     lib = build(
         ctx,
         request_for(
-            lib_repo, lib_commit, ['mkdir -p "$OUT/tree/bin" && echo v1 > "$OUT/tree/bin/v"'], ["tree"], name="lib"
+            lib_repo,
+            lib_commit,
+            ['mkdir -p "$OUT/tree/bin" && echo v1 > "$OUT/tree/bin/v"'],
+            ["tree"],
+            name="lib",
         ),
     )
     assert lib.ok and lib.record is not None

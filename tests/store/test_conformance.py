@@ -31,6 +31,7 @@ pytestmark = pytest.mark.unit
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
 RACERS = 8
+RACE_ROUNDS = 25
 BARRIER_TIMEOUT = 60.0
 JOIN_TIMEOUT = 120.0
 
@@ -70,6 +71,15 @@ def farm_error(code: str) -> Iterator[None]:
     assert info.value.code == code, info.value.render()
 
 
+def record_blobs(build_key: str, recipe: str, builder: str) -> dict[str, bytes]:
+    """The contents of the blobs a record made by :func:`make_record` names."""
+    return {
+        "artifact": f"artifact {recipe} {build_key} {builder}".encode(),
+        "provenance": f"envelope {recipe} {build_key} {builder}".encode(),
+        "log": f"log {recipe} {build_key} {builder}".encode(),
+    }
+
+
 def make_record(
     store: Store,
     build_key: str,
@@ -85,11 +95,10 @@ def make_record(
     The blob contents depend on the builder, so two builders' records for one key differ, as two runs of a build
     that is not reproducible would.
     """
-    art = f"artifact {recipe} {build_key} {builder}".encode()
-    prov = f"envelope {recipe} {build_key} {builder}".encode()
-    log = f"log {recipe} {build_key} {builder}".encode()
+    blobs = record_blobs(build_key, recipe, builder)
+    art, prov, log = blobs["artifact"], blobs["provenance"], blobs["log"]
     if store_blobs:
-        for data in (art, prov, log):
+        for data in blobs.values():
             store.put_bytes(data)
     return BuildRecord(
         build_key=build_key,
@@ -151,7 +160,6 @@ def test_same_bytes_twice_give_one_blob(store: Store, tmp_path: Path) -> None:
     assert first == second == third.digest == sha256(data)
     assert third.size == len(data)
     assert store.get_bytes(first) == data
-    assert store.keys_present([]) == set()  # blobs are not records
 
 
 def test_has_blob(store: Store) -> None:
@@ -285,16 +293,10 @@ def test_put_record_then_get_it_back(store: Store) -> None:
 @pytest.mark.parametrize("missing", ["artifact", "provenance", "log"])
 def test_put_record_refuses_a_record_whose_blobs_are_missing(store: Store, missing: str) -> None:
     record = make_record(store, key(1), store_blobs=False)
-    present = {"artifact": record.artifacts[0].digest, "provenance": record.provenance, "log": record.log}
-    # Store every blob but one, by re-creating its bytes the same way make_record does.
-    contents = {
-        "artifact": f"artifact hello {key(1)} builder-1".encode(),
-        "provenance": f"envelope hello {key(1)} builder-1".encode(),
-        "log": f"log hello {key(1)} builder-1".encode(),
-    }
-    for what, data in contents.items():
+    for what, data in record_blobs(key(1), record.recipe, record.builder).items():
         if what != missing:
-            assert store.put_bytes(data) == present[what]
+            store.put_bytes(data)
+    assert record.blob_digests() and not all(store.has_blob(d) for d in record.blob_digests())
     with farm_error(E.STORE_MISSING):
         store.put_record(record)
     assert store.get_record(key(1)) is None
@@ -366,17 +368,21 @@ def test_blob_digest_is_not_a_record(store: Store) -> None:
 
 
 # -- concurrency -----------------------------------------------------------------------------------------------
-RaceResult = tuple[int, bool, str]
+RaceResult = tuple[int, int, bool, str]  # round, racer, published, error
 
 
 def _race_put_record(store: Store, index: int, barrier: Any, results: Any) -> None:
-    """One racer: prepare a record of its own for the shared key, wait for all, publish. Reports, never raises."""
-    try:
-        record = make_record(store, key(0), builder=f"racer-{index}")
-        barrier.wait(timeout=BARRIER_TIMEOUT)
-        results.put((index, store.put_record(record), ""))
-    except BaseException as exc:  # a racer must always report, or the parent waits for nothing
-        results.put((index, False, repr(exc)))
+    """One racer: per round, prepare its own record for that round's key, wait for all, publish.
+
+    Reports every round and never raises, so the parent never waits for nothing.
+    """
+    for rnd in range(RACE_ROUNDS):
+        try:
+            record = make_record(store, key(rnd), builder=f"racer-{index}")
+            barrier.wait(timeout=BARRIER_TIMEOUT)
+            results.put((rnd, index, store.put_record(record), ""))
+        except BaseException as exc:
+            results.put((rnd, index, False, repr(exc)))
 
 
 def _race_put_record_process(url: str, index: int, barrier: Any, results: Any) -> None:
@@ -385,15 +391,23 @@ def _race_put_record_process(url: str, index: int, barrier: Any, results: Any) -
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_concurrent_put_record_publishes_exactly_one(store: Store, mode: str) -> None:
-    candidates = [make_record(store, key(0), builder=f"racer-{i}", store_blobs=False) for i in range(RACERS)]
-    seen: list[BuildRecord] = []
+    candidates = {
+        rnd: [make_record(store, key(rnd), builder=f"racer-{i}", store_blobs=False) for i in range(RACERS)]
+        for rnd in range(RACE_ROUNDS)
+    }
+    torn: list[str] = []
     done = threading.Event()
 
-    def reader() -> None:  # a record is never seen half-written
+    def reader() -> None:  # a record is never seen half-written, nor as anything but one racer's record
         while not done.is_set():
-            rec = store.get_record(key(0))
-            if rec is not None:
-                seen.append(rec)
+            for rnd in range(RACE_ROUNDS):
+                try:
+                    rec = store.get_record(key(rnd))
+                except FarmError as exc:
+                    torn.append(exc.render())
+                    continue
+                if rec is not None and rec not in candidates[rnd]:
+                    torn.append(f"round {rnd}: unexpected record {rec}")
 
     watcher = threading.Thread(target=reader)
     watcher.start()
@@ -414,21 +428,21 @@ def test_concurrent_put_record_publishes_exactly_one(store: Store, mode: str) ->
             ]
         for w in workers:
             w.start()
-        outcomes: list[RaceResult] = [results.get(timeout=JOIN_TIMEOUT) for _ in range(RACERS)]
+        outcomes: list[RaceResult] = [results.get(timeout=JOIN_TIMEOUT) for _ in range(RACERS * RACE_ROUNDS)]
         for w in workers:
             w.join(timeout=JOIN_TIMEOUT)
     finally:
         done.set()
         watcher.join()
-    errors = [err for _, _, err in outcomes if err]
-    assert not errors, errors
-    winners = [i for i, published, _ in outcomes if published]
-    assert len(winners) == 1, f"{len(winners)} racers were told they published: {sorted(winners)}"
-    stored = store.get_record(key(0))
-    assert stored is not None and stored.builder == f"racer-{winners[0]}"
-    assert all(rec in candidates for rec in seen)
-    assert store.records_for_recipe("hello") == [stored]
-    assert store.keys_present([key(0)]) == {key(0)}
+    assert [err for *_, err in outcomes if err] == []
+    assert torn == []
+    for rnd in range(RACE_ROUNDS):
+        winners = sorted(i for r, i, published, _ in outcomes if r == rnd and published)
+        assert len(winners) == 1, f"round {rnd}: {len(winners)} racers were told they published: {winners}"
+        stored = store.get_record(key(rnd))
+        assert stored is not None and stored.builder == f"racer-{winners[0]}", f"round {rnd}"
+    assert store.keys_present(key(rnd) for rnd in range(RACE_ROUNDS)) == {key(rnd) for rnd in range(RACE_ROUNDS)}
+    assert len(store.records_for_recipe("hello")) == RACE_ROUNDS
 
 
 def _race_put_file(url: str, path: str, index: int, barrier: Any, results: Any) -> None:
@@ -466,8 +480,7 @@ def test_concurrent_put_file_of_identical_content_from_processes(store: Store, t
     ctx = get_context("spawn")
     barrier, results = ctx.Barrier(racers), ctx.Queue()
     procs = [
-        ctx.Process(target=_race_put_file, args=(store.url, str(p), i, barrier, results))
-        for i, p in enumerate(paths)
+        ctx.Process(target=_race_put_file, args=(store.url, str(p), i, barrier, results)) for i, p in enumerate(paths)
     ]
     watcher = threading.Thread(target=reader)
     watcher.start()
