@@ -43,8 +43,13 @@ demo: setup
 	$(BIN)/mangos-farm keys generate --if-missing
 	$(BIN)/mangos-farm recipes check recipes
 	$(BIN)/mangos-farm rebuild recipes
-	$(BIN)/mangos-farm fetch --commit $$(sed -n 's/^commit = "\(.*\)"/\1/p' recipes/welcome.toml) -o out/demo
+	@for r in recipes/*.toml; do \
+	  commit=$$(sed -n 's/^commit = "\(.*\)"/\1/p' $$r); \
+	  echo "$(BIN)/mangos-farm fetch --commit $$commit -o out/demo"; \
+	  $(BIN)/mangos-farm fetch --commit $$commit -o out/demo || exit 1; \
+	done
 	$(BIN)/mangos-farm verify out/demo
+	out/demo/greet MANGOS
 
 lint: setup
 	$(BIN)/ruff check .

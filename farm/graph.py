@@ -99,22 +99,23 @@ def critical_path_lengths(graph: Graph, cost: Mapping[str, float] | None = None)
 
 
 def render_tree(graph: Graph) -> list[str]:
-    """An indented text view: each root, then what it needs. Shared subtrees are shown once, then elided."""
+    """An indented text view: each root, then what it needs. Shared subtrees are shown once, then elided.
+
+    Iterative (an explicit stack, children pushed in reverse so they pop in sorted order), so deep chains do
+    not recurse.
+    """
     rev = dependents_of(graph)
     roots = sorted(n for n in graph if not rev.get(n))
     lines: list[str] = []
     shown: set[str] = set()
-
-    def walk(node: str, depth: int) -> None:
+    stack: list[tuple[str, int]] = [(root, 0) for root in reversed(roots)]
+    while stack:
+        node, depth = stack.pop()
         deps = sorted(graph.get(node, ()))
         mark = " (see above)" if node in shown and deps else ""
         lines.append("  " * depth + ("└─ " if depth else "") + node + mark)
         if node in shown:
-            return
+            continue
         shown.add(node)
-        for dep in deps:
-            walk(dep, depth + 1)
-
-    for root in roots:
-        walk(root, 0)
+        stack.extend((dep, depth + 1) for dep in reversed(deps))
     return lines

@@ -196,7 +196,7 @@ class Scheduler:
         bs.outcome = outcome
         if outcome.ok and outcome.record is not None:
             bs.record = BuildRecord.from_json(outcome.record)
-            self._finish(bs, State.BUILT, f"built by {outcome.worker} in {outcome.duration:.1f}s")
+            self._finish(bs, State.BUILT, f"built by {outcome.worker} in {outcome.duration:.2f}s")
         else:
             self._finish(bs, State.FAILED, str((outcome.error or {}).get("message", "unknown error")))
 

@@ -1,0 +1,539 @@
+"""Benchmark: planning and fully cached rebuilds of a large recipe set.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.bench_plan [--recipes 1000] [--json]
+
+It makes, in a temporary directory, one real git repository (git CLI, fixed dates) with a few commits and N
+recipe files ``r0000.toml`` ... each depending on 0-3 earlier recipes (seeded random) and pinned to one of the
+repository's commits. It then
+
+1. generates a builder key under a temporary MANGOS_FARM_HOME;
+2. times ``plan`` in process (the functions ``cmd_plan`` calls), with a cold and a warm source cache;
+3. builds every recipe for real with one ``mangos-farm rebuild DIR`` (MANGOS_FARM_WORKERS=2), printing progress;
+4. times a fully cached ``mangos-farm rebuild DIR`` as a subprocess, and make_plan + run_plan in process with a
+   dispatcher factory that raises if called (so nothing can be dispatched);
+5. times baselines in the same process: ``python -c pass`` and parsing the N recipe files with tomllib alone.
+
+Nothing here is a test: timings depend on the machine. Progress goes to stderr, the report to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from farm import keys as keymod
+from farm.coordinator.plan import Decision, Plan, make_plan
+from farm.coordinator.scheduler import Dispatcher, State, run_plan
+from farm.envs.host import host_environment
+from farm.recipes import RecipeSet, load_dir
+from farm.settings import Settings
+from farm.sources.git import SourceCache
+from farm.sources.resolved import ResolvedCommits
+from farm.store import Store, open_store
+
+TARGET_SECONDS = 2.0
+SEED = 20260203
+COMMITS = 4
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Farm Bench",
+    "GIT_AUTHOR_EMAIL": "bench@mangos.invalid",
+    "GIT_COMMITTER_NAME": "Farm Bench",
+    "GIT_COMMITTER_EMAIL": "bench@mangos.invalid",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+CLI = str(Path(sys.executable).parent / "mangos-farm")
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# -- measurements ----------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    name: str
+    samples: list[float]
+    note: str = ""
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "runs": len(self.samples),
+            "min": round(self.min, 4),
+            "median": round(self.median, 4),
+            "samples": [round(s, 4) for s in self.samples],
+            "note": self.note,
+        }
+
+
+@dataclass
+class Report:
+    recipes: int
+    machine: dict[str, Any]
+    timings: dict[str, Timing] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, key: str, timing: Timing) -> Timing:
+        self.timings[key] = timing
+        progress(f"{timing.name}: min {timing.min:.3f}s median {timing.median:.3f}s")
+        return timing
+
+    def to_json(self) -> dict[str, Any]:
+        cached = self.timings.get("cached_rebuild_cli")
+        return {
+            "recipes": self.recipes,
+            "machine": self.machine,
+            "timings": {k: t.to_json() for k, t in self.timings.items()},
+            "build": self.build,
+            "ratios": {k: round(v, 2) for k, v in self.ratios.items()},
+            "target_seconds": TARGET_SECONDS,
+            "cached_rebuild_median": round(cached.median, 4) if cached else None,
+            "meets_target": (cached.median < TARGET_SECONDS) if cached else None,
+            "notes": self.notes,
+        }
+
+
+def repeat(fn: Callable[[], object], runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+# -- fixtures: a git repository and N recipes ------------------------------------------------------------------
+def git(cwd: Path, *args: str, date: str = "2026-02-03T04:05:06Z") -> str:
+    env = dict(os.environ) | GIT_ENV | {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+    out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, commits: int) -> list[str]:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    shas = []
+    for i in range(commits):
+        (path / "README").write_text(f"bench source, revision {i}\n")
+        (path / "src").mkdir(exist_ok=True)
+        (path / "src" / f"file{i}.txt").write_text(f"content {i}\n" * 10)
+        git(path, "add", "-A")
+        date = f"2026-02-03T{4 + i:02d}:05:06Z"
+        git(path, "commit", "-q", "-m", f"revision {i}", date=date)
+        shas.append(git(path, "rev-parse", "HEAD"))
+    return shas
+
+
+def dependencies(n: int, seed: int) -> list[list[int]]:
+    """For each recipe i, 0-3 distinct earlier recipes, chosen by a seeded random (so the graph is stable)."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible graph, not a secret
+    out = []
+    for i in range(n):
+        k = rng.randint(0, min(3, i))
+        out.append(sorted(rng.sample(range(i), k)))
+    return out
+
+
+def write_recipes(directory: Path, n: int, repo_rel: str, commits: list[str], seed: int) -> list[list[int]]:
+    directory.mkdir(parents=True)
+    deps = dependencies(n, seed)
+    for i in range(n):
+        name = f"r{i:04d}"
+        lines = [f'name = "{name}"', 'version = "1.0"', 'outputs = ["d"]']
+        if deps[i]:
+            lines.append("build-depends = [" + ", ".join(f'"r{d:04d}"' for d in deps[i]) + "]")
+        lines += [
+            "",
+            "[source]",
+            f'git = "{repo_rel}"',
+            f'commit = "{commits[i % len(commits)]}"',
+            "",
+            "[build]",
+            f'steps = [\'mkdir -p "$OUT/d" && echo {name} > "$OUT/d/f"\']',
+        ]
+        (directory / f"{name}.toml").write_text("\n".join(lines) + "\n")
+    return deps
+
+
+def depth(deps: list[list[int]]) -> int:
+    level: list[int] = []
+    for ds in deps:
+        level.append(1 + max((level[d] for d in ds), default=0))
+    return max(level, default=0)
+
+
+# -- the farm, in process --------------------------------------------------------------------------------------
+@dataclass
+class PlanPhases:
+    load: float
+    environment: float
+    plan: float
+    run: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.load + self.environment + self.plan + self.run
+
+
+def plan_in_process(settings: Settings, recipe_dir: Path) -> tuple[Plan, Store, PlanPhases]:
+    """What ``cmd_plan`` does (``farm.cli.main._planning``), phase by phase, with the environment uncached."""
+    host_environment.cache_clear()  # each CLI invocation runs dpkg-query once; so does each timed plan here
+    t0 = time.perf_counter()
+    recipes: RecipeSet = load_dir(recipe_dir)
+    t1 = time.perf_counter()
+    env = host_environment()
+    t2 = time.perf_counter()
+    store = open_store(settings.store_url)
+    resolved = ResolvedCommits(SourceCache(settings.cache_dir / "git"))
+    try:
+        plan = make_plan(
+            recipes,
+            store,
+            lambda r: resolved.resolve(r.git_location, r.source.commit, r.source.ref, origin=str(r.path)),
+            env,
+        )
+    finally:
+        resolved.save()
+    t3 = time.perf_counter()
+    return plan, store, PlanPhases(load=t1 - t0, environment=t2 - t1, plan=t3 - t2)
+
+
+def no_dispatcher() -> NoReturn:
+    raise AssertionError("a fully cached rebuild tried to create a dispatcher (it would have built something)")
+
+
+def cached_rebuild_in_process(settings: Settings, recipe_dir: Path, n: int) -> PlanPhases:
+    """``cmd_rebuild`` minus the interpreter, the imports and result.json: key check, plan, run_plan."""
+    keymod.load_builder(settings.keys_dir)
+    plan, store, phases = plan_in_process(settings, recipe_dir)
+    factory: Callable[[], Dispatcher] = no_dispatcher
+    t0 = time.perf_counter()
+    result = run_plan(plan, store, factory)
+    phases.run = time.perf_counter() - t0
+    if result.count(State.CACHED) != n or not result.ok:
+        raise AssertionError(f"expected {n} cached builds, got {result.to_json()['summary']}")
+    return phases
+
+
+# -- the farm, as subprocesses ---------------------------------------------------------------------------------
+def latest_run_summary(settings: Settings) -> dict[str, int]:
+    runs = sorted(p for p in settings.runs_dir.iterdir() if (p / "result.json").is_file())
+    summary: dict[str, int] = json.loads((runs[-1] / "result.json").read_text())["summary"]
+    return summary
+
+
+def build_all(env: dict[str, str], recipe_dir: Path, n: int, limit: float) -> dict[str, Any]:
+    """One real ``mangos-farm rebuild``; progress lines are relayed (thinned); stopped with SIGINT at ``limit``."""
+    progress(f"building {n} recipes for real: {CLI} rebuild {recipe_dir} (limit {limit:.0f}s)")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [CLI, "rebuild", str(recipe_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    done = [0]
+    stdout_lines: list[str] = []
+    stderr_tail: list[str] = []
+    every = max(1, n // 20)
+    pattern = re.compile(r"^\[(\d+)/(\d+)\]")
+
+    def relay_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr_tail[:] = [*stderr_tail[-40:], line.rstrip()]
+            m = pattern.match(line)
+            if not m:
+                continue
+            done[0] = int(m.group(1))
+            if done[0] % every == 0 or done[0] == n:
+                elapsed = time.perf_counter() - t0
+                progress(f"  {done[0]}/{n} done after {elapsed:.0f}s ({done[0] / elapsed:.2f} builds/s)")
+
+    def collect_stdout() -> None:
+        assert proc.stdout is not None
+        stdout_lines.extend(proc.stdout)
+
+    readers = [threading.Thread(target=relay_stderr), threading.Thread(target=collect_stdout)]
+    for r in readers:
+        r.start()
+    interrupted = False
+    try:
+        rc = proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        interrupted = True
+        progress(f"build limit of {limit:.0f}s reached after {done[0]}/{n}: interrupting the rebuild (SIGINT)")
+        proc.send_signal(signal.SIGINT)  # the CLI stops its workers on KeyboardInterrupt
+        try:
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+    seconds = time.perf_counter() - t0
+    for r in readers:
+        r.join()
+    finished = done[0]
+    info: dict[str, Any] = {
+        "seconds": round(seconds, 2),
+        "exit_code": rc,
+        "finished": finished,
+        "complete": not interrupted and rc == 0,
+        "builds_per_second": round(finished / seconds, 3) if seconds else 0.0,
+        "last_line": "".join(stdout_lines).strip().splitlines()[-1:] or [""],
+    }
+    if rc != 0 and not interrupted:
+        info["stderr_tail"] = stderr_tail
+    progress(f"build finished: exit {rc}, {finished}/{n} in {seconds:.1f}s ({info['builds_per_second']} builds/s)")
+    return info
+
+
+def run_cli(env: dict[str, str], *args: str) -> None:
+    proc = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mangos-farm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+
+
+# -- main ------------------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "git": subprocess.run(["git", "--version"], capture_output=True, text=True, check=False).stdout.strip(),
+    }
+
+
+def run_bench(args: argparse.Namespace, root: Path) -> Report:
+    n = args.recipes
+    report = Report(recipes=n, machine=machine())
+    reps = args.repeat
+
+    # Fixtures.
+    progress(f"work directory {root}")
+    t0 = time.perf_counter()
+    commits = make_repo(root / "repo", COMMITS)
+    deps = write_recipes(root / "recipes", n, "../repo", commits, args.seed)
+    recipe_dir = root / "recipes"
+    edges = sum(len(d) for d in deps)
+    report.build["graph"] = {"recipes": n, "edges": edges, "depth": depth(deps), "commits": len(commits)}
+    progress(
+        f"made 1 repository ({len(commits)} commits) and {n} recipes ({edges} edges) in {time.perf_counter() - t0:.2f}s"
+    )
+
+    home = root / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANGOS_FARM_")}
+    env |= {"MANGOS_FARM_HOME": str(home), "MANGOS_FARM_WORKERS": str(args.workers)}
+    settings = Settings.from_env(env)
+
+    # (1) the builder key.
+    key = keymod.generate(settings.keys_dir)
+    progress(f"builder key {key.public.keyid[:16]}... in {settings.keys_dir}")
+
+    # (2) plan in process: cold source cache (clone), then warm; the store is empty.
+    shutil.rmtree(settings.cache_dir / "git", ignore_errors=True)
+    plan, _, phases = plan_in_process(settings, recipe_dir)
+    report.add("plan_cold", Timing("plan, in process, cold source cache, empty store", [phases.total]))
+    report.build["plan_cold_phases"] = vars(phases)
+    summary = plan.to_json()["summary"]
+    report.build["plan_before_build"] = summary
+    warm: list[PlanPhases] = []
+    for _ in range(reps):
+        warm.append(plan_in_process(settings, recipe_dir)[2])
+    report.add("plan_warm", Timing("plan, in process, warm source cache, empty store", [p.total for p in warm]))
+
+    # (3) build everything for real.
+    info = build_all(env, recipe_dir, n, args.build_limit)
+    report.build["real_build"] = info
+    if not info["complete"]:
+        rate = info["builds_per_second"]
+        eta = n / rate if rate else float("inf")
+        report.notes.append(
+            f"the real build of {n} recipes did not complete within {args.build_limit:.0f}s: "
+            f"{info['finished']} built at {rate} builds/s (all {n} would take about {eta / 60:.1f} min); "
+            "cached-rebuild figures were skipped"
+        )
+        report.build["estimated_full_build_seconds"] = round(eta, 1)
+        baselines(report, recipe_dir, reps)
+        return report
+    summary_after = latest_run_summary(settings)
+    report.build["real_build"]["summary"] = summary_after
+
+    # (4a) fully cached rebuild as a user runs it.
+    def cli_rebuild() -> None:
+        run_cli(env, "rebuild", str(recipe_dir))
+        s = latest_run_summary(settings)
+        if s.get("cached") != n or s.get("built", 0) != 0:
+            raise AssertionError(f"a cached rebuild was not fully cached: {s}")
+
+    report.add(
+        "cached_rebuild_cli",
+        Timing("cached `mangos-farm rebuild DIR` (subprocess wall)", repeat(cli_rebuild, args.cli_repeat)),
+    )
+    report.add(
+        "plan_cli",
+        Timing(
+            "cached `mangos-farm plan DIR` (subprocess wall)",
+            repeat(lambda: run_cli(env, "plan", str(recipe_dir)), reps),
+        ),
+    )
+
+    # (4b) the same in process, with a dispatcher factory that raises.
+    cached_plan, _, _ = plan_in_process(settings, recipe_dir)
+    assert all(b.decision is Decision.CACHED for b in cached_plan.builds.values())
+    phases_list = [cached_rebuild_in_process(settings, recipe_dir, n) for _ in range(reps)]
+    report.add(
+        "cached_rebuild_inproc",
+        Timing("cached make_plan + run_plan, in process (no dispatcher)", [p.total for p in phases_list]),
+    )
+    for part in ("load", "environment", "plan", "run"):
+        report.add(
+            f"inproc_{part}",
+            Timing(f"  of which {PHASE_NAMES[part]}", [getattr(p, part) for p in phases_list]),
+        )
+    baselines(report, recipe_dir, reps)
+    return report
+
+
+PHASE_NAMES = {
+    "load": "load_dir (read + validate TOML)",
+    "environment": "host_environment (dpkg-query)",
+    "plan": "make_plan (resolve, keys, get_record)",
+    "run": "run_plan (all cached)",
+}
+
+
+def baselines(report: Report, recipe_dir: Path, reps: int) -> None:
+    report.add(
+        "python_startup",
+        Timing("baseline: `python -c pass` (subprocess wall)", repeat(lambda: run_python("pass"), reps)),
+    )
+    report.add(
+        "cli_import",
+        Timing(
+            "reference: `python -c 'import farm.cli.main'`",
+            repeat(lambda: run_python("import farm.cli.main"), reps),
+        ),
+    )
+    files = sorted(recipe_dir.glob("*.toml"))
+
+    def parse_all() -> None:
+        for f in files:
+            with f.open("rb") as fh:
+                tomllib.load(fh)
+
+    report.add("tomllib", Timing(f"baseline: tomllib.load of {len(files)} files, in process", repeat(parse_all, reps)))
+    cached = report.timings.get("cached_rebuild_cli")
+    if cached is None:
+        return
+    startup, toml = report.timings["python_startup"].median, report.timings["tomllib"].median
+    report.ratios = {
+        "cached_rebuild / python startup": cached.median / startup,
+        "cached_rebuild / tomllib load": cached.median / toml,
+        "cached_rebuild / (python startup + tomllib load)": cached.median / (startup + toml),
+        "cached_rebuild_inproc / tomllib load": report.timings["cached_rebuild_inproc"].median / toml,
+    }
+
+
+def run_python(code: str) -> None:
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def render(report: Report) -> str:
+    lines = [f"mangos-farm plan/rebuild benchmark: {report.recipes} recipes, {report.machine}"]
+    graph = report.build.get("graph", {})
+    lines.append(f"graph: {graph}")
+    lines.append("")
+    width = max(len(t.name) for t in report.timings.values())
+    lines.append(f"{'measurement':<{width}}  {'runs':>4}  {'min':>8}  {'median':>8}")
+    lines.append("-" * (width + 28))
+    for t in report.timings.values():
+        lines.append(f"{t.name:<{width}}  {len(t.samples):>4}  {t.min:>7.3f}s  {t.median:>7.3f}s")
+    build = report.build.get("real_build")
+    if build:
+        lines.append("")
+        lines.append(
+            f"real build (MANGOS_FARM_WORKERS={report.build.get('workers')}): {build['finished']} of {report.recipes} "
+            f"in {build['seconds']:.1f}s = {build['builds_per_second']} builds/s, exit {build['exit_code']}"
+        )
+        if build.get("summary"):
+            lines.append(f"  run summary: {build['summary']}")
+    if report.ratios:
+        lines.append("")
+        for name, value in report.ratios.items():
+            lines.append(f"ratio {name}: {value:.1f}x")
+    for note in report.notes:
+        lines.append(f"NOTE: {note}")
+    lines.append("")
+    cached = report.timings.get("cached_rebuild_cli")
+    if cached:
+        lines.append(
+            f"cached rebuild of {report.recipes} recipes: median {cached.median:.2f}s (target < {TARGET_SECONDS:g} s)"
+        )
+    else:
+        lines.append(f"cached rebuild of {report.recipes} recipes: not measured (the real build did not complete)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipes", type=int, default=1000, help="number of generated recipes (default 1000)")
+    p.add_argument("--workers", type=int, default=2, help="MANGOS_FARM_WORKERS for the real build (default 2)")
+    p.add_argument("--repeat", type=int, default=5, help="repetitions of each in-process timing (default 5)")
+    p.add_argument("--cli-repeat", type=int, default=5, help="repetitions of the cached CLI rebuild (default 5)")
+    p.add_argument(
+        "--build-limit", type=float, default=1800, help="stop the real build after this many seconds (default 1800)"
+    )
+    p.add_argument("--seed", type=int, default=SEED, help="seed for the dependency graph")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    if args.recipes < 1:
+        p.error("--recipes must be at least 1")
+    for tool in ("git", "bwrap", "dpkg-query"):
+        if shutil.which(tool) is None:
+            p.error(f"'{tool}' is required")
+    root = Path(tempfile.mkdtemp(prefix="mangos-bench-"))
+    try:
+        report = run_bench(args, root)
+        report.build["workers"] = args.workers
+    finally:
+        if args.keep:
+            progress(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
