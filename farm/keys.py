@@ -28,18 +28,14 @@ class PublicKey:
 
     @property
     def der(self) -> bytes:
-        return self.key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     @property
     def keyid(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
 
     def pem(self) -> bytes:
-        return self.key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return self.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         try:
@@ -72,11 +68,11 @@ def generate(keys_dir: Path, force: bool = False) -> BuilderKey:
     keys_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = private.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A fresh file (O_EXCL): reusing a stale temporary file would keep its mode, perhaps world-readable.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     os.replace(tmp, private)
@@ -94,6 +90,13 @@ def load_builder(keys_dir: Path) -> BuilderKey:
             E.KEY_MISSING,
             f"no builder key at {private}",
             hint="run 'mangos-farm keys generate' (or set MANGOS_FARM_HOME to where your key lives)",
+        ) from None
+    except OSError as exc:
+        raise FarmError(
+            E.KEY_MISSING,
+            f"cannot read the builder key: {exc.strerror}",
+            file=private,
+            hint="check the path and permissions",
         ) from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -123,9 +126,7 @@ def load_public(path: Path) -> PublicKey:
             hint="export one with 'mangos-farm keys export-public'",
         ) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise FarmError(
-            E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519"
-        )
+        raise FarmError(E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519")
     return PublicKey(key, str(path))
 
 

@@ -95,15 +95,17 @@ def _bad(message: str, hint: str = "the envelope is damaged; fetch it again from
 
 def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -> Verified:
     """Check a DSSE envelope's signature against trusted keys and return its statement."""
+    if not isinstance(envelope, Mapping):
+        raise _bad(f"a DSSE envelope is a JSON object, got {type(envelope).__name__}")
     if envelope.get("payloadType") != PAYLOAD_TYPE:
         raise _bad(f"payloadType is {envelope.get('payloadType')!r}, expected {PAYLOAD_TYPE!r}")
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
-        sigs = [
-            (s.get("keyid", ""), base64.b64decode(s["sig"], validate=True)) for s in envelope["signatures"]
-        ]
+        sigs = [(s.get("keyid", ""), base64.b64decode(s["sig"], validate=True)) for s in envelope["signatures"]]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _bad(f"malformed DSSE envelope: {exc}") from None
+    if not all(isinstance(keyid, str) for keyid, _ in sigs):
+        raise _bad("malformed DSSE envelope: a signature's keyid is not a string")
     if not sigs:
         raise FarmError(E.VERIFY_SIGNATURE, "the envelope carries no signature", hint="it was never signed")
     message = pae(PAYLOAD_TYPE, payload)
@@ -115,9 +117,13 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
             if key.verify(sig, message):
                 try:
                     stmt = json.loads(payload)
-                except json.JSONDecodeError as exc:
+                except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
                     raise _bad(f"signed payload is not JSON: {exc}") from None
-                if stmt.get("_type") != STATEMENT_TYPE or not isinstance(stmt.get("subject"), list):
+                if (
+                    not isinstance(stmt, dict)
+                    or stmt.get("_type") != STATEMENT_TYPE
+                    or not isinstance(stmt.get("subject"), list)
+                ):
                     raise _bad("signed payload is not an in-toto Statement v1")
                 return Verified(stmt, key.keyid, key.source)
         if keyid in by_id:

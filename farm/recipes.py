@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -120,21 +120,15 @@ def _check_table(table: Mapping[str, Any], schema_name: str, path: Path, errors:
             continue
         if not isinstance(table[key], type_):
             got = type(table[key]).__name__
-            errors.append(
-                _err(E.RECIPE_TYPE, path, prefix + key, f"expected {type_.__name__}, got {got}", help_)
-            )
+            errors.append(_err(E.RECIPE_TYPE, path, prefix + key, f"expected {type_.__name__}, got {got}", help_))
 
 
-def _string_list(
-    value: Any, path: Path, field: str, errors: list[FarmError], example: str
-) -> tuple[str, ...]:
+def _string_list(value: Any, path: Path, field: str, errors: list[FarmError], example: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
     bad = [v for v in value if not isinstance(v, str) or not v]
     if bad:
-        errors.append(
-            _err(E.RECIPE_TYPE, path, field, "every entry must be a non-empty string", f"e.g. {example}")
-        )
+        errors.append(_err(E.RECIPE_TYPE, path, field, "every entry must be a non-empty string", f"e.g. {example}"))
         return ()
     return tuple(value)
 
@@ -171,20 +165,19 @@ def _check_commit(commit: str, path: Path, errors: list[FarmError]) -> None:
     errors.append(_err(E.RECIPE_COMMIT, path, "source.commit", msg, hint))
 
 
-def parse(data: dict[str, Any], path: Path) -> Recipe:
-    """Validate one recipe document. Raises ErrorGroup listing every problem in it."""
-    errors: list[FarmError] = []
-    _check_table(data, "", path, errors)
-    source = data.get("source") if isinstance(data.get("source"), dict) else {}
-    build = data.get("build") if isinstance(data.get("build"), dict) else {}
-    assert isinstance(source, dict) and isinstance(build, dict)
-    if "source" in data and isinstance(data["source"], dict):
-        _check_table(source, "source", path, errors)
-    if "build" in data and isinstance(data["build"], dict):
-        _check_table(build, "build", path, errors)
+def _str(table: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = table.get(key, default)
+    return value if isinstance(value, str) else default
 
-    name = data.get("name") if isinstance(data.get("name"), str) else ""
-    if isinstance(data.get("name"), str) and not NAME_RE.fullmatch(name):
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _check_identity(data: Mapping[str, Any], path: Path, errors: list[FarmError]) -> None:
+    name = data.get("name")
+    if isinstance(name, str) and not NAME_RE.fullmatch(name):
         errors.append(
             _err(
                 E.RECIPE_VALUE,
@@ -194,40 +187,35 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
                 "use lowercase letters, digits and + . - (Debian's rule), starting with a letter or digit",
             )
         )
-    version = data.get("version") if isinstance(data.get("version"), str) else ""
-    if isinstance(data.get("version"), str) and not version.strip():
+    version = data.get("version")
+    if isinstance(version, str) and not version.strip():
         errors.append(_err(E.RECIPE_VALUE, path, "version", "must not be empty", 'e.g. version = "1.0"'))
 
-    commit = source.get("commit", "")
-    if isinstance(commit, str) and "commit" in source:
-        _check_commit(commit, path, errors)
-    git = source.get("git", "")
-    if isinstance(git, str) and "git" in source and not git.strip():
-        errors.append(
-            _err(E.RECIPE_VALUE, path, "source.git", "must not be empty", SCHEMA["source"]["git"][2])
-        )
-    ref = source.get("ref") if isinstance(source.get("ref"), str) else None
 
-    depends = _string_list(data.get("build-depends", []), path, "build-depends", errors, '["zlib"]')
-    for dep in depends:
-        if dep == name:
-            errors.append(
-                _err(E.RECIPE_CYCLE, path, "build-depends", f"'{name}' depends on itself", "remove it")
-            )
+def _check_source(source: Mapping[str, Any], path: Path, errors: list[FarmError]) -> None:
+    if isinstance(source.get("commit"), str):
+        _check_commit(source["commit"], path, errors)
+    git = source.get("git")
+    if isinstance(git, str) and not git.strip():
+        errors.append(_err(E.RECIPE_VALUE, path, "source.git", "must not be empty", SCHEMA["source"]["git"][2]))
+
+
+def _non_empty(
+    table: Mapping[str, Any], key: str, field: str, what: str, *, path: Path, errors: list[FarmError]
+) -> None:
+    if isinstance(table.get(key), list) and not table[key]:
+        table_name = field.split(".", maxsplit=1)[0] if "." in field else ""
+        errors.append(_err(E.RECIPE_VALUE, path, field, f"needs at least {what}", SCHEMA[table_name][key][2]))
+
+
+def _check_depends(depends: tuple[str, ...], name: str, path: Path, errors: list[FarmError]) -> None:
+    if name in depends:
+        errors.append(_err(E.RECIPE_CYCLE, path, "build-depends", f"'{name}' depends on itself", "remove it"))
     if len(set(depends)) != len(depends):
-        errors.append(
-            _err(E.RECIPE_VALUE, path, "build-depends", "lists a recipe twice", "list each dependency once")
-        )
-    steps = _string_list(build.get("steps", []), path, "build.steps", errors, '["make"]')
-    if "steps" in build and isinstance(build["steps"], list) and not build["steps"]:
-        errors.append(
-            _err(E.RECIPE_VALUE, path, "build.steps", "needs at least one step", SCHEMA["build"]["steps"][2])
-        )
-    outputs = _string_list(data.get("outputs", []), path, "outputs", errors, '["bin/hello"]')
-    if "outputs" in data and isinstance(data["outputs"], list) and not data["outputs"]:
-        errors.append(
-            _err(E.RECIPE_VALUE, path, "outputs", "needs at least one path", SCHEMA[""]["outputs"][2])
-        )
+        errors.append(_err(E.RECIPE_VALUE, path, "build-depends", "lists a recipe twice", "list each dependency once"))
+
+
+def _check_outputs(outputs: tuple[str, ...], path: Path, errors: list[FarmError]) -> None:
     for out in outputs:
         why = check_output_path(out)
         if why:
@@ -251,8 +239,12 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
                 "publish a common parent directory instead",
             )
         )
-    env_items: list[tuple[str, str]] = []
-    for key, value in (build.get("env") or {}).items() if isinstance(build.get("env"), dict) else []:
+
+
+def _parse_env(build: Mapping[str, Any], path: Path, errors: list[FarmError]) -> tuple[tuple[str, str], ...]:
+    env = build.get("env")
+    items: list[tuple[str, str]] = []
+    for key, value in env.items() if isinstance(env, dict) else ():
         if not ENV_NAME_RE.fullmatch(key) or key in RESERVED_ENV or not isinstance(value, str):
             errors.append(
                 _err(
@@ -264,19 +256,44 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
                 )
             )
         else:
-            env_items.append((key, value))
-    description = data.get("description", "")
+            items.append((key, value))
+    return tuple(sorted(items))
+
+
+def parse(data: dict[str, Any], path: Path) -> Recipe:
+    """Validate one recipe document. Raises ErrorGroup listing every problem in it."""
+    errors: list[FarmError] = []
+    _check_table(data, "", path, errors)
+    source, build = _table(data, "source"), _table(data, "build")
+    if isinstance(data.get("source"), dict):
+        _check_table(source, "source", path, errors)
+    if isinstance(data.get("build"), dict):
+        _check_table(build, "build", path, errors)
+    _check_identity(data, path, errors)
+    _check_source(source, path, errors)
+    name = _str(data, "name")
+    depends = _string_list(data.get("build-depends", []), path, "build-depends", errors, '["zlib"]')
+    _check_depends(depends, name, path, errors)
+    steps = _string_list(build.get("steps", []), path, "build.steps", errors, '["make"]')
+    _non_empty(build, "steps", "build.steps", "one step", path=path, errors=errors)
+    outputs = _string_list(data.get("outputs", []), path, "outputs", errors, '["bin/hello"]')
+    _non_empty(data, "outputs", "outputs", "one path", path=path, errors=errors)
+    _check_outputs(outputs, path, errors)
+    env = _parse_env(build, path, errors)
     if errors:
         raise ErrorGroup(errors)
+    ref = source.get("ref")
     return Recipe(
         name=name,
-        version=version,
-        description=description if isinstance(description, str) else "",
-        source=Source(git=git, commit=commit, ref=ref),
+        version=_str(data, "version"),
+        description=_str(data, "description"),
+        source=Source(
+            git=_str(source, "git"), commit=_str(source, "commit"), ref=ref if isinstance(ref, str) else None
+        ),
         steps=steps,
         outputs=outputs,
         build_depends=depends,
-        env=tuple(sorted(env_items)),
+        env=env,
         path=path,
     )
 
@@ -309,7 +326,7 @@ class RecipeSet:
     recipes: Mapping[str, Recipe]
     directory: Path
 
-    def __iter__(self) -> Iterable[Recipe]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Recipe]:
         return iter(self.recipes.values())
 
     def __len__(self) -> int:
@@ -362,9 +379,7 @@ def load_dir(directory: Path) -> RecipeSet:
         for dep in recipe.build_depends:
             if dep not in by_name:
                 close = difflib.get_close_matches(dep, list(by_name), n=1)
-                hint = (
-                    f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
-                )
+                hint = f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
                 errors.append(
                     _err(
                         E.RECIPE_UNKNOWN_DEP,

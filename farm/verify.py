@@ -49,9 +49,7 @@ def expand(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found.extend(
-                f for f in sorted(p.iterdir()) if f.is_file() and not f.name.endswith(ENVELOPE_SUFFIX)
-            )
+            found.extend(f for f in sorted(p.iterdir()) if f.is_file() and not f.name.endswith(ENVELOPE_SUFFIX))
         elif p.name.endswith(ENVELOPE_SUFFIX):
             found.append(p.with_name(p.name[: -len(ENVELOPE_SUFFIX)]))
         else:

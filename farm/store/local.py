@@ -28,6 +28,8 @@ from farm.errors import E, FarmError
 from farm.store.base import Artifact, BuildRecord, Store
 
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+INDEX_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]*")
 CHUNK = 1 << 20
 
 
@@ -152,6 +154,12 @@ class LocalStore(Store):
         return self.root / "records" / f"{key}.json"
 
     def put_record(self, record: BuildRecord) -> bool:
+        if not INDEX_NAME_RE.fullmatch(record.recipe) or not COMMIT_RE.fullmatch(record.commit):
+            raise FarmError(
+                E.STORE_CORRUPT,
+                f"record {record.build_key} has an unusable recipe name or commit id",
+                hint="records come from validated recipes; this is a bug in the caller",
+            )
         missing = [d for d in record.blob_digests() if not self.has_blob(d)]
         if missing:
             raise FarmError(
@@ -166,8 +174,10 @@ class LocalStore(Store):
             os.fsync(fh.fileno())
             os.chmod(tmp, 0o444)
             published = self._publish(tmp, final)
-        # Index markers are idempotent, so a crash between record and markers heals on the next put.
-        for kind, value in (("recipe", record.recipe), ("commit", record.commit)):
+        # Index markers are idempotent, so a crash between record and markers heals on the next put. They
+        # always describe the record that won, never a losing duplicate.
+        stored = record if published else self.get_record(record.build_key) or record
+        for kind, value in (("recipe", stored.recipe), ("commit", stored.commit)):
             marker = self.root / "index" / kind / value / record.build_key
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)

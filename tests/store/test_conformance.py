@@ -26,7 +26,7 @@ from farm.store.base import Artifact, BuildRecord, Store
 from farm.store.local import LocalStore
 from tests.store.conftest import corrupt_blob
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 
@@ -44,7 +45,7 @@ def assert_is_cycle(graph: Mapping[str, Sequence[str]], cycle: list[str]) -> Non
     assert len(cycle) >= 2
     assert cycle[0] == cycle[-1]
     assert len(set(cycle[:-1])) == len(cycle) - 1, "a simple cycle visits each node once"
-    for a, b in zip(cycle, cycle[1:], strict=False):
+    for a, b in itertools.pairwise(cycle):
         assert b in graph[a], f"{a} -> {b} is not an edge"
 
 

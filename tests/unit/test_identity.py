@@ -66,7 +66,7 @@ def test_non_ascii_is_kept_as_utf8() -> None:
 
 
 def test_control_characters_are_escaped() -> None:
-    assert canonical_json("a\nb\t\"c\\") == b'"a\\nb\\t\\"c\\\\"'
+    assert canonical_json('a\nb\t"c\\') == b'"a\\nb\\t\\"c\\\\"'
 
 
 def test_insertion_order_does_not_matter() -> None:

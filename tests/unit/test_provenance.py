@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
-from securesystemslib.signer import SSlibKey
+from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]  # public API, re-exported
 
 from farm.errors import E, FarmError
 from farm.keys import BuilderKey, generate
@@ -109,8 +110,13 @@ def test_pae_of_the_in_toto_type() -> None:
     assert pae(PAYLOAD_TYPE, payload) == b"DSSEv1 28 application/vnd.in-toto+json 13 " + payload
 
 
+def sslib_envelope(envelope: dict[str, Any]) -> Envelope:
+    """securesystemslib's Envelope.from_dict consumes the dict it is given, so hand it a copy."""
+    return Envelope.from_dict(copy.deepcopy(envelope))
+
+
 def test_pae_agrees_with_securesystemslib(envelope: dict[str, Any]) -> None:
-    assert Envelope.from_dict(envelope).pae() == pae(PAYLOAD_TYPE, base64.b64decode(envelope["payload"]))
+    assert sslib_envelope(envelope).pae() == pae(PAYLOAD_TYPE, base64.b64decode(envelope["payload"]))
 
 
 # -- statement and envelope shape ------------------------------------------------------------------------------
@@ -190,9 +196,9 @@ def test_securesystemslib_verifies_our_envelope(envelope: dict[str, Any], key: B
     default = SSlibKey.from_crypto(crypto_key, scheme="ed25519")
     assert default.keyid != key.public.keyid
     with pytest.raises(VerificationError):
-        Envelope.from_dict(envelope).verify([default], 1)  # ... and it only tries keys whose keyid matches
+        sslib_envelope(envelope).verify([default], 1)  # ... and it only tries keys whose keyid matches
     ours = SSlibKey.from_crypto(crypto_key, keyid=key.public.keyid, scheme="ed25519")
-    accepted = Envelope.from_dict(envelope).verify([ours], 1)
+    accepted = sslib_envelope(envelope).verify([ours], 1)
     assert list(accepted) == [key.public.keyid]
 
 
@@ -203,7 +209,7 @@ def test_securesystemslib_rejects_a_tampered_envelope(
     envelope["payload"] = b64(json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode())
     ours = SSlibKey.from_crypto(load_pem_public_key(key.public.pem()), keyid=key.public.keyid, scheme="ed25519")
     with pytest.raises(VerificationError):
-        Envelope.from_dict(envelope).verify([ours], 1)
+        sslib_envelope(envelope).verify([ours], 1)
 
 
 def _openssl_verify(tmp_path: Path, message: bytes, sig: bytes, pem: bytes) -> subprocess.CompletedProcess[str]:
@@ -290,7 +296,7 @@ def test_missing_payload_type(envelope: dict[str, Any], key: BuilderKey) -> None
     assert verify_error(envelope, [key.public]).code == E.VERIFY_ENVELOPE
 
 
-@pytest.mark.parametrize("payload", ["not base64!", "YWJj=", "YW Jj", "é", 42, None])
+@pytest.mark.parametrize("payload", ["not base64!", "YWJ", "YW Jj", "é", 42, None])
 def test_malformed_payload_base64(envelope: dict[str, Any], key: BuilderKey, payload: Any) -> None:
     envelope["payload"] = payload
     err = verify_error(envelope, [key.public])
@@ -298,7 +304,7 @@ def test_malformed_payload_base64(envelope: dict[str, Any], key: BuilderKey, pay
     assert "malformed" in err.message
 
 
-@pytest.mark.parametrize("sig", ["%%%", "YWJj=", 7, None])
+@pytest.mark.parametrize("sig", ["%%%", "YWJ", 7, None])
 def test_malformed_signature_base64(envelope: dict[str, Any], key: BuilderKey, sig: Any) -> None:
     envelope["signatures"][0]["sig"] = sig
     assert verify_error(envelope, [key.public]).code == E.VERIFY_ENVELOPE

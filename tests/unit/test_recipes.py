@@ -217,9 +217,7 @@ def test_step_order_changes_the_digest(write: WriteRecipe) -> None:
 
 
 # -- git_location ----------------------------------------------------------------------------------------------
-def test_git_location_resolves_relative_paths_against_the_recipe_directory(
-    tmp_path: Path, write: WriteRecipe
-) -> None:
+def test_git_location_resolves_relative_paths_against_the_recipe_directory(tmp_path: Path, write: WriteRecipe) -> None:
     path = write(valid(source__git="../git/hello.git"), directory=tmp_path / "recipes")
     r = load_file(path)
     assert r.source.git == "../git/hello.git"  # the recipe keeps what was written
@@ -424,6 +422,20 @@ def test_uppercase_or_overlong_hex_commit(write: WriteRecipe, commit: str) -> No
     assert_problem(err, E.RECIPE_COMMIT, path, "source.commit")
     assert "not a 40-hex commit id" in err.message
     assert "lowercase" in err.hint
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "field"),
+    [
+        ({"source__commit": COMMIT + "\n"}, E.RECIPE_COMMIT, "source.commit"),
+        ({"name": "hello\n"}, E.RECIPE_VALUE, "name"),
+        ({"build__env": {"CFLAGS\n": "-O2"}}, E.RECIPE_VALUE, "build.env.CFLAGS\n"),
+    ],
+)
+def test_a_trailing_newline_is_not_accepted(write: WriteRecipe, change: dict[str, Any], code: str, field: str) -> None:
+    """A regex ending in '$' also matches before a final newline; the whole value must match."""
+    path = write(valid(**change))
+    assert_problem(single(load_error(path)), code, path, field)
 
 
 # -- dependencies ----------------------------------------------------------------------------------------------
