@@ -54,6 +54,7 @@ class BuildRequest:
     tree: str
     environment: str
     dependencies: Sequence[DependencyInput] = ()
+    lease: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -82,6 +83,7 @@ class BuildOutcome:
     log_tail: str = ""
     worker: str = ""
     duration: float = 0.0
+    lease: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +237,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                 logfh.flush()
                 return BuildOutcome(
                     build_key=req.build_key,
+                    lease=req.lease,
                     recipe=recipe.name,
                     ok=False,
                     error=exc.to_json(),
@@ -256,6 +259,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
             record = existing
         return BuildOutcome(
             build_key=req.build_key,
+            lease=req.lease,
             recipe=recipe.name,
             ok=True,
             record=record.to_json(),

@@ -7,6 +7,7 @@ the worker processes and the README table are all derived from these declaration
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -36,6 +37,20 @@ class Settings:
     builder_id: str = field(
         default="", metadata={"help": "builder identity written into provenance (default: mangos-farm@HOSTNAME)"}
     )
+    state: str = field(
+        default="",
+        metadata={"help": "coordinator state: a redis:// URL (default: the Redis broker) or HOME/state.sqlite"},
+    )
+    arch: str = field(default="", metadata={"help": "architecture this machine builds for (default: the host's)"})
+    lane: str = field(default="rebuild", metadata={"help": "default priority lane: security, interactive, rebuild"})
+    lease_timeout: int = field(
+        default=30, metadata={"help": "seconds without a heartbeat after which a build is re-dispatched"}
+    )
+    requeue_after: int = field(
+        default=600, metadata={"help": "seconds a dispatched build may wait unstarted on an idle fleet before resend"}
+    )
+    max_attempts: int = field(default=3, metadata={"help": "attempts per build before it is marked failed"})
+    aging: int = field(default=600, metadata={"help": "seconds of waiting that lift a build by one lane"})
     build_timeout: int = field(
         default=3600, metadata={"help": "wall-clock seconds a single build may run before it is killed"}
     )
@@ -58,6 +73,18 @@ class Settings:
     @property
     def embedded_broker(self) -> bool:
         return not self.broker
+
+    @property
+    def state_url(self) -> str:
+        if self.state:
+            return self.state
+        if self.broker.startswith(("redis://", "rediss://")):
+            return self.broker
+        return f"sqlite:///{(self.home / 'state.sqlite').resolve()}"
+
+    @property
+    def build_arch(self) -> str:
+        return self.arch or host_arch()
 
     @property
     def keys_dir(self) -> Path:
@@ -114,6 +141,12 @@ class Settings:
 
     def with_home(self, home: Path) -> Settings:
         return replace(self, home=home)
+
+
+def host_arch() -> str:
+    """The Debian name of this machine's architecture."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386"}.get(machine, machine)
 
 
 def _convert(name: str, type_: Any, raw: str) -> Any:

@@ -14,7 +14,13 @@ from farm.settings import Settings
 from workers import transport
 
 BUILD_TASK = "mangos.build"
-BUILD_QUEUE = "mangos.build"
+# A long build must never be redelivered to a second worker while the first is still on it: the Redis
+# visibility timeout is far above any build; lost workers are detected by the farm's own leases instead.
+VISIBILITY_TIMEOUT = 48 * 3600
+
+
+def build_queue(arch: str) -> str:
+    return f"mangos.build.{arch}"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -22,10 +28,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
     - acks_late + reject_on_worker_lost: a build whose worker dies is delivered again, not lost;
     - prefetch 1: a worker never holds builds it is not running (prefetched tasks were seen to run twice);
-    - results kept so the coordinator can collect outcomes.
+    - results kept so the coordinator can collect outcomes, also after a restart.
     """
     if settings.embedded_broker:
         (settings.home / "broker").mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        options = {"visibility_timeout": VISIBILITY_TIMEOUT}
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
@@ -35,12 +44,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_track_started": True,
         "result_expires": 7 * 24 * 3600,
+        "broker_transport_options": options,
+        "result_backend_transport_options": options,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": BUILD_QUEUE,
+        "broker_connection_max_retries": None,
+        "task_default_queue": build_queue(settings.build_arch),
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
 
 

@@ -15,12 +15,12 @@ from farm.build import BuildOutcome, BuildRequest
 from farm.errors import E, FarmError
 from farm.run import tail
 from farm.settings import Settings
-from workers.app import BUILD_QUEUE
+from workers.app import build_queue
 
 log = logging.getLogger(__name__)
 
 
-def worker_argv(concurrency: int, name: str, loglevel: str = "INFO") -> list[str]:
+def worker_argv(concurrency: int, name: str, arch: str, loglevel: str = "INFO") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -33,7 +33,7 @@ def worker_argv(concurrency: int, name: str, loglevel: str = "INFO") -> list[str
         "--concurrency",
         str(concurrency),
         "--queues",
-        BUILD_QUEUE,
+        build_queue(arch),
         "--hostname",
         name,
         "--loglevel",
@@ -54,7 +54,7 @@ class LocalWorkers:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ) | self.settings.to_env()
         env["MANGOS_FARM_HOME"] = str(Path(self.settings.home).resolve())
-        argv = worker_argv(self.settings.workers, f"local-{os.getpid()}@%h")
+        argv = worker_argv(self.settings.workers, f"local-{os.getpid()}@%h", self.settings.build_arch)
         log.info("starting %d local build worker(s): %s", self.settings.workers, " ".join(argv))
         with self.logfile.open("ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -102,18 +102,24 @@ class EmbeddedDispatcher:
         self.inner = CeleryDispatcher(self.app)
         self.workers.start()
 
-    def submit(self, request: BuildRequest) -> None:
-        self.inner.submit(request)
+    def submit(self, request: BuildRequest, *, arch: str) -> str:
+        return self.inner.submit(request, arch=arch)
 
-    def poll(self, timeout: float) -> list[BuildOutcome]:
-        outcomes = self.inner.poll(timeout)
-        if not outcomes and not self.workers.alive():
+    def outcome(self, task_id: str) -> BuildOutcome | None:
+        result = self.inner.outcome(task_id)
+        if result is None and not self.workers.alive():
             raise FarmError(
                 E.WORKER,
                 "the local build workers exited unexpectedly",
                 hint=f"see their log: {self.workers.logfile}\n{tail(self._log(), 2000)}",
             )
-        return outcomes
+        return result
+
+    def revoke(self, task_id: str) -> None:
+        self.inner.revoke(task_id)
+
+    def stop_consuming(self, worker: str, arch: str) -> None:
+        self.inner.stop_consuming(worker, arch)
 
     def _log(self) -> bytes:
         try:

@@ -1,18 +1,29 @@
-"""Thin Celery tasks: deserialise, call into ``farm``, serialise. No build logic lives here."""
+"""Thin Celery tasks: deserialise, claim the lease, call into ``farm``, serialise. No build logic lives here."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from farm.build import BuildRequest, WorkerContext, execute_build
+from celery import signals
+
+from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.coordinator.kv import open_kv
+from farm.coordinator.leases import LeaseBoard, WorkerInfo
 from farm.envs.host import host_environment
 from farm.keys import load_builder
 from farm.settings import Settings
 from farm.sources.git import SourceCache
 from farm.store import open_store
 from workers.app import BUILD_TASK, app, settings
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -30,6 +41,74 @@ def worker_context() -> WorkerContext:
     )
 
 
-@app.task(name=BUILD_TASK)  # type: ignore[untyped-decorator]
-def build(request: dict[str, Any]) -> dict[str, Any]:
-    return execute_build(BuildRequest.from_json(request), worker_context()).to_json()
+@functools.cache
+def lease_board() -> LeaseBoard:
+    return LeaseBoard(open_kv(settings.state_url), settings.lease_timeout)
+
+
+@app.task(name=BUILD_TASK, bind=True)  # type: ignore[untyped-decorator]
+def build(self: Any, request: dict[str, Any]) -> dict[str, Any]:
+    req = BuildRequest.from_json(request)
+    worker = str(self.request.hostname or socket.gethostname())
+    board = lease_board()
+    if req.lease and not board.claim(req.lease, worker):
+        log.info("not building %s: lease %s is stale (re-dispatched or redelivered)", req.recipe["name"], req.lease[:8])
+        stale = BuildOutcome(
+            build_key=req.build_key,
+            recipe=str(req.recipe.get("name", "")),
+            ok=False,
+            error={"code": "E-LEASE-STALE", "message": "lease is no longer current"},
+            worker=worker,
+            lease=req.lease,
+        )
+        return stale.to_json()
+    if not req.lease:
+        return execute_build(req, worker_context()).to_json()
+    with board.keep_alive(req.lease):
+        outcome = execute_build(req, worker_context())
+    return BuildOutcome(**(outcome.to_json() | {"worker": worker})).to_json()
+
+
+# -- the worker's presence in the registry (main process) ------------------------------------------------------
+_announcer: dict[str, Any] = {}
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _announce_worker(sender: Any = None, **_: Any) -> None:
+    name = str(getattr(sender, "hostname", None) or socket.gethostname())
+    concurrency = int(getattr(sender, "concurrency", 1) or 1)
+    info = WorkerInfo(
+        name=name,
+        arch=settings.build_arch,
+        concurrency=concurrency,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=time.time(),
+    )
+    stop = threading.Event()
+    interval = max(0.5, settings.lease_timeout / 4)
+
+    def loop() -> None:
+        board = LeaseBoard(open_kv(settings.state_url), settings.lease_timeout)
+        while True:
+            try:
+                board.announce(info, ttl=settings.lease_timeout)
+            except Exception as exc:  # keep announcing through a broker/state outage
+                log.warning("cannot announce worker %s: %s", name, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=loop, name="mangos-announce", daemon=True)
+    thread.start()
+    _announcer.update(stop=stop, thread=thread, name=name)
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _withdraw_worker(**_: Any) -> None:
+    stop = _announcer.get("stop")
+    if stop is not None:
+        stop.set()
+        try:
+            open_kv(settings.state_url).delete(f"mangos:worker:{_announcer['name']}")
+        except Exception as exc:
+            log.warning("cannot withdraw worker registration: %s", exc)

@@ -6,9 +6,9 @@ import argparse
 import json
 import logging
 import sys
-import uuid
+import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,58 +82,218 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@dataclass
+class _Fleet:
+    """The coordinator plus the local workers it may have started (embedded), so the CLI can stop them."""
+
+    coordinator: Any
+    worker_log: Path
+    dispatchers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for d in self.dispatchers:
+            d.close()
+
+
+def _coordinator(settings: Settings, store: Any, on_change: Any = None) -> _Fleet:
+    """The coordinator with the dispatcher this deployment uses: local workers on the embedded broker (started
+    only once something must be built), or the fleet's Celery workers."""
+    from farm.coordinator.engine import Config, Coordinator
+    from farm.coordinator.kv import open_kv
+
+    def factory() -> Any:
+        if settings.embedded_broker:
+            from workers.local import EmbeddedDispatcher
+
+            d = EmbeddedDispatcher(settings, fleet.worker_log)
+            fleet.dispatchers.append(d)
+            return d
+        from workers.app import make_app
+        from workers.dispatch import CeleryDispatcher
+
+        return CeleryDispatcher(make_app(settings))
+
+    config = Config(
+        lease_timeout=settings.lease_timeout,
+        requeue_after=settings.requeue_after,
+        max_attempts=settings.max_attempts,
+        aging=settings.aging,
+    )
+    coordinator = Coordinator(
+        open_kv(settings.state_url), store, factory, config, on_change, lazy_workers=settings.embedded_broker
+    )
+    fleet = _Fleet(coordinator, settings.runs_dir / "workers.log")
+    return fleet
+
+
+def _print_summary(status: dict[str, Any]) -> None:
+    s = status["summary"]
+    print(
+        f"run {status['run']}: {s['built']} built, {s['cached']} cached, {s['failed']} failed, "
+        f"{s['blocked']} blocked" + (f", {s['cancelled']} cancelled" if s["cancelled"] else "")
+    )
+    for b in status["builds"]:
+        if b["state"] == "failed":
+            err = b.get("error") or {}
+            print(f"\n--- {b['recipe']} failed: error[{err.get('code', E.BUILD_FAILED)}]: {err.get('message', '')}")
+            if err.get("hint"):
+                print(f"    hint: {err['hint']}")
+            if b.get("log"):
+                print(f"    full log: blob {b['log']}")
+            tail = (b.get("log_tail") or "").splitlines()[-25:]
+            if tail:
+                print("    log tail:\n" + "\n".join("    | " + ln for ln in tail))
+        elif b["state"] == "blocked":
+            print(f"--- {b['recipe']} not built: {b['why']}")
+
+
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from farm.cli.progress import Progress
-    from farm.coordinator.scheduler import State, run_plan
+    from farm.coordinator.policy import Lane
 
     keymod.load_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
     plan, store = _planning(args, settings)
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    run_dir = settings.runs_dir / run_id
     progress = Progress(len(plan.order), quiet_cached=not args.verbose)
-    dispatchers: list[Any] = []
-
-    def factory() -> Any:
-        from workers.local import EmbeddedDispatcher
-
-        if not settings.embedded_broker:
-            from workers.app import make_app
-            from workers.dispatch import CeleryDispatcher
-
-            return CeleryDispatcher(make_app(settings))
-        d = EmbeddedDispatcher(settings, run_dir / "workers.log")
-        dispatchers.append(d)
-        return d
-
+    lane = Lane(args.lane or settings.lane)
+    fleet = _coordinator(settings, store, progress)
+    coordinator = fleet.coordinator
+    run = coordinator.submit(plan, lane=lane, arch=settings.build_arch, force=args.force)
+    run_dir = settings.runs_dir / run.id
+    fleet.worker_log = run_dir / "workers.log"
+    if not settings.embedded_broker and not args.wait:
+        print(run.id)
+        return 0
+    start = time.monotonic()
     try:
-        result = run_plan(plan, store, factory, force=args.force, on_change=progress)
+        if settings.embedded_broker:
+            coordinator.run_until_done(run.id)
+        else:
+            _follow(coordinator, run.id, progress)
     finally:
         progress.close()
-        for d in dispatchers:
-            d.close()
+        fleet.close()
+    status = coordinator.status(run.id)
+    status["seconds"] = round(time.monotonic() - start, 3)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=1, sort_keys=True))
+    (run_dir / "result.json").write_text(json.dumps(status, indent=1, sort_keys=True))
     if args.json:
-        _out(result.to_json() | {"run": run_id})
+        _out(status)
     else:
-        print(
-            f"run {run_id}: {result.count(State.BUILT)} built, {result.count(State.CACHED)} cached, "
-            f"{result.count(State.FAILED)} failed, {result.count(State.BLOCKED)} blocked "
-            f"in {result.seconds:.1f}s"
+        _print_summary(status)
+    return 0 if status["ok"] else 1
+
+
+def _follow(coordinator: Any, run_id: str, progress: Any) -> None:
+    """Watch a run that the fleet's coordinator drives, reporting each change."""
+    seen: dict[str, str] = {}
+    while True:
+        jobs = coordinator.runs.jobs(run_id)
+        for job in jobs.values():
+            if seen.get(job.name) != job.state.value + job.why:
+                seen[job.name] = job.state.value + job.why
+                progress(job, jobs)
+        if coordinator.runs.get(run_id).status != "active":
+            return
+        time.sleep(0.5)
+
+
+def _run_id(coordinator: Any, run: str | None) -> str:
+    return str(run or coordinator.runs.latest().id)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.store import open_store
+
+    coordinator = _coordinator(settings, open_store(settings.store_url)).coordinator
+    status = coordinator.status(_run_id(coordinator, args.run))
+    if args.json:
+        _out(status)
+        return 0
+    s = status["summary"]
+    print(
+        f"run {status['run']} ({status['status']}, lane {status['lane']}, arch {status['arch']}): "
+        + ", ".join(f"{v} {k}" for k, v in s.items() if v)
+        + f"; oldest waiting {status['oldest_waiting_seconds']:.0f}s"
+    )
+    width = max((len(b["recipe"]) for b in status["builds"]), default=0)
+    for b in status["builds"]:
+        extra = f" [{b['worker']}]" if b.get("worker") and b["state"] in ("running", "built") else ""
+        print(f"{b['state']:<9} {b['recipe']:<{width}}  {b['why']}{extra}")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.coordinator.kv import open_kv
+    from farm.coordinator.leases import LeaseBoard
+    from farm.coordinator.runs import RunStore, State
+
+    kv = open_kv(settings.state_url)
+    workers = LeaseBoard(kv, settings.lease_timeout).workers()
+    building: dict[str, list[dict[str, Any]]] = {}
+    runs = RunStore(kv)
+    for run in runs.active():
+        for job in runs.jobs(run.id).values():
+            if job.state is State.RUNNING and job.worker:
+                building.setdefault(job.worker, []).append({"run": run.id, "recipe": job.name, "since": job.started_at})
+    now = time.time()
+    rows = [
+        {
+            "name": w.name,
+            "arch": w.arch,
+            "concurrency": w.concurrency,
+            "host": w.host,
+            "up_seconds": round(now - w.started, 1),
+            "last_seen_seconds": round(now - w.seen, 1),
+            "disabled": w.disabled,
+            "building": building.get(w.name, []),
+        }
+        for w in workers
+    ]
+    if args.json:
+        _out(rows)
+        return 0
+    if not rows:
+        print("no workers alive (start one with 'mangos-farm worker')")
+    for r in rows:
+        jobs = ", ".join(f"{b['recipe']} for {now - (b['since'] or now):.0f}s" for b in r["building"]) or "idle"
+        flag = " OUT OF ROTATION" if r["disabled"] else ""
+        print(f"{r['name']} ({r['arch']} x{r['concurrency']}, seen {r['last_seen_seconds']:.0f}s ago){flag}: {jobs}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.store import open_store
+
+    run = _coordinator(settings, open_store(settings.store_url)).coordinator.cancel(args.run)
+    print(f"run {run.id} cancelled")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.store import open_store
+
+    coordinator = _coordinator(settings, open_store(settings.store_url)).coordinator
+    run_id, _, name = args.build.rpartition("/")
+    run_id = run_id or _run_id(coordinator, None)
+    coordinator.retry(run_id, name)
+    print(f"build {name} of run {run_id} will be retried")
+    return 0
+
+
+def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.store import open_store
+
+    if settings.embedded_broker:
+        raise FarmError(
+            E.SETTINGS,
+            "the coordinator service is for a fleet; the embedded farm coordinates inside 'rebuild'",
+            field="MANGOS_FARM_BROKER",
+            hint="set MANGOS_FARM_BROKER=redis://HOST:6379/0 (and MANGOS_FARM_STORE) to run a fleet",
         )
-        for b in result.builds.values():
-            if b.state is State.FAILED and b.outcome is not None:
-                err = FarmError(
-                    **{k: v for k, v in (b.outcome.error or {}).items() if k != "code"},
-                    code=(b.outcome.error or {}).get("code", E.BUILD_FAILED),
-                )
-                print(f"\n--- {b.planned.name} failed: {err.render()}")
-                if b.outcome.log_digest:
-                    print(f"    full log: blob {b.outcome.log_digest}")
-                print("    log tail:\n" + "\n".join("    | " + ln for ln in b.outcome.log_tail.splitlines()[-25:]))
-            elif b.state is State.BLOCKED:
-                print(f"--- {b.planned.name} not built: {b.why}")
-    return 0 if result.ok else 1
+    coordinator = _coordinator(settings, open_store(settings.store_url)).coordinator
+    print(f"coordinator serving {settings.state_url} (lease {settings.lease_timeout}s)", flush=True)
+    coordinator.serve()
+    return 0
 
 
 # -- artifacts -------------------------------------------------------------------------------------------------
@@ -234,8 +394,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from workers.local import worker_argv
 
-    argv = worker_argv(args.concurrency or settings.workers, args.name or "worker@%h")
-    os.environ.update(settings.to_env())
+    arch = args.arch or settings.build_arch
+    argv = worker_argv(args.concurrency or settings.workers, args.name or f"{arch}-{os.getpid()}@%h", arch)
+    os.environ.update(settings.to_env() | {"MANGOS_FARM_ARCH": arch})
     os.execv(argv[0], argv)  # noqa: S606 - replaces this process with the Celery worker, argv is a list
 
 
@@ -269,7 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", nargs="?", default="recipes")
     sp.add_argument("--force", action="store_true", help="rebuild even what is cached")
     sp.add_argument("--workers", type=int, help="local build processes (env MANGOS_FARM_WORKERS)")
+    sp.add_argument("--lane", choices=["security", "interactive", "rebuild"], help="priority lane (default rebuild)")
+    sp.add_argument("--wait", action="store_true", help="with a fleet: follow the run to its end, exit 1 on failure")
     json_flag(sp)
+
+    sp = add("status", cmd_status, "every build's state in a run, and for each waiting one why")
+    sp.add_argument("run", nargs="?", help="run id (default: the latest)")
+    json_flag(sp)
+
+    sp = add("workers", cmd_workers, "who is alive, what each builds, since when")
+    json_flag(sp)
+
+    sp = add("cancel", cmd_cancel, "cancel a run: nothing more is dispatched, running builds are revoked")
+    sp.add_argument("run")
+
+    sp = add("retry", cmd_retry, "retry a failed build (and what it blocked)")
+    sp.add_argument("build", help="RUN/RECIPE, or RECIPE for the latest run")
+
+    sp = add("coordinator", cmd_coordinator, "run the fleet's coordinator service (Redis broker)")
 
     sp = add("fetch", cmd_fetch, "artifacts built from a source commit")
     sp.add_argument("--commit", required=True, help="full 40-hex source commit")
@@ -295,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("worker", cmd_worker, "run a Celery build worker in the foreground (distributed farms)")
     sp.add_argument("--concurrency", type=int, help="parallel builds")
+    sp.add_argument("--arch", help="architecture to build for (default: the host's)")
     sp.add_argument("--name", help="worker name (default worker@HOSTNAME)")
     return p
 

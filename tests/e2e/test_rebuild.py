@@ -43,7 +43,7 @@ def test_first_rebuild_builds_everything_in_dependency_order(first_run: dict[str
 
 def test_second_rebuild_is_all_cached_and_starts_no_worker(demo_farm: Farm, first_run: dict[str, Any]) -> None:
     result = demo_farm.json("rebuild", "recipes")
-    assert result["summary"] == {"built": 0, "cached": 3, "failed": 0, "blocked": 0}
+    assert {k: v for k, v in result["summary"].items() if v} == {"cached": 3}
     run_dir = demo_farm.home / "runs" / result["run"]
     assert not (run_dir / "workers.log").exists()
     assert artifacts_of(result) == artifacts_of(first_run)

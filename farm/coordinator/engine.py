@@ -1,0 +1,396 @@
+"""The coordinator: drives every active run to completion, healing what breaks on the way.
+
+Each :meth:`Coordinator.tick` reads the persisted state, collects outcomes, expires leases of silent workers,
+releases builds whose dependencies are done (or marks them cached or blocked), and dispatches the highest
+priority ready builds into free worker slots. Because all of it is re-derived from persisted state, a killed
+coordinator restarted on the same state simply continues: what finished stays finished.
+
+It knows nothing of Celery: a :class:`Dispatcher` carries requests to workers and brings outcomes back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from farm.build import BuildOutcome, BuildRequest, DependencyInput
+from farm.coordinator import policy
+from farm.coordinator.kv import KV
+from farm.coordinator.leases import LeaseBoard
+from farm.coordinator.plan import Plan
+from farm.coordinator.policy import Lane
+from farm.coordinator.runs import Job, Run, RunStore, State
+from farm.errors import E, FarmError
+from farm.identity import build_key
+from farm.store import Store
+
+log = logging.getLogger(__name__)
+
+# Failures that say something about the build itself (retrying elsewhere may still help: a flaky test, a bad
+# machine), as opposed to infrastructure trouble, which is retried with back-off.
+JOB_FAILURES = {E.BUILD_FAILED, E.BUILD_OUTPUT, E.SOURCE_COMMIT, E.SOURCE_REF}
+WORKER_FAIL = "mangos:wfail:"
+
+
+class Dispatcher(Protocol):
+    def submit(self, request: BuildRequest, *, arch: str) -> str:
+        """Send a build; returns a task id that :meth:`outcome` can be asked about (also after a restart)."""
+        ...
+
+    def outcome(self, task_id: str) -> BuildOutcome | None: ...
+
+    def revoke(self, task_id: str) -> None: ...
+
+    def stop_consuming(self, worker: str, arch: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Config:
+    lease_timeout: float = 30.0
+    requeue_after: float = 600.0
+    max_attempts: int = 3
+    aging: float = 600.0
+    worker_failure_limit: int = 3
+
+
+Listener = Callable[[Job, dict[str, Job]], None]
+
+
+class Coordinator:
+    def __init__(
+        self,
+        kv: KV,
+        store: Store,
+        dispatcher_factory: Callable[[], Dispatcher],
+        config: Config | None = None,
+        on_change: Listener | None = None,
+        *,
+        lazy_workers: bool = False,
+    ) -> None:
+        self.kv = kv
+        self.store = store
+        self.runs = RunStore(kv)
+        self.config = config or Config()
+        self.board = LeaseBoard(kv, self.config.lease_timeout)
+        self._factory = dispatcher_factory
+        self._dispatcher: Dispatcher | None = None
+        self.notify: Listener = on_change or (lambda _j, _a: None)
+        self.lazy_workers = lazy_workers  # embedded: start local workers only once something must be built
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = self._factory()
+        return self._dispatcher
+
+    # -- commands ---------------------------------------------------------------------------------------------
+    def submit(self, plan: Plan, *, lane: Lane, arch: str, force: bool, run_id: str | None = None) -> Run:
+        run = self.runs.create(plan, lane=lane, arch=arch, force=force, run_id=run_id)
+        log.info("run %s submitted: %d builds, lane %s, arch %s", run.id, len(run.order), lane, arch)
+        return run
+
+    def cancel(self, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        jobs = self.runs.jobs(run_id)
+        for job in jobs.values():
+            if job.state.in_flight and job.task_id:
+                self.dispatcher.revoke(job.task_id)
+                self.board.revoke(run_id, job.name)
+            if not job.state.terminal:
+                job.state, job.why, job.finished_at = State.CANCELLED, "run cancelled", time.time()
+        self.runs.save_jobs(run_id, list(jobs.values()))
+        run.status, run.finished = "cancelled", time.time()
+        self.runs.save(run)
+        return run
+
+    def retry(self, run_id: str, name: str) -> Job:
+        run = self.runs.get(run_id)
+        jobs = self.runs.jobs(run_id)
+        if name not in jobs:
+            raise FarmError(E.BUILD_UNKNOWN, f"run {run_id} has no build '{name}'", hint="see 'mangos-farm status'")
+        job = jobs[name]
+        if job.state not in (State.FAILED, State.BLOCKED, State.CANCELLED):
+            raise FarmError(
+                E.BUILD_UNKNOWN,
+                f"build '{name}' is {job.state.value}, not failed",
+                hint="only failed, blocked or cancelled builds can be retried",
+            )
+        changed = [job]
+        job.state, job.why, job.attempts, job.failures, job.error = State.WAITING, "retry requested", 0, [], None
+        for other in jobs.values():
+            if other.state in (State.BLOCKED, State.CANCELLED):
+                other.state, other.why = State.WAITING, "retry requested"
+                changed.append(other)
+        self.runs.save_jobs(run_id, changed)
+        run.status, run.finished = "active", None
+        self.runs.save(run)
+        return job
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run_until_done(self, run_id: str, poll: float = 0.2) -> Run:
+        while True:
+            changed = self.tick()
+            run = self.runs.get(run_id)
+            if run.status != "active":
+                return run
+            if not changed:
+                time.sleep(poll)
+
+    def serve(self, poll: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
+        while not stop():
+            try:
+                changed = self.tick()
+            except FarmError as exc:
+                log.warning("coordinator tick failed, retrying: %s", exc.message)
+                changed = False
+                time.sleep(1)
+            if not changed:
+                time.sleep(poll)
+
+    def tick(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        changed = False
+        candidates: list[tuple[policy.Candidate, Job, Run, dict[str, Job]]] = []
+        in_flight: Counter[str] = Counter()
+        run_jobs: dict[str, dict[str, Job]] = {}
+        dirty: dict[str, dict[str, Job]] = {}
+        for run in self.runs.active():
+            jobs = self.runs.jobs(run.id)
+            run_jobs[run.id] = jobs
+            dirty[run.id] = {}
+            for job in jobs.values():
+                if job.state.in_flight and self._check_in_flight(run, job, jobs, now):
+                    dirty[run.id][job.name] = job
+            for name in run.order:
+                job = jobs[name]
+                if job.state is State.WAITING and self._advance(run, job, jobs, now):
+                    dirty[run.id][job.name] = job
+                if job.state is State.WAITING and job.key and (job.retry_at is None or job.retry_at <= now):
+                    ready = job.ready_since or now
+                    candidates.append(
+                        (policy.Candidate(run.id, name, run.lane, run.arch, ready, job.critical_path), job, run, jobs)
+                    )
+                if job.state.in_flight:
+                    in_flight[run.arch] += 1
+        if candidates and self._dispatcher is None and self.lazy_workers:
+            _ = self.dispatcher  # start local workers; they announce themselves within a second or two
+        capacity = self._capacity()
+        free = {arch: max(0, capacity.get(arch, 0) - in_flight[arch]) for arch in {c[0].arch for c in candidates}}
+        chosen = {(c.run_id, c.name) for c in policy.pick([c[0] for c in candidates], free, now, self.config.aging)}
+        by_id = {(c[0].run_id, c[0].name): c for c in candidates}
+        ahead = 0
+        for cand in policy.order([c[0] for c in candidates], now, self.config.aging):
+            _, job, run, jobs = by_id[(cand.run_id, cand.name)]
+            if (cand.run_id, cand.name) in chosen:
+                self._dispatch(run, job, jobs, now)
+                dirty[run.id][job.name] = job
+                in_flight[run.arch] += 1
+                continue
+            ahead += 1
+            why = (
+                f"no worker for arch {run.arch}"
+                if capacity.get(run.arch, 0) == 0
+                else f"all {capacity[run.arch]} {run.arch} slots busy ({run.lane.value} lane, position {ahead})"
+            )
+            if job.why != why:
+                job.why = why
+                dirty[run.id][job.name] = job
+        for run_id, jobs_changed in dirty.items():
+            if jobs_changed:
+                changed = True
+                self.runs.save_jobs(run_id, list(jobs_changed.values()))
+        for run in self.runs.active():
+            jobs = run_jobs.get(run.id) or self.runs.jobs(run.id)
+            if all(j.state.terminal for j in jobs.values()):
+                run.status, run.finished = "done", now
+                self.runs.save(run)
+                changed = True
+        return changed
+
+    # -- steps --------------------------------------------------------------------------------------------------
+    def _finish(self, job: Job, jobs: dict[str, Job], state: State, why: str, now: float) -> None:
+        job.state, job.why, job.finished_at = state, why, now
+        self.notify(job, jobs)
+
+    def _advance(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> bool:
+        """Move a waiting job on if its dependencies allow: blocked, cached, or ready (key known)."""
+        deps = [jobs[d] for d in job.deps]
+        bad = [d.name for d in deps if d.state in (State.FAILED, State.BLOCKED, State.CANCELLED)]
+        if bad:
+            self._finish(job, jobs, State.BLOCKED, f"blocked by failed dependency {', '.join(bad)}", now)
+            return True
+        pending = [d.name for d in deps if d.state not in (State.BUILT, State.CACHED)]
+        if pending:
+            why = f"waiting on {', '.join(pending)}"
+            changed = job.why != why
+            job.why = why
+            return changed
+        changed = False
+        if job.key is None:
+            outputs = {d.name: d.outputs or {} for d in deps}
+            job.key = build_key(job.recipe, job.commit, job.tree, run.environment, outputs)
+            changed = True
+        if job.ready_since is None:
+            job.ready_since = now
+            changed = True
+        if not run.force or job.attempts > 0:
+            record = self.store.get_record(job.key)
+            if record is not None:
+                job.outputs = record.outputs()
+                self._finish(job, jobs, State.CACHED if job.attempts == 0 else State.BUILT, "found in the store", now)
+                return True
+        if job.retry_at and job.retry_at > now:
+            why = f"retry in {job.retry_at - now:.0f}s (attempt {job.attempts + 1} of {self.config.max_attempts})"
+            changed = changed or job.why != why
+            job.why = why
+        return changed
+
+    def _request(self, run: Run, job: Job, jobs: dict[str, Job], lease: str) -> BuildRequest:
+        assert job.key is not None
+        return BuildRequest(
+            build_key=job.key,
+            recipe=job.recipe,
+            recipe_path=job.recipe_path,
+            fetch_url=job.fetch_url,
+            tree=job.tree,
+            environment=run.environment,
+            dependencies=tuple(DependencyInput(d, jobs[d].key or "", jobs[d].outputs or {}) for d in job.deps),
+            lease=lease,
+        )
+
+    def _dispatch(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> None:
+        assert job.key is not None
+        lease = self.board.grant(run.id, job.name, job.key)
+        job.task_id = self.dispatcher.submit(self._request(run, job, jobs, lease), arch=run.arch)
+        job.lease, job.worker, job.started_at = lease, None, None
+        job.state, job.why, job.dispatched_at = State.QUEUED, f"queued for arch {run.arch}", now
+        job.attempts += 1
+        job.retry_at = None
+        self.notify(job, jobs)
+
+    def _check_in_flight(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> bool:
+        assert job.task_id and job.lease
+        changed = False
+        lease = self.board.info(job.lease)
+        if job.state is State.QUEUED and lease is not None and lease.worker:
+            job.state, job.worker, job.started_at = State.RUNNING, lease.worker, lease.claimed
+            job.why = f"building on {lease.worker}"
+            self.notify(job, jobs)
+            changed = True
+        outcome = self.dispatcher.outcome(job.task_id)
+        if outcome is not None:
+            if outcome.lease and outcome.lease != job.lease:
+                log.info("discarding a stale result for %s (lease %s)", job.name, outcome.lease[:8])
+                return changed
+            self._record_outcome(run, job, jobs, outcome, now)
+            return True
+        if job.state is State.RUNNING and not self.board.alive(job.lease):
+            self._lost(run, job, jobs, now, f"no heartbeat from {job.worker} for {self.config.lease_timeout:g}s")
+            return True
+        if job.state is State.QUEUED and job.dispatched_at and now - job.dispatched_at > self.config.requeue_after:
+            if any(w.arch == run.arch and not w.disabled for w in self.board.workers()):
+                self._lost(run, job, jobs, now, f"not picked up within {self.config.requeue_after:g}s")
+                return True
+        return changed
+
+    def _lost(self, run: Run, job: Job, jobs: dict[str, Job], now: float, why: str) -> None:
+        """The build's worker vanished (or its message did): re-dispatch under a new lease."""
+        assert job.task_id
+        log.warning("build %s of run %s lost: %s; re-dispatching", job.name, run.id, why)
+        self.dispatcher.revoke(job.task_id)
+        self.board.revoke(run.id, job.name)
+        job.failures.append({"worker": job.worker, "code": "E-LEASE-EXPIRED", "message": why, "at": now})
+        job.task_id = job.lease = None
+        if job.attempts >= self.config.max_attempts:
+            job.error = {"code": "E-LEASE-EXPIRED", "message": why, "hint": "check the workers' health"}
+            self._finish(job, jobs, State.FAILED, f"{why}; gave up after {job.attempts} attempts", now)
+            return
+        job.state, job.why, job.retry_at = State.WAITING, f"re-dispatching: {why}", now
+
+    def _record_outcome(self, run: Run, job: Job, jobs: dict[str, Job], outcome: BuildOutcome, now: float) -> None:
+        job.worker = outcome.worker or job.worker
+        if outcome.ok and outcome.record is not None:
+            job.outputs = {a["name"]: a["digest"] for a in outcome.record["artifacts"]}
+            job.log_digest = outcome.log_digest
+            self._worker_succeeded(job.worker)
+            self._finish(job, jobs, State.BUILT, f"built by {job.worker} in {outcome.duration:.2f}s", now)
+            return
+        error = outcome.error or {"code": E.WORKER, "message": "unknown error"}
+        job.error, job.log_digest, job.log_tail = error, outcome.log_digest, outcome.log_tail
+        job.failures.append(
+            {"worker": job.worker, "code": error.get("code"), "message": error.get("message"), "at": now}
+        )
+        self._worker_failed(job.worker, f"{run.id}/{job.name}")
+        job.task_id = job.lease = None
+        message = str(error.get("message", "unknown error"))
+        if error.get("code") in JOB_FAILURES:
+            failed_on = {f["worker"] for f in job.failures if f["code"] in JOB_FAILURES}
+            others = [
+                w for w in self.board.workers() if w.arch == run.arch and not w.disabled and w.name not in failed_on
+            ]
+            if not others or job.attempts >= self.config.max_attempts:
+                where = f"on {len(failed_on)} worker(s)" if len(failed_on) > 1 else ""
+                self._finish(job, jobs, State.FAILED, f"{message} {where}".strip(), now)
+                return
+        elif job.attempts >= self.config.max_attempts:
+            self._finish(job, jobs, State.FAILED, f"{message} (after {job.attempts} attempts)", now)
+            return
+        backoff = min(60.0, 2.0**job.attempts)
+        job.state, job.retry_at = State.WAITING, now + backoff
+        job.why = f"retry in {backoff:.0f}s after: {message}"
+        self.notify(job, jobs)
+
+    # -- workers ----------------------------------------------------------------------------------------------
+    def _capacity(self) -> dict[str, int]:
+        cap: Counter[str] = Counter()
+        for w in self.board.workers():
+            if not w.disabled:
+                cap[w.arch] += w.concurrency
+        return dict(cap)
+
+    def _worker_failed(self, worker: str | None, job_id: str) -> None:
+        """Failure attribution: different jobs failing on one worker point at the worker."""
+        if not worker:
+            return
+        key = WORKER_FAIL + worker
+        raw = self.kv.get(key)
+        failed: list[str] = json.loads(raw) if raw else []
+        if job_id not in failed:
+            failed.append(job_id)
+        self.kv.set(key, json.dumps(failed).encode(), ttl=24 * 3600)
+        if len(failed) >= self.config.worker_failure_limit and not self.board.is_disabled(worker):
+            why = f"{len(failed)} different builds failed in a row: {', '.join(failed[-3:])}"
+            log.warning("taking worker %s out of rotation: %s", worker, why)
+            self.board.disable(worker, why)
+            for w in self.board.workers():
+                if w.name == worker:
+                    self.dispatcher.stop_consuming(worker, w.arch)
+
+    def _worker_succeeded(self, worker: str | None) -> None:
+        if worker:
+            self.kv.delete(WORKER_FAIL + worker)
+
+    # -- views ------------------------------------------------------------------------------------------------
+    def status(self, run_id: str, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        run = self.runs.get(run_id)
+        jobs = self.runs.jobs(run_id)
+        counts = Counter(j.state.value for j in jobs.values())
+        waiting = [now - j.ready_since for j in jobs.values() if j.state is State.WAITING and j.ready_since]
+        return {
+            "run": run.id,
+            "status": run.status,
+            "lane": run.lane.value,
+            "arch": run.arch,
+            "created": run.created,
+            "finished": run.finished,
+            "ok": run.status == "done" and not any(j.state in (State.FAILED, State.BLOCKED) for j in jobs.values()),
+            "summary": {s.value: counts.get(s.value, 0) for s in State},
+            "oldest_waiting_seconds": round(max(waiting), 1) if waiting else 0.0,
+            "builds": [jobs[n].summary(now) for n in run.order],
+        }
