@@ -236,7 +236,7 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
             if job.state is State.RUNNING and job.worker:
                 building.setdefault(job.worker, []).append({"run": run.id, "recipe": job.name, "since": job.started_at})
     now = time.time()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": w.name,
             "arch": w.arch,
@@ -407,14 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
     p.add_argument("--home", help="state directory (env MANGOS_FARM_HOME, default ./.mangos)")
     sub = p.add_subparsers(dest="command", required=True)
+    _build_commands(sub)
+    _fleet_commands(sub)
+    _admin_commands(sub)
+    return p
 
+
+def _add(parent: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+    sp.set_defaults(handler=handler)
+    return sp
+
+
+def json_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _build_commands(sub: Any) -> None:
     def add(name: str, handler: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
-        sp.set_defaults(handler=handler)
-        return sp
-
-    def json_flag(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return _add(parent, name, handler, help)
 
     recipes = sub.add_parser("recipes", help="work with recipes").add_subparsers(dest="recipes_cmd", required=True)
     sp = add("check", cmd_recipes_check, "validate recipes and print the dependency graph", recipes)
@@ -434,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="with a fleet: follow the run to its end, exit 1 on failure")
     json_flag(sp)
 
+
+def _fleet_commands(sub: Any) -> None:
+    def add(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        return _add(sub, name, handler, help)
+
     sp = add("status", cmd_status, "every build's state in a run, and for each waiting one why")
     sp.add_argument("run", nargs="?", help="run id (default: the latest)")
     json_flag(sp)
@@ -448,6 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("build", help="RUN/RECIPE, or RECIPE for the latest run")
 
     sp = add("coordinator", cmd_coordinator, "run the fleet's coordinator service (Redis broker)")
+
+    sp = add("worker", cmd_worker, "run a Celery build worker in the foreground (distributed farms)")
+    sp.add_argument("--concurrency", type=int, help="parallel builds")
+    sp.add_argument("--arch", help="architecture to build for (default: the host's)")
+    sp.add_argument("--name", help="worker name (default ARCH-PID@HOSTNAME)")
+
+
+def _admin_commands(sub: Any) -> None:
+    def add(name: str, handler: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        return _add(parent, name, handler, help)
 
     sp = add("fetch", cmd_fetch, "artifacts built from a source commit")
     sp.add_argument("--commit", required=True, help="full 40-hex source commit")
@@ -470,12 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("config", cmd_config, "show every setting, its variable and value")
     json_flag(sp)
-
-    sp = add("worker", cmd_worker, "run a Celery build worker in the foreground (distributed farms)")
-    sp.add_argument("--concurrency", type=int, help="parallel builds")
-    sp.add_argument("--arch", help="architecture to build for (default: the host's)")
-    sp.add_argument("--name", help="worker name (default worker@HOSTNAME)")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

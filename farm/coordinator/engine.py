@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from farm.build import BuildOutcome, BuildRequest, DependencyInput
@@ -59,6 +59,15 @@ class Config:
 
 
 Listener = Callable[[Job, dict[str, Job]], None]
+
+
+@dataclass
+class _Scan:
+    runs: list[Run] = field(default_factory=list)
+    jobs: dict[str, dict[str, Job]] = field(default_factory=dict)
+    dirty: dict[str, dict[str, Job]] = field(default_factory=dict)
+    ready: dict[tuple[str, str], tuple[policy.Candidate, Job, Run, dict[str, Job]]] = field(default_factory=dict)
+    in_flight: Counter[str] = field(default_factory=Counter)
 
 
 class Coordinator:
@@ -154,63 +163,68 @@ class Coordinator:
 
     def tick(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
+        scan = self._scan(now)
+        self._dispatch_ready(scan, now)
         changed = False
-        candidates: list[tuple[policy.Candidate, Job, Run, dict[str, Job]]] = []
-        in_flight: Counter[str] = Counter()
-        run_jobs: dict[str, dict[str, Job]] = {}
-        dirty: dict[str, dict[str, Job]] = {}
-        for run in self.runs.active():
-            jobs = self.runs.jobs(run.id)
-            run_jobs[run.id] = jobs
-            dirty[run.id] = {}
-            for job in jobs.values():
-                if job.state.in_flight and self._check_in_flight(run, job, jobs, now):
-                    dirty[run.id][job.name] = job
-            for name in run.order:
-                job = jobs[name]
-                if job.state is State.WAITING and self._advance(run, job, jobs, now):
-                    dirty[run.id][job.name] = job
-                if job.state is State.WAITING and job.key and (job.retry_at is None or job.retry_at <= now):
-                    ready = job.ready_since or now
-                    candidates.append(
-                        (policy.Candidate(run.id, name, run.lane, run.arch, ready, job.critical_path), job, run, jobs)
-                    )
-                if job.state.in_flight:
-                    in_flight[run.arch] += 1
-        if candidates and self._dispatcher is None and self.lazy_workers:
-            _ = self.dispatcher  # start local workers; they announce themselves within a second or two
-        capacity = self._capacity()
-        free = {arch: max(0, capacity.get(arch, 0) - in_flight[arch]) for arch in {c[0].arch for c in candidates}}
-        chosen = {(c.run_id, c.name) for c in policy.pick([c[0] for c in candidates], free, now, self.config.aging)}
-        by_id = {(c[0].run_id, c[0].name): c for c in candidates}
-        ahead = 0
-        for cand in policy.order([c[0] for c in candidates], now, self.config.aging):
-            _, job, run, jobs = by_id[(cand.run_id, cand.name)]
-            if (cand.run_id, cand.name) in chosen:
-                self._dispatch(run, job, jobs, now)
-                dirty[run.id][job.name] = job
-                in_flight[run.arch] += 1
-                continue
-            ahead += 1
-            why = (
-                f"no worker for arch {run.arch}"
-                if capacity.get(run.arch, 0) == 0
-                else f"all {capacity[run.arch]} {run.arch} slots busy ({run.lane.value} lane, position {ahead})"
-            )
-            if job.why != why:
-                job.why = why
-                dirty[run.id][job.name] = job
-        for run_id, jobs_changed in dirty.items():
+        for run_id, jobs_changed in scan.dirty.items():
             if jobs_changed:
                 changed = True
                 self.runs.save_jobs(run_id, list(jobs_changed.values()))
-        for run in self.runs.active():
-            jobs = run_jobs.get(run.id) or self.runs.jobs(run.id)
-            if all(j.state.terminal for j in jobs.values()):
+        for run in scan.runs:
+            if all(j.state.terminal for j in scan.jobs[run.id].values()):
                 run.status, run.finished = "done", now
                 self.runs.save(run)
                 changed = True
         return changed
+
+    def _scan(self, now: float) -> _Scan:
+        """Collect outcomes and expire leases, advance waiting builds, gather the ready ones."""
+        scan = _Scan()
+        for run in self.runs.active():
+            jobs = self.runs.jobs(run.id)
+            scan.runs.append(run)
+            scan.jobs[run.id] = jobs
+            dirty = scan.dirty.setdefault(run.id, {})
+            for job in jobs.values():
+                if job.state.in_flight and self._check_in_flight(run, job, jobs, now):
+                    dirty[job.name] = job
+            for name in run.order:
+                job = jobs[name]
+                if job.state is State.WAITING and self._advance(run, job, jobs, now):
+                    dirty[job.name] = job
+                if job.state is State.WAITING and job.key and (job.retry_at is None or job.retry_at <= now):
+                    cand = policy.Candidate(run.id, name, run.lane, run.arch, job.ready_since or now, job.critical_path)
+                    scan.ready[(run.id, name)] = (cand, job, run, jobs)
+                if job.state.in_flight:
+                    scan.in_flight[run.arch] += 1
+        return scan
+
+    def _dispatch_ready(self, scan: _Scan, now: float) -> None:
+        """Dispatch the highest-priority ready builds into free slots; tell the others why they wait."""
+        if not scan.ready:
+            return
+        if self._dispatcher is None and self.lazy_workers:
+            _ = self.dispatcher  # start local workers; they announce themselves within a second or two
+        capacity = self._capacity()
+        cands = [c[0] for c in scan.ready.values()]
+        free = {arch: max(0, capacity.get(arch, 0) - scan.in_flight[arch]) for arch in {c.arch for c in cands}}
+        chosen = {(c.run_id, c.name) for c in policy.pick(cands, free, now, self.config.aging)}
+        position = 0
+        for cand in policy.order(cands, now, self.config.aging):
+            _, job, run, jobs = scan.ready[(cand.run_id, cand.name)]
+            if (cand.run_id, cand.name) in chosen:
+                self._dispatch(run, job, jobs, now)
+                scan.dirty[run.id][job.name] = job
+                continue
+            position += 1
+            why = (
+                f"no worker for arch {run.arch}"
+                if capacity.get(run.arch, 0) == 0
+                else f"all {capacity[run.arch]} {run.arch} slots busy ({run.lane.value} lane, position {position})"
+            )
+            if job.why != why:
+                job.why = why
+                scan.dirty[run.id][job.name] = job
 
     # -- steps --------------------------------------------------------------------------------------------------
     def _finish(self, job: Job, jobs: dict[str, Job], state: State, why: str, now: float) -> None:
@@ -292,10 +306,14 @@ class Coordinator:
         if job.state is State.RUNNING and not self.board.alive(job.lease):
             self._lost(run, job, jobs, now, f"no heartbeat from {job.worker} for {self.config.lease_timeout:g}s")
             return True
-        if job.state is State.QUEUED and job.dispatched_at and now - job.dispatched_at > self.config.requeue_after:
-            if any(w.arch == run.arch and not w.disabled for w in self.board.workers()):
-                self._lost(run, job, jobs, now, f"not picked up within {self.config.requeue_after:g}s")
-                return True
+        overdue = job.dispatched_at is not None and now - job.dispatched_at > self.config.requeue_after
+        if (
+            job.state is State.QUEUED
+            and overdue
+            and any(w.arch == run.arch and not w.disabled for w in self.board.workers())
+        ):
+            self._lost(run, job, jobs, now, f"not picked up within {self.config.requeue_after:g}s")
+            return True
         return changed
 
     def _lost(self, run: Run, job: Job, jobs: dict[str, Job], now: float, why: str) -> None:

@@ -12,6 +12,7 @@ coordinator knows its capacity and how ``mangos-farm workers`` shows who is aliv
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from farm.coordinator.kv import KV
+
+log = logging.getLogger(__name__)
 
 LEASE = "mangos:lease:"
 BEAT = "mangos:beat:"
@@ -139,8 +142,8 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.board.beat(self.token)
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease tolerates several
-                continue
+            except Exception as exc:  # a missed beat is retried; the lease tolerates several
+                log.warning("heartbeat for lease %s failed: %s", self.token[:8], exc)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
