@@ -11,7 +11,7 @@ repository's commits. It then
 1. generates a builder key under a temporary MANGOS_FARM_HOME;
 2. times ``plan`` in process (the functions ``cmd_plan`` calls), with a cold and a warm source cache;
 3. builds every recipe for real with one ``mangos-farm rebuild DIR`` (MANGOS_FARM_WORKERS=2), printing progress;
-4. times a fully cached ``mangos-farm rebuild DIR`` as a subprocess, and make_plan + run_plan in process with a
+4. times a fully cached ``mangos-farm rebuild DIR`` as a subprocess, and make_plan + coordinator run in process with a
    dispatcher factory that raises if called (so nothing can be dispatched);
 5. times baselines in the same process: ``python -c pass`` and parsing the N recipe files with tomllib alone.
 
@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from farm import keys as keymod
+from farm.coordinator.engine import Coordinator, Dispatcher
+from farm.coordinator.kv import open_kv
 from farm.coordinator.plan import Decision, Plan, make_plan
-from farm.coordinator.scheduler import Dispatcher, State, run_plan
+from farm.coordinator.policy import Lane
 from farm.envs.host import host_environment
 from farm.recipes import RecipeSet, load_dir
 from farm.settings import Settings
@@ -237,10 +239,13 @@ def cached_rebuild_in_process(settings: Settings, recipe_dir: Path, n: int) -> P
     plan, store, phases = plan_in_process(settings, recipe_dir)
     factory: Callable[[], Dispatcher] = no_dispatcher
     t0 = time.perf_counter()
-    result = run_plan(plan, store, factory)
+    coordinator = Coordinator(open_kv(settings.state_url), store, factory, lazy_workers=True)
+    run = coordinator.submit(plan, lane=Lane.REBUILD, arch=settings.build_arch, force=False)
+    coordinator.run_until_done(run.id)
+    status = coordinator.status(run.id)
     phases.run = time.perf_counter() - t0
-    if result.count(State.CACHED) != n or not result.ok:
-        raise AssertionError(f"expected {n} cached builds, got {result.to_json()['summary']}")
+    if status["summary"]["cached"] != n or not status["ok"]:
+        raise AssertionError(f"expected {n} cached builds, got {status['summary']}")
     return phases
 
 
@@ -428,7 +433,7 @@ def measure_cached(
     phases_list = [cached_rebuild_in_process(settings, recipe_dir, n) for _ in range(reps)]
     report.add(
         "cached_rebuild_inproc",
-        Timing("cached make_plan + run_plan, in process (no dispatcher)", [p.total for p in phases_list]),
+        Timing("cached make_plan + coordinator run, in process (no dispatcher)", [p.total for p in phases_list]),
     )
     for part in ("load", "environment", "plan", "run"):
         report.add(
@@ -441,7 +446,7 @@ PHASE_NAMES = {
     "load": "load_dir (read + validate TOML)",
     "environment": "host_environment (dpkg-query)",
     "plan": "make_plan (resolve, keys, get_record)",
-    "run": "run_plan (all cached)",
+    "run": "coordinator run (all cached)",
 }
 
 

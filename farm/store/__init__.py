@@ -11,16 +11,25 @@ __all__ = ["Artifact", "BuildRecord", "Store", "open_store"]
 
 
 def open_store(url: str) -> Store:
-    """A store from its URL: a directory path (or file://) today; s3:// when the S3 backend is installed."""
+    """A store from its URL: a directory path (or file://), or s3://BUCKET[/PREFIX].
+
+    An S3 store takes its endpoint, region and credentials from the usual AWS settings (AWS_ENDPOINT_URL_S3,
+    AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, ...), so ``open_store(store.url)`` reaches the same store in another
+    process with the same environment.
+    """
     from farm.store.local import LocalStore
 
     if url.startswith("file://"):
         return LocalStore(Path(url[len("file://") :]))
+    if url.lower().startswith("s3:"):
+        from farm.store.s3 import S3Store  # imports boto3: only paid for by S3 stores
+
+        return S3Store(url)
     if "://" in url:
         raise FarmError(
             E.STORE_URL,
             f"unsupported store URL '{url}'",
             field="MANGOS_FARM_STORE",
-            hint="use a directory path (s3:// stores come with the distributed deployment)",
+            hint="use a directory path, file:///PATH or s3://BUCKET/PREFIX",
         )
     return LocalStore(Path(url))

@@ -1,23 +1,172 @@
 """Fixtures for the store conformance suite.
 
-Every test in ``test_conformance.py`` runs once per backend in :data:`BACKENDS`. A new backend (s3) needs one
-more entry there, one more branch in :func:`store` that yields an instance of it, and one more branch in
+Every test in ``test_conformance.py`` runs once per backend in :data:`BACKENDS`. A new backend needs one more
+entry there, one more branch in :func:`store` that yields an instance of it, and one more branch in
 :func:`corrupt_blob` that damages a stored blob behind the store's back. Nothing else in the suite knows how a
 backend lays out its data.
+
+The s3 backend runs against a real moto S3 server (one subprocess per test session, started only when an S3 test
+runs) over HTTP, with a fresh bucket per test. Its endpoint and fake credentials reach the store the way they do
+in production, through the AWS environment variables (set with monkeypatch for that test only), so child
+processes that call ``open_store(store.url)`` reach the same bucket.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import boto3
 import pytest
+from botocore.config import Config
 
-from farm.store import Store
+from farm.store import Store, open_store
 from farm.store.local import LocalStore
+from farm.store.s3 import S3Store
+from tests.conftest import IN_CI
 
-BACKENDS = ["local"]
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+BACKENDS = ["local", "s3"]
+
+LAUNCHER = Path(__file__).with_name("moto_launcher.py")
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+REGION = "us-east-1"
+SERVER_START_TIMEOUT = 30.0
+
+
+def require_module(module: str, package: str) -> None:
+    """Skip a test when a Python package is missing, but fail it in CI (like ``tests.conftest.require``)."""
+    if importlib.util.find_spec(module) is None:
+        if IN_CI:
+            pytest.fail(f"required package '{package}' is missing in CI: install it via 'make setup'")
+        pytest.skip(f"'{package}' is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def s3_client(endpoint: str) -> S3Client:
+    """A client of the test server that does not depend on the environment (for setup and for tampering)."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+@dataclass
+class MotoServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    client: S3Client
+
+
+def start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, str(LAUNCHER), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = SERVER_START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the moto server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the moto server did not answer within {timeout:g} s: {exc}") from exc
+            time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto S3 server on a free port of 127.0.0.1, for the whole session."""
+    require_module("moto.server", "moto[server]")
+    require_module("flask", "moto[server]")
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_moto(port, log)
+    try:
+        wait_until_up(url, process, log)
+        yield MotoServer(url=url, process=process, client=s3_client(url))
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def s3_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the AWS environment of this test (and of processes it starts) at the moto server; its URL."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)  # no developer's ~/.aws settings leak in
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return moto_server.url
+
+
+def empty_and_delete(client: S3Client, bucket: str) -> None:
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objects = [{"Key": o["Key"]} for o in page.get("Contents", []) if "Key" in o]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects})  # type: ignore[typeddict-item]
+    client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> Iterator[str]:
+    """A new, empty bucket, deleted with its contents afterwards."""
+    bucket = f"farm-test-{uuid.uuid4().hex[:16]}"
+    moto_server.client.create_bucket(Bucket=bucket)
+    yield bucket
+    empty_and_delete(moto_server.client, bucket)
+
+
+@pytest.fixture
+def s3_store(s3_env: str, s3_bucket: str) -> S3Store:
+    """A fresh S3 store under a prefix of a fresh bucket, opened the way every other process opens it."""
+    store = open_store(f"s3://{s3_bucket}/farm/store")
+    assert isinstance(store, S3Store)
+    return store
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,6 +174,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh, empty store of each backend. Other processes reach the same store with ``open_store(store.url)``."""
     if request.param == "local":
         yield LocalStore(tmp_path / "store")
+    elif request.param == "s3":
+        yield request.getfixturevalue("s3_store")
     else:  # pragma: no cover - a backend listed without a branch here is a mistake in this file
         raise AssertionError(f"no fixture branch for store backend {request.param!r}")
 
@@ -37,5 +188,10 @@ def corrupt_blob(store: Store, digest: str, data: bytes) -> None:
         os.chmod(path, 0o644)
         path.write_bytes(data)
         os.chmod(path, 0o444)
+        return
+    if isinstance(store, S3Store):
+        key = f"{store.prefix}blobs/sha256/{digest[:2]}/{digest}"
+        store.client.head_object(Bucket=store.bucket, Key=key)  # raises if the blob is not where the layout says
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=data)  # unconditional: overwrites
         return
     raise AssertionError(f"corrupt_blob does not know how to damage a {type(store).__name__}")
