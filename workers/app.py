@@ -47,6 +47,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": 7 * 24 * 3600,
         "broker_transport_options": options,
         "result_backend_transport_options": options,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "task_default_queue": build_queue(settings.build_arch),

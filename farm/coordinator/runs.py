@@ -90,6 +90,9 @@ class Job:
             "artifacts": self.outputs,
             "attempts": self.attempts,
             "worker": self.worker,
+            "dispatched_at": self.dispatched_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
         }
         if self.state is State.WAITING and self.ready_since:
             out["waiting_seconds"] = round(now - self.ready_since, 1)

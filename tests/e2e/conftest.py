@@ -62,3 +62,7 @@ def demo_farm(tmp_path_factory: pytest.TempPathFactory) -> Farm:
     farm = Farm(root, home, env)
     farm.run("keys", "generate")
     return farm
+
+
+# The moto S3 server of the store suite, shared by the fleet tests (one per session).
+from tests.store.conftest import moto_server as moto_server  # noqa: E402

@@ -1,0 +1,184 @@
+"""The distributed farm with real processes: redis-server, a moto S3 server over HTTP, a coordinator process and
+Celery workers as subprocesses. Workers are killed, Redis is restarted, S3 goes silent, the coordinator dies:
+the runs still complete, nothing is built twice that was finished, nothing is lost or corrupted."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MakeRepo, RedisServer, write_recipe
+from tests.e2e.fleet import Fleet
+from tests.store.conftest import FAKE_CREDENTIALS, REGION, MotoServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_server: RedisServer, moto_server: MotoServer) -> Iterator[Fleet]:
+    bucket = f"farm-{uuid.uuid4().hex[:12]}"
+    moto_server.client.create_bucket(Bucket=bucket)
+    aws = FAKE_CREDENTIALS | {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL_S3": moto_server.url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    redis_server.restart()  # a clean broker per test (AOF keeps data across restarts, so flush it)
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    fleet = Fleet(tmp_path, redis_server, f"s3://{bucket}/farm", aws)
+    fleet.start_coordinator()
+    yield fleet
+    fleet.close()
+
+
+def make_set(make_repo: MakeRepo, root: Path, n: int, sleep: float, prefix: str = "p", layers: int = 4) -> Path:
+    """``n`` recipes in ``layers`` dependency layers (each depends on one of the layer above)."""
+    repo, commit = make_repo(f"{prefix}-src", {"data": f"{prefix}\n"})
+    recipes = root / f"{prefix}-recipes"
+    per_layer = max(1, n // layers)
+    for i in range(n):
+        name = f"{prefix}{i:02d}"
+        layer = i // per_layer
+        deps = (f"{prefix}{(i - per_layer):02d}",) if layer > 0 and i - per_layer >= 0 else ()
+        write_recipe(
+            recipes,
+            name,
+            git_url=str(repo),
+            commit=commit,
+            steps=[f"sleep {sleep}", f'echo {name} > "$OUT/{name}" && cat data >> "$OUT/{name}"'],
+            outputs=[name],
+            depends=deps,
+        )
+    return recipes
+
+
+def jobs(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {b["recipe"]: b for b in status["builds"]}
+
+
+def test_twenty_recipes_over_three_workers_land_in_s3_and_verify(
+    fleet: Fleet, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    recipes = make_set(make_repo, tmp_path, 24, sleep=0.3)
+    for name in ("w1", "w2", "w3"):
+        fleet.start_worker(name)
+    fleet.wait_workers(3)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    status = fleet.wait_run(run)
+    assert status["ok"], status
+    assert status["summary"]["built"] == 24
+    workers_used = {b["worker"] for b in status["builds"]}
+    assert len(workers_used) == 3, workers_used
+    commit = status["builds"][0]["artifacts"] and fleet.json("plan", str(recipes))["builds"][0]["commit"]
+    out = tmp_path / "fetched"
+    fleet.cli("fetch", "--commit", commit, "-o", str(out))
+    report = fleet.json("verify", str(out))
+    assert len(report["ok"]) == 24 and report["failed"] == []
+    assert all(fleet.builds_executed(f"p{i:02d}") == 1 for i in range(24))
+
+
+def test_killed_worker_build_completes_elsewhere(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    recipes = make_set(make_repo, tmp_path, 4, sleep=6, layers=1)
+    fleet.start_worker("w1")
+    fleet.start_worker("w2")
+    fleet.wait_workers(2)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    victim_job = fleet.wait_for("a running build", lambda: next(
+        (b for b in fleet.status(run)["builds"] if b["state"] == "running"), None
+    ))
+    victim = victim_job["worker"].split("@")[0]
+    fleet.kill_worker(victim)  # kill -9 of the whole worker, mid-build
+    status = fleet.wait_run(run, timeout=180)
+    assert status["ok"], status
+    rebuilt = jobs(status)[victim_job["recipe"]]
+    assert rebuilt["state"] == "built"
+    assert rebuilt["worker"] != victim_job["worker"]
+    assert rebuilt["attempts"] == 2
+    out = tmp_path / "out"
+    commit = fleet.json("plan", str(recipes))["builds"][0]["commit"]
+    fleet.cli("fetch", "--commit", commit, "-o", str(out))
+    assert len(fleet.json("verify", str(out))["ok"]) == 4
+
+
+def test_frozen_worker_late_result_is_discarded(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    recipes = make_set(make_repo, tmp_path, 1, sleep=6, layers=1)
+    fleet.start_worker("w1")
+    fleet.wait_workers(1)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    fleet.wait_for("the build to start", lambda: fleet.status(run)["builds"][0]["state"] == "running")
+    fleet.kill(fleet.workers["w1"], signal.SIGSTOP)  # frozen: no heartbeats, but not dead
+    fleet.start_worker("w2")
+    status = fleet.wait_run(run, timeout=180)
+    fleet.kill(fleet.workers["w1"], signal.SIGCONT)  # thaws, finishes its stale build, reports late
+    assert status["ok"]
+    assert jobs(status)["p00"]["worker"] == "w2@fleet"
+    time.sleep(8)
+    after = fleet.status(run)
+    assert jobs(after)["p00"]["worker"] == "w2@fleet", "the stale worker's late result was not discarded"
+
+
+def test_redis_restart_and_s3_outage_mid_run(
+    fleet: Fleet, make_repo: MakeRepo, tmp_path: Path, moto_server: MotoServer
+) -> None:
+    recipes = make_set(make_repo, tmp_path, 8, sleep=2, layers=2)
+    fleet.start_worker("w1")
+    fleet.start_worker("w2")
+    fleet.wait_workers(2)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    fleet.wait_for("a build to start", lambda: fleet.status(run)["summary"]["running"] > 0)
+    fleet.redis.restart()
+    fleet.wait_for("progress after the Redis restart", lambda: fleet.status(run)["summary"]["built"] >= 2, 120)
+    moto_server.process.send_signal(signal.SIGSTOP)
+    time.sleep(10)
+    moto_server.process.send_signal(signal.SIGCONT)
+    status = fleet.wait_run(run, timeout=240)
+    assert status["ok"], status
+    assert status["summary"]["built"] == 8
+    out = tmp_path / "out"
+    commit = fleet.json("plan", str(recipes))["builds"][0]["commit"]
+    fleet.cli("fetch", "--commit", commit, "-o", str(out))
+    assert len(fleet.json("verify", str(out))["ok"]) == 8
+
+
+def test_killed_coordinator_resumes_without_rebuilding(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    recipes = make_set(make_repo, tmp_path, 10, sleep=1, layers=5)
+    fleet.start_worker("w1", concurrency=2)
+    fleet.wait_workers(1)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    fleet.wait_for("some builds done", lambda: fleet.status(run)["summary"]["built"] >= 3)
+    fleet.kill(fleet.coordinator)
+    time.sleep(3)
+    fleet.start_coordinator()
+    status = fleet.wait_run(run)
+    assert status["ok"], status
+    executed = {f"p{i:02d}": fleet.builds_executed(f"p{i:02d}") for i in range(10)}
+    assert set(executed.values()) == {1}, executed
+
+
+def test_security_build_is_not_delayed_by_a_full_rebuild(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    rebuild = make_set(make_repo, tmp_path, 6, sleep=2, layers=1, prefix="r")
+    security = make_set(make_repo, tmp_path, 1, sleep=0.1, layers=1, prefix="s")
+    fleet.start_worker("w1")
+    fleet.wait_workers(1)
+    big = fleet.cli("rebuild", str(rebuild), "--lane", "rebuild").stdout.strip()
+    fleet.wait_for("the rebuild to start", lambda: fleet.status(big)["summary"]["running"] == 1)
+    submitted = time.time()
+    urgent = fleet.cli("rebuild", str(security), "--lane", "security").stdout.strip()
+    fleet.wait_run(urgent)
+    done = fleet.wait_run(big)
+    assert done["ok"]
+    # the security build started after at most one more rebuild build (the one holding the slot) finished
+    raw = fleet.json("status", big)
+    started_after = [b for b in raw["builds"] if b.get("started_at", 0) and b["started_at"] > submitted]
+    sec = fleet.json("status", urgent)["builds"][0]
+    assert sec["state"] == "built"
+    before_sec = [b for b in started_after if b["started_at"] < sec["started_at"]]
+    assert len(before_sec) <= 1, (before_sec, sec)
