@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery
@@ -18,6 +19,45 @@ log = logging.getLogger(__name__)
 class CeleryDispatcher:
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._results: Any = None  # a pub/sub subscription to stored results (Redis backend): wait_for_outcome
+        self._no_results_channel = False
+
+    def wait_for_outcome(self, timeout: float) -> None:
+        """Return as soon as a worker stores a task result, or after ``timeout`` seconds.
+
+        Celery's Redis result backend publishes each result it stores on a channel named after the result's key.
+        One pattern subscription, kept open between calls, also buffers those published while the coordinator
+        was ticking, so none is missed. Other result backends (the embedded SQLite one) have no channel: sleep.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            if self._results is None and not self._no_results_channel:
+                self._results = self._subscribe()
+            if self._results is not None and self._results.get_message(timeout=timeout) is not None:
+                while self._results.get_message(timeout=0) is not None:  # one tick collects them all
+                    pass
+                return
+        except Exception as exc:  # e.g. Redis restarting: poll meanwhile, subscribe again next time
+            log.info("no result notifications (%s); polling", exc)
+            self._close_results()
+        time.sleep(max(0.0, deadline - time.monotonic()))  # also after an early None (a subscribe confirmation)
+
+    def _subscribe(self) -> Any:
+        if not str(self.app.conf.result_backend or "").startswith(("redis://", "rediss://")):
+            self._no_results_channel = True
+            return None
+        backend: Any = self.app.backend
+        pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(backend.get_key_for_task("*"))
+        return pubsub
+
+    def _close_results(self) -> None:
+        results, self._results = self._results, None
+        if results is not None:
+            try:
+                results.close()
+            except Exception as exc:
+                log.debug("closing the result subscription: %s", exc)
 
     def submit(self, request: BuildRequest, *, arch: str) -> str:
         result = self.app.send_task(BUILD_TASK, args=[request.to_json()], queue=build_queue(arch))

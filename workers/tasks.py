@@ -8,15 +8,18 @@ import os
 import socket
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 from celery import signals
+from celery.exceptions import Reject
 
 from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
 from farm.coordinator.kv import open_kv
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
 from farm.envs.host import host_environment
+from farm.errors import E, FarmError
 from farm.keys import load_builder
 from farm.settings import Settings
 from farm.sources.git import SourceCache
@@ -50,7 +53,31 @@ def lease_board() -> LeaseBoard:
 def build(self: Any, request: dict[str, Any]) -> dict[str, Any]:
     req = BuildRequest.from_json(request)
     worker = str(self.request.hostname or socket.gethostname())
+    try:
+        return _build(req, worker)
+    except Reject:
+        raise
+    except Exception as exc:  # the worker itself is broken (no key, store unreachable...): say who and why
+        error = exc.to_json() if isinstance(exc, FarmError) else {"code": E.WORKER, "message": repr(exc)}
+        log.exception("worker %s could not build %s", worker, req.recipe.get("name"))
+        return BuildOutcome(
+            build_key=req.build_key,
+            recipe=str(req.recipe.get("name", "")),
+            ok=False,
+            error=error,
+            log_tail=traceback.format_exc()[-3000:],
+            worker=worker,
+            lease=req.lease,
+        ).to_json()
+
+
+def _build(req: BuildRequest, worker: str) -> dict[str, Any]:
     board = lease_board()
+    if board.is_disabled(worker):
+        # Out of rotation (failure attribution): hand the build back for a healthy worker. The coordinator also
+        # asks Celery to stop this worker consuming; this covers transports without remote control.
+        time.sleep(1)
+        raise Reject("worker is out of rotation", requeue=True)
     if req.lease and not board.claim(req.lease, worker):
         log.info("not building %s: lease %s is stale (re-dispatched or redelivered)", req.recipe["name"], req.lease[:8])
         stale = BuildOutcome(

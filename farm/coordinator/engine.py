@@ -148,7 +148,7 @@ class Coordinator:
             if run.status != "active":
                 return run
             if not changed:
-                time.sleep(poll)
+                self._idle(poll)
 
     def serve(self, poll: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
         while not stop():
@@ -159,7 +159,20 @@ class Coordinator:
                 changed = False
                 time.sleep(1)
             if not changed:
-                time.sleep(poll)
+                self._idle(poll)
+
+    def _idle(self, poll: float) -> None:
+        """Wait for the next tick: ``poll`` seconds, or less when an outcome arrives sooner.
+
+        A dispatcher may offer ``wait_for_outcome(timeout)`` (not part of :class:`Dispatcher`: optional), which
+        returns as soon as a worker stores a result; then a finished build's slot is refilled at once instead of
+        up to ``poll`` seconds later. Everything else a tick reacts to (leases, retries, new runs) keeps the poll.
+        """
+        wait = getattr(self._dispatcher, "wait_for_outcome", None)
+        if wait is None:
+            time.sleep(poll)
+        else:
+            wait(poll)
 
     def tick(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -343,7 +356,7 @@ class Coordinator:
         job.failures.append(
             {"worker": job.worker, "code": error.get("code"), "message": error.get("message"), "at": now}
         )
-        self._worker_failed(job.worker, f"{run.id}/{job.name}")
+        self._worker_failed(job.worker, f"{run.id}/{job.name}", infrastructure=error.get("code") not in JOB_FAILURES)
         job.task_id = job.lease = None
         message = str(error.get("message", "unknown error"))
         if error.get("code") in JOB_FAILURES:
@@ -355,7 +368,7 @@ class Coordinator:
                 where = f"on {len(failed_on)} worker(s)" if len(failed_on) > 1 else ""
                 self._finish(job, jobs, State.FAILED, f"{message} {where}".strip(), now)
                 return
-        elif job.attempts >= self.config.max_attempts:
+        elif job.attempts >= self.config.max_attempts and not self._blame_one_worker(run, job):
             self._finish(job, jobs, State.FAILED, f"{message} (after {job.attempts} attempts)", now)
             return
         backoff = min(60.0, 2.0**job.attempts)
@@ -371,18 +384,27 @@ class Coordinator:
                 cap[w.arch] += w.concurrency
         return dict(cap)
 
-    def _worker_failed(self, worker: str | None, job_id: str) -> None:
-        """Failure attribution: different jobs failing on one worker point at the worker."""
+    def _blame_one_worker(self, run: Run, job: Job) -> bool:
+        """Infrastructure failures that all happened on one worker while healthy others exist say more about that
+        worker than about the build: allow more attempts (up to twice the limit) so the build lands elsewhere."""
+        failed_on = {f["worker"] for f in job.failures}
+        others = [w for w in self.board.workers() if w.arch == run.arch and not w.disabled and w.name not in failed_on]
+        return len(failed_on) == 1 and bool(others) and job.attempts < 2 * self.config.max_attempts
+
+    def _worker_failed(self, worker: str | None, job_id: str, *, infrastructure: bool) -> None:
+        """Failure attribution: different jobs failing on one worker point at the worker. Infrastructure failures
+        (no key, store unreachable, crashes) point at it sooner than build failures do."""
         if not worker:
             return
         key = WORKER_FAIL + worker
         raw = self.kv.get(key)
-        failed: list[str] = json.loads(raw) if raw else []
-        if job_id not in failed:
-            failed.append(job_id)
+        failed: dict[str, bool] = json.loads(raw) if raw else {}
+        failed[job_id] = failed.get(job_id, False) or infrastructure
         self.kv.set(key, json.dumps(failed).encode(), ttl=24 * 3600)
-        if len(failed) >= self.config.worker_failure_limit and not self.board.is_disabled(worker):
-            why = f"{len(failed)} different builds failed in a row: {', '.join(failed[-3:])}"
+        infra = sum(1 for v in failed.values() if v)
+        limit = self.config.worker_failure_limit
+        if (len(failed) >= limit or infra >= max(2, limit - 1)) and not self.board.is_disabled(worker):
+            why = f"{len(failed)} different builds failed in a row: {', '.join(list(failed)[-3:])}"
             log.warning("taking worker %s out of rotation: %s", worker, why)
             self.board.disable(worker, why)
             for w in self.board.workers():

@@ -90,9 +90,10 @@ class LeaseBoard:
         info = self.info(token)
         if info is None or not self.is_current(token):
             return False
+        # Beat first: the coordinator treats a claimed lease without a heartbeat as lost.
+        self.beat(token)
         info.worker, info.claimed = worker, time.time()
         self.kv.set(LEASE + token, json.dumps(asdict(info)).encode(), ttl=7 * 24 * 3600)
-        self.beat(token)
         return True
 
     def beat(self, token: str) -> None:

@@ -93,13 +93,14 @@ class Job:
             "dispatched_at": self.dispatched_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "failures": self.failures,
         }
         if self.state is State.WAITING and self.ready_since:
             out["waiting_seconds"] = round(now - self.ready_since, 1)
         if self.started_at and self.finished_at:
             out["seconds"] = round(self.finished_at - self.started_at, 3)
         if self.state is State.FAILED:
-            out |= {"error": self.error, "log": self.log_digest, "log_tail": self.log_tail, "failures": self.failures}
+            out |= {"error": self.error, "log": self.log_digest, "log_tail": self.log_tail}
         return out
 
 

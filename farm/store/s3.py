@@ -77,7 +77,6 @@ PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
 CHUNK = 1 << 20
-HASH_CHUNK = 8 * MiB
 FAN_OUT = 16  # concurrent HEAD/GET requests for lookups of many keys
 CONFLICT_RETRIES = 8  # 409 ConditionalRequestConflict: another conditional write to the key was in flight
 
@@ -143,6 +142,18 @@ def _read_full(fh: IO[bytes], size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _read_part(fh: IO[bytes], size: int, h: hashlib._Hash) -> bytearray:
+    """Up to ``size`` bytes of ``fh`` (short only at its end), fed to ``h`` in 1 MiB pieces while they are hot."""
+    buf = bytearray(size)
+    got = 0
+    while got < size and (chunk := fh.read(min(CHUNK, size - got))):
+        h.update(chunk)
+        buf[got : got + len(chunk)] = chunk  # same-size slice assignment: a copy, never a reallocation
+        got += len(chunk)
+    del buf[got:]
+    return buf
 
 
 class S3Store(Store):
@@ -357,10 +368,11 @@ class S3Store(Store):
             self._ready()
             self._put_if_absent(self.blob_key(digest), head)
             return digest, len(head)
-        h = hashlib.sha256(head)
-        size = len(head)
         del head
-        while chunk := fh.read(HASH_CHUNK):
+        fh.seek(0)
+        h = hashlib.sha256()
+        size = 0
+        while chunk := fh.read(CHUNK):  # 1 MiB reads hash faster than bigger ones: the bytes stay in cache
             h.update(chunk)
             size += len(chunk)
         digest = h.hexdigest()
@@ -407,8 +419,7 @@ class S3Store(Store):
         with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="s3-part") as pool:
             try:
                 number = 0
-                while chunk := _read_full(fh, part_size):
-                    h.update(chunk)
+                while chunk := _read_part(fh, part_size, h):
                     size += len(chunk)
                     number += 1
                     if len(pending) >= self.max_concurrency:
@@ -424,7 +435,8 @@ class S3Store(Store):
         parts.sort(key=lambda p: p.get("PartNumber", 0))
         return parts, h.hexdigest(), size
 
-    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> CompletedPartTypeDef:
+    def _upload_part(self, key: str, upload_id: str, number: int, body: bytearray) -> CompletedPartTypeDef:
+        data = cast(bytes, body)  # botocore sends a bytearray body as it is; the stubs only name bytes
         if self._checksums:
             resp = self._call(
                 self.client.upload_part,
@@ -439,10 +451,10 @@ class S3Store(Store):
             resp = self._call(
                 self.client.upload_part, Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
             )
-        part: CompletedPartTypeDef = {"ETag": resp["ETag"], "PartNumber": number}
+        done: CompletedPartTypeDef = {"ETag": resp["ETag"], "PartNumber": number}
         if "ChecksumCRC32" in resp:
-            part["ChecksumCRC32"] = resp["ChecksumCRC32"]
-        return part
+            done["ChecksumCRC32"] = resp["ChecksumCRC32"]
+        return done
 
     def _complete(self, key: str, upload_id: str, parts: list[CompletedPartTypeDef]) -> bool:
         """Complete with If-None-Match: *. False if the blob was already there (the upload is then aborted)."""

@@ -65,4 +65,4 @@ def demo_farm(tmp_path_factory: pytest.TempPathFactory) -> Farm:
 
 
 # The moto S3 server of the store suite, shared by the fleet tests (one per session).
-from tests.store.conftest import moto_server as moto_server  # noqa: E402
+from tests.store.conftest import moto_server  # noqa: E402, F401

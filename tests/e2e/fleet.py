@@ -62,7 +62,12 @@ class Fleet:
             shutil.copy(self.client_home / "keys" / f, home / "keys" / f)
         log = (self.root / f"{name}.log").open("ab")
         return subprocess.Popen(
-            [CLI, *argv], cwd=self.root, env=self.env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [CLI, *argv],
+            cwd=self.root,
+            env=self.env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def start_worker(self, name: str, concurrency: int = 1) -> None:
@@ -116,6 +121,6 @@ class Fleet:
         return "\n".join(out)
 
     def close(self) -> None:
-        for proc in list(self.workers.values()) + [self.coordinator]:
+        for proc in [*self.workers.values(), self.coordinator]:
             self.kill(proc)
         self.workers.clear()

@@ -39,7 +39,7 @@ def fleet(tmp_path: Path, redis_server: RedisServer, moto_server: MotoServer) ->
     fleet.close()
 
 
-def make_set(make_repo: MakeRepo, root: Path, n: int, sleep: float, prefix: str = "p", layers: int = 4) -> Path:
+def make_set(make_repo: MakeRepo, root: Path, n: int, *, sleep: float, prefix: str = "p", layers: int = 4) -> Path:
     """``n`` recipes in ``layers`` dependency layers (each depends on one of the layer above)."""
     repo, commit = make_repo(f"{prefix}-src", {"data": f"{prefix}\n"})
     recipes = root / f"{prefix}-recipes"
@@ -91,9 +91,9 @@ def test_killed_worker_build_completes_elsewhere(fleet: Fleet, make_repo: MakeRe
     fleet.start_worker("w2")
     fleet.wait_workers(2)
     run = fleet.cli("rebuild", str(recipes)).stdout.strip()
-    victim_job = fleet.wait_for("a running build", lambda: next(
-        (b for b in fleet.status(run)["builds"] if b["state"] == "running"), None
-    ))
+    victim_job = fleet.wait_for(
+        "a running build", lambda: next((b for b in fleet.status(run)["builds"] if b["state"] == "running"), None)
+    )
     victim = victim_job["worker"].split("@")[0]
     fleet.kill_worker(victim)  # kill -9 of the whole worker, mid-build
     status = fleet.wait_run(run, timeout=180)
@@ -182,3 +182,67 @@ def test_security_build_is_not_delayed_by_a_full_rebuild(fleet: Fleet, make_repo
     assert sec["state"] == "built"
     before_sec = [b for b in started_after if b["started_at"] < sec["started_at"]]
     assert len(before_sec) <= 1, (before_sec, sec)
+
+
+def test_status_explains_waiting_and_wait_follows_to_the_end(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    recipes = make_set(make_repo, tmp_path, 4, sleep=0.2, layers=2)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    why = fleet.wait_for("reasons", lambda: (s := jobs(fleet.status(run))) and s["p00"]["why"] and s)
+    assert why["p00"]["why"] == "no worker for arch amd64"
+    assert why["p02"]["why"] == "waiting on p00"
+    text = fleet.cli("status", run).stdout
+    assert "no worker for arch amd64" in text and "oldest waiting" in text
+    fleet.start_worker("w1")
+    proc = fleet.cli("rebuild", str(recipes), "--wait", "--force")  # a second run, followed to its end
+    assert "4 built" in proc.stdout and "building" in proc.stderr
+    assert fleet.wait_run(run)["ok"]
+    workers = fleet.json("workers")
+    assert [w["name"] for w in workers] == ["w1@fleet"] and workers[0]["arch"] == "amd64"
+
+
+def test_failure_attribution_and_retry(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo, commit = make_repo("f", {"data": "x\n"})
+    recipes = tmp_path / "attrib"
+    for i in range(6):
+        write_recipe(recipes, f"ok{i}", git_url=str(repo), commit=commit, steps=['cp data "$OUT/d"'], outputs=["d"])
+    write_recipe(recipes, "flaky", git_url=str(repo), commit=commit, steps=["exit 1"], outputs=["d"])
+    write_recipe(recipes, "after", git_url=str(repo), commit=commit, steps=['cp data "$OUT/d"'], outputs=["d"],
+                 depends=("flaky",))  # fmt: skip
+    # a worker with no builder key fails every build it takes: it must be taken out of rotation
+    fleet.start_worker("w-good")
+    fleet.wait_workers(1)
+    broken = fleet.root / "w-bad"
+    fleet.start_worker("w-bad")
+    for f in ("builder.key", "builder.pub"):
+        (broken / "keys" / f).unlink()
+    fleet.wait_workers(2)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    status = fleet.wait_run(run, timeout=240)
+    b = jobs(status)
+    assert all(b[f"ok{i}"]["state"] == "built" for i in range(6)), [
+        (x["recipe"], x["state"], x["why"], x["failures"]) for x in b.values()
+    ]
+    assert b["flaky"]["state"] == "failed" and b["after"]["state"] == "blocked"
+    assert "step 1 failed" in b["flaky"]["why"]
+    assert {f["worker"] for f in b["flaky"]["failures"] if f["code"] == "E-BUILD-FAILED"} >= {"w-good@fleet"}
+    bad = [w for w in fleet.json("workers") if w["name"] == "w-bad@fleet"]
+    assert bad and bad[0]["disabled"], [(x["recipe"], x["failures"]) for x in b.values()]
+    assert "OUT OF ROTATION" in fleet.cli("workers").stdout
+    # retry: the build runs again (and fails again, deterministically), its dependent is re-evaluated
+    fleet.cli("retry", f"{run}/flaky")
+    again = fleet.wait_run(run, timeout=120)
+    assert jobs(again)["flaky"]["state"] == "failed" and jobs(again)["flaky"]["attempts"] >= 1
+
+
+def test_cancel_stops_a_run(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
+    recipes = make_set(make_repo, tmp_path, 6, sleep=3, layers=3)
+    fleet.start_worker("w1")
+    fleet.wait_workers(1)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    fleet.wait_for("a build to start", lambda: fleet.status(run)["summary"]["running"] > 0)
+    assert "cancelled" in fleet.cli("cancel", run).stdout
+    status = fleet.status(run)
+    assert status["status"] == "cancelled"
+    assert status["summary"]["cancelled"] >= 4
+    time.sleep(5)
+    assert fleet.status(run)["summary"]["built"] <= 1
