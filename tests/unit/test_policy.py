@@ -7,7 +7,9 @@ from farm.coordinator.policy import Candidate, Lane, effective_level, order, pic
 pytestmark = pytest.mark.unit
 
 
-def cand(name: str, lane: Lane, ready: float = 0.0, cp: float = 1.0, arch: str = "amd64", run: str = "r") -> Candidate:
+def cand(
+    name: str, lane: Lane, *, ready: float = 0.0, cp: float = 1.0, arch: str = "amd64", run: str = "r"
+) -> Candidate:
     return Candidate(run, name, lane, arch, ready, cp)
 
 
