@@ -57,7 +57,10 @@ def free_port() -> int:
 def start_moto(port: int, logfile: Path) -> subprocess.Popen[bytes]:
     with logfile.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=out,
+            env=os.environ | {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(4 << 30)},  # objects in memory, not in /tmp
         )
     deadline = time.monotonic() + 30
     while True:
