@@ -1,0 +1,110 @@
+"""The farm's Prometheus metrics: the one list of what the farm exports.
+
+Dashboards, alert rules and their tests read the names from here (``METRICS``), so a panel can only query a
+metric that exists. The coordinator updates fleet- and queue-level series; workers update per-build phases,
+bytes and verification failures. Worker builds run in Celery's prefork children, so workers use
+prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported
+(``workers.metrics_setup`` does that), and one endpoint in the worker's main process aggregates all children.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+NAMESPACE = "mangos"
+PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+# -- coordinator ------------------------------------------------------------------------------------------------
+builds_started = Counter(
+    "mangos_builds_started_total", "Builds dispatched to a worker", ["recipe", "lane", "arch"]
+)
+builds_finished = Counter(
+    "mangos_builds_finished_total",
+    "Builds that reached a final state (result: built, cached, failed, blocked, cancelled)",
+    ["recipe", "lane", "arch", "result"],
+)
+queue_depth = Gauge(
+    "mangos_queue_depth", "Builds ready to run but waiting for a slot", ["lane", "arch"], multiprocess_mode="livemax"
+)
+oldest_waiting = Gauge(
+    "mangos_oldest_waiting_seconds",
+    "Age of the longest-waiting ready build",
+    ["lane", "arch"],
+    multiprocess_mode="livemax",
+)
+builds_in_flight = Gauge(
+    "mangos_builds_in_flight", "Builds queued on or running at workers", ["arch"], multiprocess_mode="livemax"
+)
+workers_alive = Gauge("mangos_workers_alive", "Workers announcing themselves", ["arch"], multiprocess_mode="livemax")
+workers_busy = Gauge("mangos_workers_busy", "Workers running at least one build", ["arch"], multiprocess_mode="livemax")
+workers_disabled = Gauge(
+    "mangos_workers_disabled", "Workers taken out of rotation", ["arch"], multiprocess_mode="livemax"
+)
+worker_heartbeat_age = Gauge(
+    "mangos_worker_heartbeat_age_seconds",
+    "Seconds since each worker last announced itself",
+    ["worker", "arch"],
+    multiprocess_mode="livemax",
+)
+lease_expiries = Counter("mangos_lease_expiries_total", "Builds whose worker stopped heartbeating", ["arch"])
+redispatches = Counter("mangos_redispatches_total", "Builds dispatched again", ["reason"])
+retries = Counter("mangos_retries_total", "Build retries by cause (error id)", ["cause"])
+stale_results = Counter("mangos_stale_results_total", "Results discarded because their lease was stale")
+cache_lookups = Counter("mangos_cache_lookups_total", "Build-key lookups in the store", ["result"])
+runs_active = Gauge("mangos_runs_active", "Runs not yet finished", multiprocess_mode="livemax")
+
+# -- workers ----------------------------------------------------------------------------------------------------
+build_phase_seconds = Histogram(
+    "mangos_build_phase_seconds",
+    "Time spent per build phase (queue_wait, source, dependencies, build, upload)",
+    ["phase", "arch"],
+    buckets=PHASE_BUCKETS,
+)
+store_bytes = Counter("mangos_store_bytes_total", "Bytes moved to and from the store", ["direction"])
+store_errors = Counter("mangos_store_errors_total", "Store operations that failed", ["operation"])
+signature_failures = Counter(
+    "mangos_signature_verifications_failed_total", "Artifacts refused because their provenance did not verify"
+)
+reproducibility = Gauge(
+    "mangos_reproducibility_agreement_ratio",
+    "Share of rechecked builds whose outputs matched (per recipe; 'all' for the farm)",
+    ["recipe"],
+    multiprocess_mode="livemax",
+)
+
+METRICS = {
+    m._name if not isinstance(m, Counter) else m._name + "_total": m
+    for m in (
+        builds_started,
+        builds_finished,
+        queue_depth,
+        oldest_waiting,
+        builds_in_flight,
+        workers_alive,
+        workers_busy,
+        workers_disabled,
+        worker_heartbeat_age,
+        lease_expiries,
+        redispatches,
+        retries,
+        stale_results,
+        cache_lookups,
+        runs_active,
+        build_phase_seconds,
+        store_bytes,
+        store_errors,
+        signature_failures,
+        reproducibility,
+    )
+}
+
+
+def exported_names() -> set[str]:
+    """Every series name a scrape can contain (histograms add _bucket, _sum, _count)."""
+    names: set[str] = set()
+    for name, metric in METRICS.items():
+        if isinstance(metric, Histogram):
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return names
