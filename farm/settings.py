@@ -28,7 +28,7 @@ class Settings:
         default=DEFAULT_HOME, metadata={"help": "state directory: store, keys, source cache, embedded broker"}
     )
     store: str = field(
-        default="", metadata={"help": "artifact store: a directory (default HOME/store), later an s3:// URL"}
+        default="", metadata={"help": "artifact store: a directory (default HOME/store) or an s3://BUCKET/PREFIX URL"}
     )
     broker: str = field(
         default="", metadata={"help": "Celery broker URL (default: an embedded SQLite broker under HOME)"}

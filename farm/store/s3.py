@@ -42,8 +42,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, BinaryIO, Literal, ParamSpec, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -127,33 +128,27 @@ def _is_missing(exc: ClientError) -> bool:
     return _code(exc) in ("NoSuchKey", "404", "NotFound")
 
 
-def _b64_sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def _read_full(fh: IO[bytes], size: int) -> bytes:
-    """Up to ``size`` bytes, short only at the end of the file (a plain read may return less from a pipe)."""
-    data = fh.read(size)
-    if len(data) == size or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < size and (more := fh.read(size - got)):
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _read_part(fh: IO[bytes], size: int, h: hashlib._Hash) -> bytearray:
-    """Up to ``size`` bytes of ``fh`` (short only at its end), fed to ``h`` in 1 MiB pieces while they are hot."""
+def _read_part(fh: io.BufferedIOBase, size: int, h: hashlib._Hash) -> bytearray:
+    """Up to ``size`` bytes of ``fh`` (short only at its end), hashed into ``h`` 1 MiB at a time while in cache."""
     buf = bytearray(size)
     got = 0
-    while got < size and (chunk := fh.read(min(CHUNK, size - got))):
-        h.update(chunk)
-        buf[got : got + len(chunk)] = chunk  # same-size slice assignment: a copy, never a reallocation
-        got += len(chunk)
+    with memoryview(buf) as view:
+        while got < size and (n := fh.readinto(view[got : min(size, got + CHUNK)])):
+            h.update(view[got : got + n])
+            got += n
     del buf[got:]
     return buf
+
+
+@dataclass
+class _FirstPass:
+    """What the first read of a large file found: its digest and size, its first parts, and the hash state
+    after them (to check the rest of the file as it is read again for the upload)."""
+
+    digest: str
+    size: int
+    kept: list[bytearray]
+    resume: hashlib._Hash
 
 
 class S3Store(Store):
@@ -169,15 +164,18 @@ class S3Store(Store):
         max_attempts: int = 10,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
-        retry_seconds: float = 20.0,
+        retry_seconds: float = 15.0,
         part_size: int = PART_SIZE,
         max_concurrency: int = 8,
     ) -> None:
         """``endpoint_url``, ``region``: default to boto3's chain (AWS_ENDPOINT_URL_S3, AWS_DEFAULT_REGION, ...).
 
         ``addressing_style``: "path" or "virtual"; default path-style when an endpoint is configured, else auto.
-        ``max_attempts``: botocore's attempts per request; ``retry_seconds``: how long connection failures keep
-        being retried around that. ``part_size``/``max_concurrency``: multipart upload parts in flight at once.
+        ``max_attempts``: botocore's attempts per request (its jittered backoff makes 10 attempts at a refused
+        connection last 13-31 s here); ``retry_seconds``: for how long after a call began connection failures are
+        tried again around that, so an outage that long is survived even when botocore's retry quota runs dry
+        (a dead endpoint is reported after roughly 15-45 s with the defaults).
+        ``part_size``/``max_concurrency``: the multipart upload's part size and parts in flight at once.
         """
         self.bucket, prefix = parse_s3_url(url)
         self.prefix = f"{prefix}/" if prefix else ""
@@ -210,8 +208,9 @@ class S3Store(Store):
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(...)``, retrying connection failures (after botocore's own retries) for ``retry_seconds``."""
-        deadline: float | None = None
+        """``fn(...)``; connection failures that outlast botocore's own retries are tried again until
+        ``retry_seconds`` after the call began (botocore's retry quota can run dry during an outage)."""
+        deadline = time.monotonic() + self.retry_seconds
         delay = 0.25
         while True:
             try:
@@ -220,8 +219,6 @@ class S3Store(Store):
                 if isinstance(exc, SSLError):  # a certificate problem does not heal by waiting
                     raise
                 now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.retry_seconds
                 if now >= deadline:
                     raise
                 log.warning("S3 endpoint %s: %s; retrying", self.endpoint, exc)
@@ -316,18 +313,24 @@ class S3Store(Store):
             raise
         return True
 
-    def _put_if_absent(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> bool:
-        """PutObject with If-None-Match: *. True if this call created the object, False if it existed."""
+    def _put_if_absent(
+        self, key: str, body: bytes | bytearray, content_type: str = "application/octet-stream", sha256: str = ""
+    ) -> bool:
+        """PutObject with If-None-Match: *. True if this call created the object, False if it existed.
+
+        ``sha256``: the body's hex digest when the caller has it already.
+        """
+        checksum = base64.b64encode(bytes.fromhex(sha256) if sha256 else hashlib.sha256(body).digest()).decode()
         for attempt in range(CONFLICT_RETRIES):
             try:
                 self._call(
                     self.client.put_object,
                     Bucket=self.bucket,
                     Key=key,
-                    Body=body,
+                    Body=cast(bytes, body),  # botocore sends a bytearray as it is; the stubs only name bytes
                     IfNoneMatch="*",
                     ContentType=content_type,
-                    ChecksumSHA256=_b64_sha256(body),  # the server checks the bytes it got
+                    ChecksumSHA256=checksum,  # the server checks the bytes it got
                 )
             except ClientError as exc:
                 if _status(exc) == 412 or _code(exc) == "PreconditionFailed":
@@ -360,32 +363,46 @@ class S3Store(Store):
             hint="delete the blob object and rebuild with --force; investigate who wrote to the bucket",
         )
 
-    def _put_fileobj(self, fh: IO[bytes], what: str) -> tuple[str, int]:
-        """Store the bytes of ``fh`` (seekable when larger than a part); returns (digest, size)."""
-        head = _read_full(fh, self.part_size + 1)
-        if len(head) <= self.part_size:
-            digest = hashlib.sha256(head).hexdigest()
-            self._ready()
-            self._put_if_absent(self.blob_key(digest), head)
-            return digest, len(head)
-        del head
-        fh.seek(0)
-        h = hashlib.sha256()
-        size = 0
-        while chunk := fh.read(CHUNK):  # 1 MiB reads hash faster than bigger ones: the bytes stay in cache
-            h.update(chunk)
-            size += len(chunk)
-        digest = h.hexdigest()
-        fh.seek(0)
-        self._put_large(fh, digest, size, what)
-        return digest, size
+    def _put_fileobj(self, fh: io.BufferedIOBase, what: str) -> tuple[str, int]:
+        """Store the bytes of ``fh`` (seekable when larger than a part); returns (digest, size).
 
-    def _put_large(self, fh: IO[bytes], digest: str, size: int, what: str) -> None:
-        key = self.blob_key(digest)
+        The first pass names the blob: it hashes the whole file, keeping its first ``max_concurrency`` parts in
+        memory (the memory the upload has in flight anyway). A file of one part is then one conditional PUT; a
+        larger one is a multipart upload that starts with the kept parts and reads, and hashes again, only the
+        rest (from the hash state at that point), to check that what is sent is what was named.
+        """
+        h = hashlib.sha256()
+        kept: list[bytearray] = []
+        at_end = False
+        while len(kept) < self.max_concurrency:
+            part = _read_part(fh, self.part_size, h)
+            if part:
+                kept.append(part)
+            if len(part) < self.part_size:
+                at_end = True
+                break
+        if at_end and len(kept) <= 1:
+            data = kept[0] if kept else bytearray()
+            digest = h.hexdigest()
+            self._ready()
+            self._put_if_absent(self.blob_key(digest), data, sha256=digest)
+            return digest, len(data)
+        resume = h.copy()
+        size = sum(len(p) for p in kept)
+        if not at_end:
+            with memoryview(bytearray(CHUNK)) as buf:  # 1 MiB at a time: the bytes are hashed while in cache
+                while n := fh.readinto(buf):
+                    h.update(buf[:n])
+                    size += n
+        first = _FirstPass(digest=h.hexdigest(), size=size, kept=kept, resume=resume)
+        self._put_large(fh, first, what)
+        return first.digest, first.size
+
+    def _put_large(self, fh: io.BufferedIOBase, first: _FirstPass, what: str) -> None:
+        key = self.blob_key(first.digest)
         self._ready()
         if self._exists(key):
             return
-        part_size = max(self.part_size, -(-size // MAX_PARTS // MiB) * MiB)
         if self._checksums:
             created = self._call(
                 self.client.create_multipart_upload, Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
@@ -395,12 +412,12 @@ class S3Store(Store):
         upload_id = created["UploadId"]
         completed = False
         try:
-            parts, got_digest, got_size = self._upload_parts(fh, key, upload_id, part_size)
-            if (got_digest, got_size) != (digest, size):
+            parts, got_digest, got_size = self._upload_parts(fh, key, upload_id, first)
+            if (got_digest, got_size) != (first.digest, first.size):
                 raise FarmError(
                     E.STORE_CORRUPT,
-                    f"{what} changed while it was being stored in {self.url} "
-                    f"({size} bytes hashing to {digest}, then {got_size} bytes hashing to {got_digest})",
+                    f"{what} changed while it was being stored in {self.url} ({first.size} bytes hashing to "
+                    f"{first.digest}, then {got_size} bytes hashing to {got_digest})",
                     hint="nothing was stored; do not modify build outputs while they are being stored",
                 )
             completed = self._complete(key, upload_id, parts)
@@ -409,23 +426,38 @@ class S3Store(Store):
                 self._abort(key, upload_id)
 
     def _upload_parts(
-        self, fh: IO[bytes], key: str, upload_id: str, part_size: int
+        self, fh: io.BufferedIOBase, key: str, upload_id: str, first: _FirstPass
     ) -> tuple[list[CompletedPartTypeDef], str, int]:
-        """Read ``fh`` sequentially (hashing it) while up to ``max_concurrency`` parts upload in parallel."""
-        h = hashlib.sha256()
-        size = 0
+        """Upload the kept parts, then read the rest of ``fh`` (hashing it on from the first pass's state there)
+        part by part, with up to ``max_concurrency`` parts in flight. Returns the parts, and the digest and size
+        of what was sent."""
+        kept = first.kept
+        kept_size = sum(len(p) for p in kept)
+        # Parts may differ in size: the rest grows its parts if needed to stay within S3's 10,000 parts.
+        rest_parts = MAX_PARTS - len(kept)
+        part_size = max(self.part_size, -(-(first.size - kept_size) // rest_parts // MiB) * MiB)
+        h = first.resume.copy()
+        sent = 0
+        number = 0
         parts: list[CompletedPartTypeDef] = []
         pending: set[Future[CompletedPartTypeDef]] = set()
         with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="s3-part") as pool:
             try:
-                number = 0
-                while chunk := _read_part(fh, part_size, h):
-                    size += len(chunk)
-                    number += 1
+
+                def submit(part: bytearray) -> None:
+                    nonlocal pending, sent, number
                     if len(pending) >= self.max_concurrency:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         parts.extend(f.result() for f in done)
-                    pending.add(pool.submit(self._upload_part, key, upload_id, number, chunk))
+                    sent += len(part)
+                    number += 1
+                    pending.add(pool.submit(self._upload_part, key, upload_id, number, part))
+
+                while kept:
+                    submit(kept.pop(0))  # the pool holds each part only until it is uploaded
+                fh.seek(kept_size)
+                while part := _read_part(fh, part_size, h):
+                    submit(part)
                 done, pending = wait(pending)
                 parts.extend(f.result() for f in done)
             except BaseException:
@@ -433,7 +465,7 @@ class S3Store(Store):
                     f.cancel()
                 raise
         parts.sort(key=lambda p: p.get("PartNumber", 0))
-        return parts, h.hexdigest(), size
+        return parts, h.hexdigest(), sent
 
     def _upload_part(self, key: str, upload_id: str, number: int, body: bytearray) -> CompletedPartTypeDef:
         data = cast(bytes, body)  # botocore sends a bytearray body as it is; the stubs only name bytes

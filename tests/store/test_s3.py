@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from farm.errors import E, FarmError
 from farm.store import open_store
 from farm.store.s3 import MiB, S3Store
-from tests.store.conftest import MotoServer, free_port
+from tests.store.conftest import FAKE_CREDENTIALS, MotoServer, free_port
 from tests.store.test_conformance import COMMIT_A, farm_error, key, make_record
 
 pytestmark = pytest.mark.integration
@@ -71,9 +71,11 @@ def spy(monkeypatch: pytest.MonkeyPatch, store: S3Store, method: str, fail_on: i
 
 
 # -- multipart -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("concurrency", [8, 1], ids=["all-parts-kept", "parts-read-twice"])
 def test_a_large_file_goes_up_in_parts_and_keeps_its_digest(
-    s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: int
 ) -> None:
+    s3_store = S3Store(s3_store.url, max_concurrency=concurrency)
     data = payload(20 * MiB, seed=1)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
@@ -112,7 +114,7 @@ def test_a_small_file_is_one_conditional_put(
 
 
 class FlakyFile(io.BytesIO):
-    """A file whose second reading (after the digest pass and a seek to 0) breaks off or differs."""
+    """A file that breaks off, or reads differently, once read again after a seek (the upload's second read)."""
 
     def __init__(self, data: bytes, fail_at: int, mode: str) -> None:
         super().__init__(data)
@@ -124,17 +126,21 @@ class FlakyFile(io.BytesIO):
         self.rewound = True
         return super().seek(pos, whence)
 
-    def read(self, size: int | None = -1) -> bytes:
+    def readinto(self, buffer: Any) -> int:
         start = self.tell()
-        chunk = super().read(size)
-        if chunk and self.rewound and start + len(chunk) > self.fail_at:
+        n = super().readinto(buffer)
+        if n and self.rewound and start + n > self.fail_at:
             if self.failure == "raises":
                 raise OSError("injected: the disk went away")
             if self.failure == "interrupted":
                 raise KeyboardInterrupt
             if self.failure == "changes":
-                return bytes([chunk[0] ^ 1]) + chunk[1:]
-        return chunk
+                view = memoryview(buffer).cast("B")
+                view[0] ^= 1
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:  # the store reads with readinto; refuse to be read otherwise
+        raise AssertionError("read() is not expected")
 
 
 FAILURES: dict[str, tuple[type[BaseException], str | None]] = {
@@ -151,13 +157,15 @@ def test_a_failed_multipart_upload_leaves_nothing_behind(
 ) -> None:
     data = payload(30 * MiB, seed=3)
     expected, code = FAILURES[failure]
+    # Two parts (16 MiB) are kept from the first read and uploaded first; the rest is read again from 16 MiB on.
+    store = S3Store(s3_store.url, max_concurrency=2)
     store_it: Callable[[], object]
     if failure == "server-fails":
-        spy(monkeypatch, s3_store, "upload_part", fail_on=2)  # the second part fails, then all is well again
-        store_it = lambda: s3_store.put_bytes(data)  # noqa: E731
+        spy(monkeypatch, store, "upload_part", fail_on=2)  # the second part fails, then all is well again
+        store_it = lambda: store.put_bytes(data)  # noqa: E731
     else:
-        source = FlakyFile(data, fail_at=12 * MiB, mode=failure.removeprefix("source-"))
-        store_it = lambda: s3_store._put_fileobj(source, "the flaky file")  # noqa: E731
+        source = FlakyFile(data, fail_at=20 * MiB, mode=failure.removeprefix("source-"))
+        store_it = lambda: store._put_fileobj(source, "the flaky file")  # noqa: E731
     with pytest.raises(expected) as info:
         store_it()
     if code is not None:
@@ -166,7 +174,7 @@ def test_a_failed_multipart_upload_leaves_nothing_behind(
     assert pending_uploads(s3_store) == []
     assert not s3_store.has_blob(sha256(data))
     # Nothing stops the same bytes from being stored properly afterwards.
-    assert s3_store._put_fileobj(io.BytesIO(data), "the file") == (sha256(data), len(data))
+    assert store._put_fileobj(io.BytesIO(data), "the file") == (sha256(data), len(data))
     assert s3_store.get_bytes(sha256(data)) == data
     assert pending_uploads(s3_store) == []
 
@@ -425,6 +433,8 @@ def test_s3_urls_are_normalized_without_touching_the_network(
 ) -> None:
     port = closed_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    for name, value in FAKE_CREDENTIALS.items():  # to sign the presigned URL below; nothing is sent
+        monkeypatch.setenv(name, value)
     store = open_store(url)
     assert isinstance(store, S3Store)
     assert (store.url, store.prefix, store.bucket) == (canonical, prefix, canonical.split("/")[2])
