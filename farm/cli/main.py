@@ -224,31 +224,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     from farm.coordinator.kv import open_kv
-    from farm.coordinator.leases import LeaseBoard
-    from farm.coordinator.runs import RunStore, State
+    from farm.coordinator.views import worker_rows
 
-    kv = open_kv(settings.state_url)
-    workers = LeaseBoard(kv, settings.lease_timeout).workers()
-    building: dict[str, list[dict[str, Any]]] = {}
-    runs = RunStore(kv)
-    for run in runs.active():
-        for job in runs.jobs(run.id).values():
-            if job.state is State.RUNNING and job.worker:
-                building.setdefault(job.worker, []).append({"run": run.id, "recipe": job.name, "since": job.started_at})
     now = time.time()
-    rows: list[dict[str, Any]] = [
-        {
-            "name": w.name,
-            "arch": w.arch,
-            "concurrency": w.concurrency,
-            "host": w.host,
-            "up_seconds": round(now - w.started, 1),
-            "last_seen_seconds": round(now - w.seen, 1),
-            "disabled": w.disabled,
-            "building": building.get(w.name, []),
-        }
-        for w in workers
-    ]
+    rows = worker_rows(open_kv(settings.state_url), settings.lease_timeout, now)
     if args.json:
         _out(rows)
         return 0
@@ -293,6 +272,19 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     coordinator = _coordinator(settings, open_store(settings.store_url)).coordinator
     print(f"coordinator serving {settings.state_url} (lease {settings.lease_timeout}s)", flush=True)
     coordinator.serve()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.web import make_server
+
+    server = make_server(settings, args.host, args.port)
+    where = f"state {settings.state_url}, store {settings.store_url}"
+    print(f"serving the farm's web view on {server.url} ({where})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 
@@ -469,6 +461,10 @@ def _fleet_commands(sub: Any) -> None:
     sp.add_argument("--concurrency", type=int, help="parallel builds")
     sp.add_argument("--arch", help="architecture to build for (default: the host's)")
     sp.add_argument("--name", help="worker name (default ARCH-PID@HOSTNAME)")
+
+    sp = add("serve", cmd_serve, "serve a read-only JSON API and a live web page of runs, builds and artifacts")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
 
 
 def _admin_commands(sub: Any) -> None:

@@ -5,13 +5,19 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import RedisServer, require
+from tests.store.conftest import FAKE_CREDENTIALS, REGION, MotoServer
+
+if TYPE_CHECKING:
+    from tests.e2e.fleet import Fleet  # imports this module: imported lazily at run time
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "mangos-farm")
@@ -66,3 +72,25 @@ def demo_farm(tmp_path_factory: pytest.TempPathFactory) -> Farm:
 
 # The moto S3 server of the store suite, shared by the fleet tests (one per session).
 from tests.store.conftest import moto_server  # noqa: E402, F401
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_server: RedisServer, moto_server: MotoServer) -> Iterator[Fleet]:  # noqa: F811
+    """A real fleet (tests/e2e/fleet.py) on a clean Redis and a fresh S3 bucket, its coordinator running."""
+    from tests.e2e.fleet import Fleet
+
+    bucket = f"farm-{uuid.uuid4().hex[:12]}"
+    moto_server.client.create_bucket(Bucket=bucket)
+    aws = FAKE_CREDENTIALS | {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL_S3": moto_server.url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    redis_server.restart()  # a clean broker per test (AOF keeps data across restarts, so flush it)
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()
+    fleet = Fleet(tmp_path, redis_server, f"s3://{bucket}/farm", aws)
+    fleet.start_coordinator()
+    yield fleet
+    fleet.close()

@@ -6,37 +6,16 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import MakeRepo, RedisServer, write_recipe
+from tests.conftest import MakeRepo, write_recipe
 from tests.e2e.fleet import Fleet
-from tests.store.conftest import FAKE_CREDENTIALS, REGION, MotoServer
+from tests.store.conftest import MotoServer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, redis_server: RedisServer, moto_server: MotoServer) -> Iterator[Fleet]:
-    bucket = f"farm-{uuid.uuid4().hex[:12]}"
-    moto_server.client.create_bucket(Bucket=bucket)
-    aws = FAKE_CREDENTIALS | {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL_S3": moto_server.url,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    redis_server.restart()  # a clean broker per test (AOF keeps data across restarts, so flush it)
-    import redis
-
-    redis.Redis.from_url(redis_server.url).flushall()
-    fleet = Fleet(tmp_path, redis_server, f"s3://{bucket}/farm", aws)
-    fleet.start_coordinator()
-    yield fleet
-    fleet.close()
 
 
 def make_set(make_repo: MakeRepo, root: Path, n: int, *, sleep: float, prefix: str = "p", layers: int = 4) -> Path:

@@ -19,6 +19,13 @@ FULL_ENV = {
     "MANGOS_FARM_WORKERS": "8",
     "MANGOS_FARM_BUILDER_ID": "farm@example",
     "MANGOS_FARM_BUILD_TIMEOUT": "120",
+    "MANGOS_FARM_STATE": "redis://state:6379/1",
+    "MANGOS_FARM_ARCH": "arm64",
+    "MANGOS_FARM_LANE": "security",
+    "MANGOS_FARM_LEASE_TIMEOUT": "45",
+    "MANGOS_FARM_REQUEUE_AFTER": "300",
+    "MANGOS_FARM_MAX_ATTEMPTS": "4",
+    "MANGOS_FARM_AGING": "900",
 }
 
 
@@ -48,6 +55,8 @@ def test_reads_every_variable() -> None:
     assert s.workers == 8
     assert s.builder_id == "farm@example"
     assert s.build_timeout == 120
+    assert (s.state_url, s.build_arch, s.lane) == ("redis://state:6379/1", "arm64", "security")
+    assert (s.lease_timeout, s.requeue_after, s.max_attempts, s.aging) == (45, 300, 4, 900)
 
 
 def test_uses_only_the_given_environment(monkeypatch: pytest.MonkeyPatch) -> None:
