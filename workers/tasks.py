@@ -103,7 +103,9 @@ _announcer: dict[str, Any] = {}
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _announce_worker(sender: Any = None, **_: Any) -> None:
     name = str(getattr(sender, "hostname", None) or socket.gethostname())
-    concurrency = int(getattr(sender, "concurrency", 1) or 1)
+    # worker_ready's sender is the Consumer, which has no 'concurrency': the WorkController it belongs to has.
+    controller = getattr(sender, "controller", None)
+    concurrency = int(getattr(controller, "concurrency", None) or getattr(sender, "concurrency", None) or 1)
     info = WorkerInfo(
         name=name,
         arch=settings.build_arch,
