@@ -13,13 +13,14 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from farm import provenance, sandbox
+from farm import metrics, provenance, sandbox
 from farm.envs.host import Environment
 from farm.errors import E, FarmError
 from farm.identity import build_key_inputs
@@ -103,8 +104,18 @@ class WorkerContext:
     environment: Environment
     timeout: float = 3600.0
     jobs: int = 1
+    arch: str = ""
     keep_workdir: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(phase: str, arch: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        metrics.build_phase_seconds.labels(phase, arch).observe(time.monotonic() - start)
 
 
 def _now() -> str:
@@ -122,6 +133,7 @@ def _stage_dependencies(req: BuildRequest, store: Store, deps_dir: Path) -> None
         for name, digest in sorted(dep.artifacts.items()):
             blob = target / name
             store.fetch_blob(digest, blob)  # verifies the sha256 on the way out
+            metrics.store_bytes.labels("down").inc(blob.stat().st_size)
             if name.endswith(".tar"):
                 with tarfile.open(blob) as tar:
                     safe_extract(tar, target / name[: -len(".tar")], "dependency file")
@@ -293,7 +305,7 @@ def _build(
     src, out, home, deps, arts = (workdir / d for d in ("src", "out", "home", "deps", "artifacts"))
     for d in (out, home, deps, arts):
         d.mkdir()
-    with step("source", log, commit=recipe.source.commit[:12]):
+    with step("source", log, commit=recipe.source.commit[:12]), _timed("source", ctx.arch):
         resolved = ctx.sources.resolve(req.fetch_url, recipe.source.commit, recipe.source.ref, origin=req.recipe_path)
         if resolved.tree != req.tree:
             raise BuildFailure(
@@ -302,16 +314,17 @@ def _build(
                 hint="the repository was rewritten under the same commit id; investigate before building",
             )
         ctx.sources.export(req.fetch_url, recipe.source.commit, src, resolved.commit_time)
-    with step("dependencies", log, count=len(req.dependencies)):
+    with step("dependencies", log, count=len(req.dependencies)), _timed("dependencies", ctx.arch):
         _stage_dependencies(req, ctx.store, deps)
     env = sandbox.base_env(resolved.commit_time, ctx.jobs) | dict(recipe.env)
     spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env)
     deadline = started_clock + ctx.timeout
-    with step("sandbox", log, steps=len(recipe.steps)):
+    with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch):
         _run_steps(recipe, spec, logfh, deadline)
-    with step("pack", log):
+    with step("pack", log), _timed("upload", ctx.arch):
         files = _collect_outputs(recipe, out, arts, resolved.commit_time)
         artifacts = [ctx.store.put_file(f) for f in files]
+        metrics.store_bytes.labels("up").inc(sum(a.size for a in artifacts))
     finished = _now()
     stmt = provenance.statement(
         subjects=[(a.name, a.digest) for a in artifacts],

@@ -25,6 +25,7 @@ from farm.settings import Settings
 from farm.sources.git import SourceCache
 from farm.store import open_store
 from workers.app import BUILD_TASK, app, settings
+from workers.metrics_setup import child_exited, serve_aggregated
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def worker_context() -> WorkerContext:
         builder_id=s.builder,
         environment=host_environment(),
         timeout=float(s.build_timeout),
+        arch=s.build_arch,
     )
 
 
@@ -130,6 +132,21 @@ def _announce_worker(sender: Any = None, **_: Any) -> None:
     thread = threading.Thread(target=loop, name="mangos-announce", daemon=True)
     thread.start()
     _announcer.update(stop=stop, thread=thread, name=name)
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(**_: Any) -> None:
+    port = int(os.environ.get("MANGOS_FARM_METRICS_PORT", "0") or 0)
+    if port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        try:
+            serve_aggregated(port, os.environ.get("MANGOS_FARM_METRICS_ADDR", "0.0.0.0"))  # noqa: S104
+        except OSError as exc:  # the worker builds fine without its endpoint; say why it is missing
+            log.error("cannot serve worker metrics on port %d: %s", port, exc)
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _pool_child_exited(pid: int | None = None, **_: Any) -> None:
+    child_exited(pid or os.getpid())
 
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]

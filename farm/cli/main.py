@@ -270,7 +270,15 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
             hint="set MANGOS_FARM_BROKER=redis://HOST:6379/0 (and MANGOS_FARM_STORE) to run a fleet",
         )
     coordinator = _coordinator(settings, open_store(settings.store_url)).coordinator
-    print(f"coordinator serving {settings.state_url} (lease {settings.lease_timeout}s)", flush=True)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_addr)
+    print(
+        f"coordinator serving {settings.state_url} (lease {settings.lease_timeout}s, "
+        f"metrics on :{args.metrics_port or 'off'})",
+        flush=True,
+    )
     coordinator.serve()
     return 0
 
@@ -387,8 +395,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.local import worker_argv
 
     arch = args.arch or settings.build_arch
-    argv = worker_argv(args.concurrency or settings.workers, args.name or f"{arch}-{os.getpid()}@%h", arch)
+    name = args.name or f"{arch}-{os.getpid()}@%h"
+    argv = worker_argv(args.concurrency or settings.workers, name, arch)
     os.environ.update(settings.to_env() | {"MANGOS_FARM_ARCH": arch})
+    if args.metrics_port:
+        from workers.metrics_setup import prepare_multiprocess_dir
+
+        # Celery's prefork children share one /metrics endpoint in the main process: prometheus-client's
+        # multiprocess mode, whose directory must exist (and be empty) before the library is first imported.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_multiprocess_dir(settings.home, name))
+        os.environ["MANGOS_FARM_METRICS_PORT"] = str(args.metrics_port)
+        os.environ["MANGOS_FARM_METRICS_ADDR"] = args.metrics_addr
     os.execv(argv[0], argv)  # noqa: S606 - replaces this process with the Celery worker, argv is a list
 
 
@@ -456,11 +473,15 @@ def _fleet_commands(sub: Any) -> None:
     sp.add_argument("build", help="RUN/RECIPE, or RECIPE for the latest run")
 
     sp = add("coordinator", cmd_coordinator, "run the fleet's coordinator service (Redis broker)")
+    sp.add_argument("--metrics-port", type=int, default=9500, help="serve /metrics here (0: off; default 9500)")
+    sp.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics (default all)")  # noqa: S104
 
     sp = add("worker", cmd_worker, "run a Celery build worker in the foreground (distributed farms)")
     sp.add_argument("--concurrency", type=int, help="parallel builds")
     sp.add_argument("--arch", help="architecture to build for (default: the host's)")
     sp.add_argument("--name", help="worker name (default ARCH-PID@HOSTNAME)")
+    sp.add_argument("--metrics-port", type=int, default=9501, help="serve /metrics here (0: off; default 9501)")
+    sp.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics (default all)")  # noqa: S104
 
     sp = add("serve", cmd_serve, "serve a read-only JSON API and a live web page of runs, builds and artifacts")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

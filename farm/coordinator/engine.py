@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from farm import metrics
 from farm.build import BuildOutcome, BuildRequest, DependencyInput
 from farm.coordinator import policy
 from farm.coordinator.kv import KV
@@ -178,6 +179,7 @@ class Coordinator:
         now = time.time() if now is None else now
         scan = self._scan(now)
         self._dispatch_ready(scan, now)
+        self._export_gauges(scan, now)
         changed = False
         for run_id, jobs_changed in scan.dirty.items():
             if jobs_changed:
@@ -240,16 +242,17 @@ class Coordinator:
                 scan.dirty[run.id][job.name] = job
 
     # -- steps --------------------------------------------------------------------------------------------------
-    def _finish(self, job: Job, jobs: dict[str, Job], state: State, why: str, now: float) -> None:
+    def _finish(self, run: Run, job: Job, state: State, why: str, now: float) -> None:
         job.state, job.why, job.finished_at = state, why, now
-        self.notify(job, jobs)
+        metrics.builds_finished.labels(job.name, run.lane.value, run.arch, state.value).inc()
+        self.notify(job, {job.name: job})
 
     def _advance(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> bool:
         """Move a waiting job on if its dependencies allow: blocked, cached, or ready (key known)."""
         deps = [jobs[d] for d in job.deps]
         bad = [d.name for d in deps if d.state in (State.FAILED, State.BLOCKED, State.CANCELLED)]
         if bad:
-            self._finish(job, jobs, State.BLOCKED, f"blocked by failed dependency {', '.join(bad)}", now)
+            self._finish(run, job, State.BLOCKED, f"blocked by failed dependency {', '.join(bad)}", now)
             return True
         pending = [d.name for d in deps if d.state not in (State.BUILT, State.CACHED)]
         if pending:
@@ -267,9 +270,11 @@ class Coordinator:
             changed = True
         if not run.force or job.attempts > 0:
             record = self.store.get_record(job.key)
+            metrics.cache_lookups.labels("hit" if record is not None else "miss").inc()
             if record is not None:
                 job.outputs = record.outputs()
-                self._finish(job, jobs, State.CACHED if job.attempts == 0 else State.BUILT, "found in the store", now)
+                state = State.CACHED if job.attempts == 0 else State.BUILT
+                self._finish(run, job, state, "found in the store", now)
                 return True
         if job.retry_at and job.retry_at > now:
             why = f"retry in {job.retry_at - now:.0f}s (attempt {job.attempts + 1} of {self.config.max_attempts})"
@@ -298,6 +303,9 @@ class Coordinator:
         job.state, job.why, job.dispatched_at = State.QUEUED, f"queued for arch {run.arch}", now
         job.attempts += 1
         job.retry_at = None
+        metrics.builds_started.labels(job.name, run.lane.value, run.arch).inc()
+        if job.attempts > 1:
+            metrics.redispatches.labels(job.failures[-1]["code"] if job.failures else "retry").inc()
         self.notify(job, jobs)
 
     def _check_in_flight(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> bool:
@@ -306,6 +314,10 @@ class Coordinator:
         lease = self.board.info(job.lease)
         if job.state is State.QUEUED and lease is not None and lease.worker:
             job.state, job.worker, job.started_at = State.RUNNING, lease.worker, lease.claimed
+            if job.dispatched_at and lease.claimed:
+                metrics.build_phase_seconds.labels("queue_wait", run.arch).observe(
+                    max(0.0, lease.claimed - job.dispatched_at)
+                )
             job.why = f"building on {lease.worker}"
             self.notify(job, jobs)
             changed = True
@@ -313,6 +325,7 @@ class Coordinator:
         if outcome is not None:
             if outcome.lease and outcome.lease != job.lease:
                 log.info("discarding a stale result for %s (lease %s)", job.name, outcome.lease[:8])
+                metrics.stale_results.inc()
                 return changed
             self._record_outcome(run, job, jobs, outcome, now)
             return True
@@ -333,13 +346,15 @@ class Coordinator:
         """The build's worker vanished (or its message did): re-dispatch under a new lease."""
         assert job.task_id
         log.warning("build %s of run %s lost: %s; re-dispatching", job.name, run.id, why)
+        if job.state is State.RUNNING:
+            metrics.lease_expiries.labels(run.arch).inc()
         self.dispatcher.revoke(job.task_id)
         self.board.revoke(run.id, job.name)
         job.failures.append({"worker": job.worker, "code": "E-LEASE-EXPIRED", "message": why, "at": now})
         job.task_id = job.lease = None
         if job.attempts >= self.config.max_attempts:
             job.error = {"code": "E-LEASE-EXPIRED", "message": why, "hint": "check the workers' health"}
-            self._finish(job, jobs, State.FAILED, f"{why}; gave up after {job.attempts} attempts", now)
+            self._finish(run, job, State.FAILED, f"{why}; gave up after {job.attempts} attempts", now)
             return
         job.state, job.why, job.retry_at = State.WAITING, f"re-dispatching: {why}", now
 
@@ -349,7 +364,7 @@ class Coordinator:
             job.outputs = {a["name"]: a["digest"] for a in outcome.record["artifacts"]}
             job.log_digest = outcome.log_digest
             self._worker_succeeded(job.worker)
-            self._finish(job, jobs, State.BUILT, f"built by {job.worker} in {outcome.duration:.2f}s", now)
+            self._finish(run, job, State.BUILT, f"built by {job.worker} in {outcome.duration:.2f}s", now)
             return
         error = outcome.error or {"code": E.WORKER, "message": "unknown error"}
         job.error, job.log_digest, job.log_tail = error, outcome.log_digest, outcome.log_tail
@@ -366,15 +381,42 @@ class Coordinator:
             ]
             if not others or job.attempts >= self.config.max_attempts:
                 where = f"on {len(failed_on)} worker(s)" if len(failed_on) > 1 else ""
-                self._finish(job, jobs, State.FAILED, f"{message} {where}".strip(), now)
+                self._finish(run, job, State.FAILED, f"{message} {where}".strip(), now)
                 return
         elif job.attempts >= self.config.max_attempts and not self._blame_one_worker(run, job):
-            self._finish(job, jobs, State.FAILED, f"{message} (after {job.attempts} attempts)", now)
+            self._finish(run, job, State.FAILED, f"{message} (after {job.attempts} attempts)", now)
             return
+        metrics.retries.labels(str(error.get("code", "unknown"))).inc()
         backoff = min(60.0, 2.0**job.attempts)
         job.state, job.retry_at = State.WAITING, now + backoff
         job.why = f"retry in {backoff:.0f}s after: {message}"
         self.notify(job, jobs)
+
+    def _export_gauges(self, scan: _Scan, now: float) -> None:
+        """Queue and fleet gauges for Prometheus, recomputed from state each tick (so they survive restarts)."""
+        depth: Counter[tuple[str, str]] = Counter()
+        oldest: dict[tuple[str, str], float] = {}
+        for _cand, job, run, _jobs in scan.ready.values():
+            if job.state is State.WAITING:
+                where = (run.lane.value, run.arch)
+                depth[where] += 1
+                oldest[where] = max(oldest.get(where, 0.0), now - (job.ready_since or now))
+        for lane in Lane:
+            for arch in {r.arch for r in scan.runs} | {a for _, a in depth}:
+                metrics.queue_depth.labels(lane.value, arch).set(depth[(lane.value, arch)])
+                metrics.oldest_waiting.labels(lane.value, arch).set(oldest.get((lane.value, arch), 0.0))
+        for arch, count in scan.in_flight.items():
+            metrics.builds_in_flight.labels(arch).set(count)
+        metrics.runs_active.set(len(scan.runs))
+        workers = self.board.workers()
+        busy = {j.worker for jobs in scan.jobs.values() for j in jobs.values() if j.state is State.RUNNING}
+        for arch in {w.arch for w in workers} | set(scan.in_flight):
+            mine = [w for w in workers if w.arch == arch]
+            metrics.workers_alive.labels(arch).set(sum(1 for w in mine if not w.disabled))
+            metrics.workers_disabled.labels(arch).set(sum(1 for w in mine if w.disabled))
+            metrics.workers_busy.labels(arch).set(sum(1 for w in mine if w.name in busy))
+        for w in workers:
+            metrics.worker_heartbeat_age.labels(w.name, w.arch).set(max(0.0, now - w.seen))
 
     # -- workers ----------------------------------------------------------------------------------------------
     def _capacity(self) -> dict[str, int]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, free_port
 from tests.e2e.conftest import CLI
 
 
@@ -32,6 +32,7 @@ class Fleet:
         self.client_home = root / "client"
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.coordinator: subprocess.Popen[bytes] | None = None
+        self.metrics_ports: dict[str, int] = {}  # /metrics of each process, on 127.0.0.1
         self.cli("keys", "generate")
 
     def env(self, home: Path) -> dict[str, str]:
@@ -71,10 +72,20 @@ class Fleet:
         )
 
     def start_worker(self, name: str, concurrency: int = 1) -> None:
-        self.workers[name] = self._spawn(name, ["worker", "--concurrency", str(concurrency), "--name", f"{name}@fleet"])
+        port = self.metrics_ports.setdefault(name, free_port())
+        self.workers[name] = self._spawn(
+            name,
+            [
+                *("worker", "--concurrency", str(concurrency), "--name", f"{name}@fleet"),
+                *("--metrics-port", str(port), "--metrics-addr", "127.0.0.1"),
+            ],
+        )
 
     def start_coordinator(self) -> None:
-        self.coordinator = self._spawn("coordinator", ["coordinator"])
+        port = self.metrics_ports.setdefault("coordinator", free_port())
+        self.coordinator = self._spawn(
+            "coordinator", ["coordinator", "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
+        )
 
     def kill(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
         if proc is not None and proc.poll() is None:

@@ -1,0 +1,103 @@
+"""A real Prometheus server (Debian's package) scrapes the coordinator and two workers during a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MakeRepo, free_port, require, write_recipe
+from tests.e2e.fleet import Fleet
+
+pytestmark = pytest.mark.e2e
+
+
+class Prometheus:
+    def __init__(self, root: Path, targets: dict[str, int]) -> None:
+        self.port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        config = root / "prometheus.yml"
+        jobs = "\n".join(
+            f"  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']"
+            for name, port in targets.items()
+        )
+        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
+        self.log = (root / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                require("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def query(self, expr: str) -> list[dict[str, object]]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            data = json.load(resp)
+        assert data["status"] == "success", data
+        result: list[dict[str, object]] = data["data"]["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        try:
+            result = self.query(expr)
+        except OSError:
+            return None
+        return float(result[0]["value"][1]) if result else None  # type: ignore[index]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def prometheus(fleet: Fleet, tmp_path: Path) -> Iterator[Prometheus]:
+    fleet.start_worker("w1")
+    fleet.start_worker("w2")
+    prom = Prometheus(tmp_path / "prom", dict(fleet.metrics_ports, coordinator=fleet.metrics_ports["coordinator"]))
+    yield prom
+    prom.close()
+
+
+def test_prometheus_sees_builds_queue_draining_and_workers(
+    fleet: Fleet, prometheus: Prometheus, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    fleet.wait_workers(2)
+    repo, commit = make_repo("m", {"data": "x\n"})
+    recipes = tmp_path / "recipes"
+    for i in range(8):
+        name = f"m{i}"
+        write_recipe(recipes, name, git_url=str(repo), commit=commit, steps=[f'sleep 1 && echo {i} > "$OUT/{name}"'],
+                     outputs=[name])  # fmt: skip
+    fleet.wait_for("every target up", lambda: prometheus.value("sum(up)") == 3, timeout=60)
+    run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+    fleet.wait_for("a queue building up", lambda: (prometheus.value("sum(mangos_queue_depth)") or 0) > 0, 60)
+    assert fleet.wait_run(run)["ok"]
+    time.sleep(3)  # a few more scrapes after the last build
+    fleet.wait_for(
+        "all builds counted",
+        lambda: prometheus.value('sum(mangos_builds_finished_total{result="built"})') == 8,
+        timeout=30,
+    )
+    assert prometheus.value('sum(mangos_builds_started_total{lane="rebuild",arch="amd64"})') == 8
+    # the queue drained: it was deep during the run and is empty now
+    assert (prometheus.value("max_over_time(sum(mangos_queue_depth)[5m:1s])") or 0) >= 4
+    assert prometheus.value("sum(mangos_queue_depth)") == 0
+    assert prometheus.value('mangos_workers_alive{arch="amd64"}') == 2
+    assert prometheus.value("count(mangos_worker_heartbeat_age_seconds < 10)") == 2
+    # worker endpoints aggregate their prefork children (multiprocess mode): every build's phases are there
+    assert prometheus.value('sum(mangos_build_phase_seconds_count{phase="build",job!="coordinator"})') == 8
+    assert prometheus.value('sum(mangos_build_phase_seconds_count{phase="queue_wait",job="coordinator"})') == 8
+    assert (prometheus.value('sum(mangos_store_bytes_total{direction="up"})') or 0) > 0
+    per_worker = prometheus.query('sum by (job) (mangos_build_phase_seconds_count{phase="build"})')
+    assert {r["metric"]["job"] for r in per_worker} == {"w1", "w2"}  # type: ignore[index]
