@@ -11,7 +11,7 @@ export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 
 # Debian packages the farm and its tests use (installed as root; others get the command to run).
 APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg redis-server \
-	chromium chromium-driver
+	chromium chromium-driver prometheus
 
 .PHONY: setup apt venv demo-sources demo test lint pytest bench clean
 

@@ -15,9 +15,7 @@ NAMESPACE = "mangos"
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 # -- coordinator ------------------------------------------------------------------------------------------------
-builds_started = Counter(
-    "mangos_builds_started_total", "Builds dispatched to a worker", ["recipe", "lane", "arch"]
-)
+builds_started = Counter("mangos_builds_started_total", "Builds dispatched to a worker", ["recipe", "lane", "arch"])
 builds_finished = Counter(
     "mangos_builds_finished_total",
     "Builds that reached a final state (result: built, cached, failed, blocked, cancelled)",

@@ -1,0 +1,250 @@
+"""deploy/kubernetes: every core resource validates against the Kubernetes OpenAPI schemas (offline, from the
+kubernetes-validate package, strict: unknown fields are errors), the KEDA ScaledObject against a small schema of
+its CRD, and the objects reference each other and the farm consistently."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from tests.deploy.common import (
+    KUBERNETES,
+    SECCOMP_PROFILE,
+    WORKER_UID,
+    load_yaml,
+    load_yaml_all,
+    parse_cli,
+    setting_variables,
+)
+from workers.app import build_queue
+
+pytestmark = pytest.mark.integration
+
+# The oldest Kubernetes these manifests are meant for: user namespaces for pods (hostUsers: false), which the
+# worker's unmasked /proc requires, are on by default from 1.33.
+K8S_VERSION = "1.33"
+KEDA_SCHEMA = Path(__file__).with_name("keda-scaledobject.schema.json")
+NAMESPACE = "mangos-farm"
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        found.extend((f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc) for doc in load_yaml_all(path))
+    return found
+
+
+def objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == kind}
+
+
+CORE = [(where, doc) for where, doc in manifests() if doc["apiVersion"] != "keda.sh/v1alpha1"]
+
+
+@pytest.mark.parametrize(("where", "doc"), CORE, ids=[where for where, _ in CORE])
+def test_core_resources_validate_against_kubernetes_schemas(where: str, doc: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{where}: {path}: {exc.message}")
+
+
+def test_the_kubernetes_validation_is_strict() -> None:
+    worker = copy.deepcopy(objects("Deployment")["mangos-worker"])
+    worker["spec"]["template"]["spec"]["containers"][0]["securityContext"]["procMonut"] = "Unmasked"
+    with pytest.raises(kubernetes_validate.ValidationError, match="procMonut"):
+        kubernetes_validate.validate(worker, K8S_VERSION, strict=True)
+
+
+def test_expected_objects() -> None:
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in manifests()}
+    assert kinds == {
+        ("Namespace", NAMESPACE),
+        ("ConfigMap", "mangos-farm-settings"),
+        ("Service", "mangos-redis"),
+        ("StatefulSet", "mangos-redis"),
+        ("Deployment", "mangos-coordinator"),
+        ("Service", "mangos-coordinator"),
+        ("Deployment", "mangos-worker"),
+        ("Service", "mangos-worker-metrics"),
+        ("Deployment", "mangos-web"),
+        ("Service", "mangos-web"),
+        ("ScaledObject", "mangos-worker-amd64"),
+    }
+    for where, doc in manifests():
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == NAMESPACE, where
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load_yaml(KUBERNETES / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    files = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == files
+    assert kustomization["namespace"] == NAMESPACE
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    return {
+        name: doc["spec"]["template"]["spec"]
+        for kind in ("Deployment", "StatefulSet")
+        for name, doc in objects(kind).items()
+    }
+
+
+def test_settings_are_real_and_secrets_are_referenced_not_shipped() -> None:
+    (config,) = objects("ConfigMap").values()
+    variables = {k for k in config["data"] if k.startswith("MANGOS_FARM_")}
+    assert variables <= setting_variables(), sorted(variables - setting_variables())
+    assert config["data"]["MANGOS_FARM_BROKER"] == "redis://mangos-redis.mangos-farm.svc:6379/0"
+    assert not objects("Secret"), "credentials and keys are created by the operator, never committed"
+    for name in ("mangos-coordinator", "mangos-worker", "mangos-web"):
+        (container,) = pod_specs()[name]["containers"]
+        assert container["envFrom"] == [{"configMapRef": {"name": "mangos-farm-settings"}}], name
+        secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+        assert secret_env == {"AWS_ACCESS_KEY_ID": "mangos-s3", "AWS_SECRET_ACCESS_KEY": "mangos-s3"}, name
+
+
+def test_container_args_are_valid_command_lines() -> None:
+    commands = {}
+    for name in ("mangos-coordinator", "mangos-worker", "mangos-web"):
+        (container,) = pod_specs()[name]["containers"]
+        assert container["image"] == "mangos-farm:0.1.0"  # kustomization's `images` rewrites it
+        assert "command" not in container  # the image's entrypoint is mangos-farm
+        commands[name] = parse_cli(container["args"])
+    assert commands["mangos-coordinator"].command == "coordinator"
+    assert commands["mangos-worker"].command == "worker"
+    web = commands["mangos-web"]
+    assert (web.command, web.host, web.port) == ("serve", "0.0.0.0", 8080)  # reachable through the Service
+    (container,) = pod_specs()["mangos-web"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": web.port}]
+
+
+def test_services_select_their_pods_and_ports() -> None:
+    workloads = {**objects("Deployment"), **objects("StatefulSet")}
+    for name, service in objects("Service").items():
+        selector = service["spec"]["selector"]
+        matched = [
+            w for w in workloads.values() if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert matched, f"Service {name} selects no pods"
+        for workload in matched:
+            port_names = {p["name"] for c in workload["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+            for port in service["spec"]["ports"]:
+                assert port["targetPort"] in port_names, f"Service {name}: no container port {port['targetPort']}"
+    for name, workload in workloads.items():
+        assert workload["spec"]["selector"]["matchLabels"].items() <= (
+            workload["spec"]["template"]["metadata"]["labels"].items()
+        ), name
+
+
+def test_one_coordinator_never_two() -> None:
+    coordinator = objects("Deployment")["mangos-coordinator"]
+    assert coordinator["spec"]["replicas"] == 1
+    assert coordinator["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_every_farm_pod_is_unprivileged() -> None:
+    for name in ("mangos-coordinator", "mangos-worker", "mangos-web"):
+        spec = pod_specs()[name]
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] == WORKER_UID, name
+        (container,) = spec["containers"]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["capabilities"] == {"drop": ["ALL"]}, name
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert not context.get("privileged", False), name
+    for name in ("mangos-coordinator", "mangos-web"):
+        spec = pod_specs()[name]
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert set(spec["containers"][0]["securityContext"]) == {
+            "allowPrivilegeEscalation",
+            "capabilities",
+            "readOnlyRootFilesystem",
+        }
+
+
+def test_worker_has_exactly_the_exceptions_bwrap_needs() -> None:
+    spec = pod_specs()["mangos-worker"]
+    (container,) = spec["containers"]
+    assert spec["hostUsers"] is False  # its own user namespace: required for an unmasked /proc
+    assert container["securityContext"]["procMount"] == "Unmasked"
+    assert container["securityContext"]["appArmorProfile"] == {"type": "Unconfined"}
+    profile = spec["securityContext"]["seccompProfile"]
+    assert profile["type"] == "Localhost"
+    assert Path(profile["localhostProfile"]).name == SECCOMP_PROFILE.name  # the profile deploy/seccomp ships
+    assert "add" not in container["securityContext"]["capabilities"]  # no SYS_ADMIN
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    key_mount = mounts["/var/lib/mangos/keys"]
+    assert key_mount["readOnly"] is True
+    (key_volume,) = (v for v in spec["volumes"] if v["name"] == key_mount["name"])
+    assert key_volume["secret"]["secretName"] == "mangos-builder-key"
+    assert {i["path"] for i in key_volume["secret"]["items"]} == {"builder.key", "builder.pub"}
+    assert key_volume["secret"]["defaultMode"] == 0o440
+    for name in ("mangos-coordinator", "mangos-web"):  # nobody else holds the builder key
+        assert all("secret" not in v for v in pod_specs()[name]["volumes"]), name
+
+
+def test_keda_scaled_object() -> None:
+    (scaled,) = objects("ScaledObject").values()
+    schema = json.loads(KEDA_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = [f"{e.json_path}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(scaled)]
+    assert errors == []
+
+    spec = scaled["spec"]
+    worker = objects("Deployment")[spec["scaleTargetRef"]["name"]]
+    assert spec["scaleTargetRef"]["kind"] == "Deployment"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    arch = worker["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert arch[arch.index("--arch") + 1] == "amd64"
+    assert worker["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+
+    triggers = {t["type"]: t["metadata"] for t in spec["triggers"]}
+    redis = triggers["redis"]
+    assert redis["listName"] == build_queue("amd64")  # the Celery queue the amd64 workers consume
+    host, port = redis["address"].rsplit(":", 1)
+    assert host == f"mangos-redis.{NAMESPACE}.svc"
+    assert port == "6379"
+    assert host.split(".")[0] in objects("Service")
+    assert redis["databaseIndex"] == "0"  # MANGOS_FARM_BROKER's database
+    assert int(redis["listLength"]) >= 1
+    prometheus = triggers["prometheus"]
+    assert prometheus["query"] == 'sum(mangos_queue_depth{arch="amd64"})'
+    assert float(prometheus["threshold"]) > 0
+
+    # The HPA behavior KEDA passes through is checked with the Kubernetes autoscaling/v2 schema.
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "keda-hpa-mangos-worker-amd64"},
+        "spec": {
+            "scaleTargetRef": spec["scaleTargetRef"],
+            "maxReplicas": spec["maxReplicaCount"],
+            "behavior": behavior,
+        },
+    }
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+
+
+def test_the_keda_schema_refuses_mistakes() -> None:
+    (scaled,) = objects("ScaledObject").values()
+    validator = jsonschema.Draft202012Validator(json.loads(KEDA_SCHEMA.read_text()))
+    typo = copy.deepcopy(scaled)
+    typo["spec"]["minReplicas"] = 1
+    number = copy.deepcopy(scaled)
+    number["spec"]["triggers"][0]["metadata"]["listLength"] = 2  # KEDA's metadata values are strings
+    assert not validator.is_valid(typo)
+    assert not validator.is_valid(number)
