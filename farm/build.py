@@ -245,6 +245,8 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                     started_clock=started_clock,
                 )
             except FarmError as exc:
+                if exc.code.startswith("E-STORE-"):
+                    metrics.store_errors.labels("build").inc()
                 logfh.write(f"\n!!! {exc.render()}\n".encode())
                 logfh.flush()
                 return BuildOutcome(

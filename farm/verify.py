@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from farm import metrics
 from farm.errors import E, FarmError
 from farm.keys import PublicKey
 from farm.provenance import verify_envelope
@@ -83,6 +84,7 @@ def verify_file(path: Path, trusted: Sequence[PublicKey]) -> VerifiedArtifact:
     try:
         verified = verify_envelope(envelope, trusted)
     except FarmError as exc:
+        metrics.signature_failures.inc()
         exc.file = str(envelope_path)
         raise
     subjects = verified.subjects()
