@@ -503,10 +503,9 @@ def test_concurrent_put_file_of_identical_content_from_processes(store: Store, t
 
 
 # -- local only ------------------------------------------------------------------------------------------------
-def test_local_only_crash_leftovers_in_tmp_are_invisible(store: Store) -> None:
+def test_local_only_crash_leftovers_in_tmp_are_invisible(tmp_path: Path) -> None:
     """A writer killed after staging but before linking into place leaves files in tmp/; nobody sees them."""
-    if not isinstance(store, LocalStore):
-        pytest.skip("the tmp/ staging directory is the local store's layout")
+    store = LocalStore(tmp_path / "local-store")
     blob = b"a blob whose writer crashed before publishing it"
     blob_digest = sha256(blob)
     record = make_record(store, key(1))  # blobs published, record not
