@@ -83,6 +83,8 @@ def test_killed_worker_build_completes_elsewhere(fleet: Fleet, make_repo: MakeRe
     assert rebuilt["attempts"] == 2
     out = tmp_path / "out"
     commit = fleet.json("plan", str(recipes))["builds"][0]["commit"]
+    listed = fleet.json("fetch", "--commit", commit)
+    assert sorted(r["recipe"] for r in listed) == [f"p{i:02d}" for i in range(4)], "one record per build, no duplicate"
     fleet.cli("fetch", "--commit", commit, "-o", str(out))
     assert len(fleet.json("verify", str(out))["ok"]) == 4
 
