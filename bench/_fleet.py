@@ -184,6 +184,7 @@ class BenchFleet:
         self.base_env |= extra_env or {}
         self.client_home = root / "client"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.profilers: list[subprocess.Popen[bytes]] = []
         self.cli("keys", "generate")
 
     def env(self, home: Path) -> dict[str, str]:
@@ -220,12 +221,21 @@ class BenchFleet:
     def start_coordinator(self) -> None:
         self.spawn("coordinator", ["coordinator"])
 
-    def start_workers(self, count: int, concurrency: int) -> list[str]:
-        names = [f"w{i + 1}" for i in range(count)]
-        for name in names:
+    def start_workers(self, count: int, concurrency: int) -> int:
+        """Start ``count`` workers; returns the build slots they registered (what the coordinator dispatches to)."""
+        for i in range(count):
+            name = f"w{i + 1}"
             self.spawn(name, ["worker", "--concurrency", str(concurrency), "--name", f"{name}@fleet"])
-        self.wait_for(f"{count} workers", lambda: len(self.json("workers")) >= count, timeout=120)
-        return names
+
+        def alive() -> list[dict[str, Any]] | None:
+            found: list[dict[str, Any]] = self.json("workers")
+            return found if len(found) >= count else None
+
+        workers: list[dict[str, Any]] = self.wait_for(f"{count} workers", alive, timeout=120)
+        registered = sum(int(w["concurrency"]) for w in workers)
+        if registered != count * concurrency:
+            progress(f"WARNING: the workers registered {registered} slots, not {count} x {concurrency}")
+        return registered
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float, interval: float = 0.3) -> Any:
         deadline = time.monotonic() + timeout
@@ -248,11 +258,31 @@ class BenchFleet:
         return self.cli("rebuild", str(recipe_dir)).strip().splitlines()[-1]
 
     def wait_run(self, run: str, timeout: float, poll: float) -> dict[str, Any]:
-        """Poll ``mangos-farm status RUN --json`` until the run is no longer active."""
-        status: dict[str, Any] = self.wait_for(
-            f"run {run}", lambda: (s := self.json("status", run))["status"] != "active" and s, timeout, poll
-        )
-        return status
+        """Poll ``mangos-farm status RUN --json`` until the run is no longer active; fail fast if a build failed
+        (a benchmark run must build everything once: a retry or a worker taken out of rotation spoils it)."""
+
+        def check() -> dict[str, Any] | None:
+            status: dict[str, Any] = self.json("status", run)
+            for b in status["builds"]:
+                if b["state"] in ("failed", "blocked") or b.get("failures"):
+                    detail = (b.get("failures") or [b.get("error")])[0]
+                    raise RuntimeError(f"run {run}: build {b['recipe']} is {b['state']}: {b['why']}; {detail}")
+            return status if status["status"] != "active" else None
+
+        found: dict[str, Any] = self.wait_for(f"run {run}", check, timeout, poll)
+        return found
+
+    def reset_command_stats(self) -> None:
+        r = self.redis.client()
+        r.config_resetstat()
+        r.close()
+
+    def command_stats(self) -> dict[str, int]:
+        """Redis commands served since :meth:`reset_command_stats`, by command, all clients together."""
+        r = self.redis.client()
+        info: dict[str, Any] = r.info("commandstats")
+        r.close()
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
     def timelines(self, run: str, status: dict[str, Any]) -> list[BuildTimes]:
         """Each build's timeline: the status JSON's times plus, from Redis, the worker's result time.
@@ -291,7 +321,31 @@ class BenchFleet:
         r.close()
         return out
 
+    # -- profiling (py-spy, installed in the venv) -------------------------------------------------------------
+    def start_profiler(self, name: str, out: Path, rate: int = 200) -> subprocess.Popen[bytes]:
+        """Sample process ``name`` (and its pool children) with py-spy until :meth:`stop_profilers`, idle threads
+        included (so time spent waiting on Redis, git or bwrap shows), as collapsed stacks in ``out``."""
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        argv = [py_spy, "record", "--idle", "--subprocesses", "--nolineno", "--format", "raw", "--rate", str(rate)]
+        argv += ["--pid", str(self.procs[name].pid), "--output", str(out)]
+        with (self.root / f"py-spy-{name}.log").open("ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.profilers.append(proc)
+        return proc
+
+    def stop_profilers(self) -> None:
+        for proc in self.profilers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
+        for proc in self.profilers:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                stop_group(proc)
+        self.profilers.clear()
+
     def close(self) -> None:
+        self.stop_profilers()
         for proc in self.procs.values():
             stop_group(proc)
         self.procs.clear()
@@ -304,3 +358,35 @@ class BenchFleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def profile_summary(path: Path, within: str, top: int = 25) -> list[tuple[str, float]]:
+    """From py-spy's collapsed stacks: the functions with the largest inclusive share of the samples whose stack
+    contains a frame matching ``within`` (e.g. ``"_build (workers/tasks.py)"``), largest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return []
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or within not in stack:
+            continue
+        frames = stack.split(";")
+        frames = frames[next(i for i, f in enumerate(frames) if within in f) :]
+        total += int(n)
+        for frame in set(frames):
+            counts[frame] = counts.get(frame, 0) + int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(frame, c / total) for frame, c in ranked] if total else []
+
+
+def profile_share(path: Path, part: str, whole: str) -> float:
+    """Share of the samples with ``whole`` in their stack that also have ``part`` (e.g. ticking vs serving)."""
+    num = den = 0
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, n = line.rpartition(" ")
+            if n.isdigit() and whole in stack:
+                den += int(n)
+                num += int(n) if part in stack else 0
+    return num / den if den else float("nan")

@@ -18,7 +18,8 @@ What is measured, per build, all on this machine's clock:
   claimed the lease): message delivery through Redis, Celery's hand-off to a pool process, the lease claim;
 - start -> worker done: ``started_at`` to the Celery result's ``date_done`` (read from Redis): the build itself
   (git export, bwrap sandbox, pack, sign, store) plus storing the result; of which ``execute_build`` alone;
-- worker done -> noticed: ``date_done`` to ``finished_at`` (the coordinator tick that collected the outcome);
+- worker done -> noticed: ``date_done`` to ``finished_at`` (the coordinator tick that collected the outcome; a
+  tick's time is taken when it starts, so this can be slightly negative when a result lands during a tick);
 - total: ``dispatched_at`` to ``finished_at``. For a no-op build everything in it is the farm's overhead; its
   median is the figure of merit (target <= 50 ms).
 
@@ -26,7 +27,12 @@ Also reported: the run's wall time per build (first dispatch to last finish / N,
 measured by this same process: a bare Celery no-op task round trip (``send_task(...).get()``) on the same Redis
 with the farm's Celery settings, a bare ``bwrap`` with the farm's sandbox argv running ``sh -c true``, a minimal
 ``bwrap --ro-bind / / true`` and a plain fork/exec of ``true``; and ``execute_build`` called in process, broken
-down by phase. Nothing here is a test: timings depend on the machine. Progress goes to stderr, the report to stdout.
+down by phase. Per fleet, the Redis commands served during the measured run (INFO commandstats, all clients) are
+counted per build. With ``--profile DIR`` the coordinator and the workers of the first fleet are sampled by py-spy
+during the measured run (collapsed stacks in DIR) and the report says where their time went.
+
+Nothing here is a test: timings depend on the machine (and on anything else running on it: the load average is
+reported). Progress goes to stderr, the report to stdout.
 """
 
 from __future__ import annotations
@@ -46,7 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._fleet import BenchFleet, BuildTimes, make_repo, percentile, progress, write_recipe
+from bench._fleet import (
+    BenchFleet,
+    BuildTimes,
+    make_repo,
+    percentile,
+    profile_share,
+    profile_summary,
+    progress,
+    write_recipe,
+)
 
 TARGET_MEDIAN_MS = 50.0
 
@@ -80,6 +95,7 @@ class FleetResult:
     wall_seconds: float
     segments: list[Stat]
     timelines: list[BuildTimes]
+    redis_commands: dict[str, int]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +105,9 @@ class FleetResult:
             "wall_ms_per_build": round(1000 * self.wall_seconds / self.builds, 2),
             "builds_per_second": round(self.builds / self.wall_seconds, 2),
             "segments": [s.to_json() for s in self.segments],
+            "redis_commands_per_build": {
+                k: round(v / self.builds, 1) for k, v in sorted(self.redis_commands.items(), key=lambda kv: -kv[1])
+            },
             "timelines": [t.to_json() for t in self.timelines],
         }
 
@@ -100,6 +119,7 @@ class Report:
     fleets: list[FleetResult] = field(default_factory=list)
     baselines: list[Stat] = field(default_factory=list)
     inproc: list[Stat] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def headline(self) -> Stat | None:
@@ -119,6 +139,7 @@ class Report:
             "fleets": fleets,
             "baselines": [b.to_json() for b in self.baselines],
             "execute_build_in_process": [s.to_json() for s in self.inproc],
+            "profile": self.profile,
             "target_median_ms": TARGET_MEDIAN_MS,
             "median_total_ms": round(statistics.median(head.ms), 2) if head else None,
             "meets_target": (statistics.median(head.ms) <= TARGET_MEDIAN_MS) if head else None,
@@ -145,12 +166,24 @@ def measure_fleet(
     measured = write_noop_recipes(root / f"recipes-{tag}", f"n{tag}-", n, str(repo), commit)
     with BenchFleet(root / f"fleet-{tag}", appendfsync=args.redis_fsync) as fleet:
         fleet.start_coordinator()
-        fleet.start_workers(count, concurrency)
+        if fleet.start_workers(count, concurrency) != count * concurrency:
+            report.notes.append(f"fleet {shape}: the workers registered fewer slots than {count} x {concurrency}")
         progress(f"fleet {shape}: {count} worker(s) x concurrency {concurrency} up; warm-up run")
         fleet.wait_run(fleet.submit(warm), timeout=300, poll=0.5)
         progress(f"fleet {shape}: measuring {n} no-op builds")
+        profiling = args.profile is not None and shape == args.fleets[0]
+        if profiling:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for name in ["coordinator"] + [f"w{i + 1}" for i in range(count)]:
+                fleet.start_profiler(name, args.profile / f"{name}.txt")
+            time.sleep(1)  # py-spy attaches
+        fleet.reset_command_stats()
         run = fleet.submit(measured)
         status = fleet.wait_run(run, timeout=args.timeout, poll=args.poll)
+        commands = fleet.command_stats()
+        if profiling:
+            fleet.stop_profilers()
+            report.profile = summarize_profiles(args.profile, count)
         if not status["ok"] or status["summary"]["built"] != n:
             raise RuntimeError(f"run {run} did not build all {n}: {status['summary']}\n{fleet.log_tail('coordinator')}")
         times = fleet.timelines(run, status)
@@ -165,12 +198,33 @@ def measure_fleet(
         stat("worker done -> coordinator noticed", [t.noticed - t.done for t in with_done if t.done]),
         stat("total: dispatch -> noticed", [t.noticed - t.dispatched for t in times]),
     ]
-    result = FleetResult(shape, n, wall, segments, times)
+    result = FleetResult(shape, n, wall, segments, times, commands)
     progress(
         f"fleet {shape}: {n} builds in {wall:.2f}s; median total "
         f"{statistics.median(segments[-1].ms):.1f} ms, wall {1000 * wall / n:.1f} ms/build"
     )
     return result
+
+
+def summarize_profiles(directory: Path, workers: int) -> dict[str, Any]:
+    """Where the time goes, from py-spy's samples (wall clock: idle threads included)."""
+    coordinator = directory / "coordinator.txt"
+    serve = "Coordinator.serve (farm/coordinator/engine.py)"
+    tick = "Coordinator.tick (farm/coordinator/engine.py)"
+    task = "_build (workers/tasks.py)"
+
+    def ours(frames: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """The farm's own frames, and the library calls it makes (the frame just below one of its own)."""
+        keep = ("(farm/", "(workers/", "Repo.archive (", "Repo.commit (", "Repo.__init__ (", "rmtree (", "send_task (")
+        return [(f, round(s, 3)) for f, s in frames if any(k in f for k in keep)]
+
+    out: dict[str, Any] = {
+        "coordinator_busy_share": round(profile_share(coordinator, tick, serve), 3),
+        "coordinator_tick": ours(profile_summary(coordinator, tick, 200))[:25],
+    }
+    for i in range(workers):
+        out[f"w{i + 1}_build_task"] = ours(profile_summary(directory / f"w{i + 1}.txt", task, 300))[:30]
+    return out
 
 
 # -- baselines -------------------------------------------------------------------------------------------------
@@ -362,10 +416,26 @@ def render(report: Report) -> str:
             f"{f.wall_seconds:.2f}s = {1000 * f.wall_seconds / f.builds:.1f} ms/build "
             f"({f.builds / f.wall_seconds:.1f} builds/s)"
         )
-        lines += [header, "-" * len(header)] + [row(s) for s in f.segments] + [""]
+        lines += [header, "-" * len(header)] + [row(s) for s in f.segments]
+        top = sorted(f.redis_commands.items(), key=lambda kv: -kv[1])[:8]
+        total = sum(f.redis_commands.values()) / f.builds
+        lines.append(
+            f"Redis commands per build (all clients, status polls included): {total:.0f} = "
+            + ", ".join(f"{k} {v / f.builds:.1f}" for k, v in top)
+        )
+        lines.append("")
     for title, stats in (("baselines, same process", report.baselines), ("execute_build in process", report.inproc)):
         if stats:
             lines += [f"{title}:", header, "-" * len(header)] + [row(s) for s in stats] + [""]
+    if report.profile:
+        lines.append(
+            f"py-spy, fleet {report.fleets[0].shape}: the coordinator spent "
+            f"{100 * report.profile['coordinator_busy_share']:.0f}% of the run ticking; inside a tick:"
+        )
+        lines += [f"  {100 * share:5.1f}%  {frame}" for frame, share in report.profile["coordinator_tick"][1:16]]
+        lines.append("inside the worker's build task (w1):")
+        lines += [f"  {100 * share:5.1f}%  {frame}" for frame, share in report.profile["w1_build_task"][1:20]]
+        lines.append("")
     for note in report.notes:
         lines.append(f"NOTE: {note}")
     head = report.headline()
@@ -386,6 +456,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "redis": redis_version.stdout.split()[2] if redis_version.returncode == 0 else None,
+        "loadavg_before": os.getloadavg(),
     }
 
 
@@ -404,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["everysec", "always", "no", "off"],
         default="everysec",
         help="redis-server appendfsync (off: no AOF); default everysec",
+    )
+    p.add_argument(
+        "--profile", type=Path, help="record py-spy profiles of the coordinator and workers (first fleet) into DIR"
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs of every process)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -436,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    report.machine["loadavg_after"] = os.getloadavg()
     print(json.dumps(report.to_json(args.timelines), indent=2) if args.json else render(report))
     return 0
 

@@ -132,6 +132,7 @@ class Coordinator:
             )
         changed = [job]
         job.state, job.why, job.attempts, job.failures, job.error = State.WAITING, "retry requested", 0, [], None
+        job.store_checked = -1
         for other in jobs.values():
             if other.state in (State.BLOCKED, State.CANCELLED):
                 other.state, other.why = State.WAITING, "retry requested"
@@ -268,7 +269,11 @@ class Coordinator:
         if job.ready_since is None:
             job.ready_since = now
             changed = True
-        if not run.force or job.attempts > 0:
+        due = job.retry_at is None or job.retry_at <= now
+        # Ask the store once per attempt (not every tick: on S3 each ask is a request).
+        if (not run.force or job.attempts > 0) and due and job.store_checked != job.attempts:
+            job.store_checked = job.attempts
+            changed = True
             record = self.store.get_record(job.key)
             metrics.cache_lookups.labels("hit" if record is not None else "miss").inc()
             if record is not None:

@@ -1,6 +1,6 @@
 """Scheduling policy: priority lanes with aging, critical path first within a lane. Pure functions.
 
-A build's effective level is its lane's level plus one level per ``aging`` seconds it has waited, so a full
+A build's effective level is its lane's level plus one whole level per ``aging`` seconds it has waited, so a full
 rebuild that has waited long enough competes with interactive work and is never starved, while a fresh security
 build still goes first.
 """
@@ -33,8 +33,10 @@ class Candidate:
 
 
 def effective_level(c: Candidate, now: float, aging: float) -> float:
+    # Whole levels: within a level the critical path decides. (A continuous bonus made every build that became
+    # ready earlier outrank a longer critical path, i.e. oldest-first; bench_sched measured 1.27 x the bound.)
     waited = max(0.0, now - c.ready_since)
-    return c.lane.level + (waited / aging if aging > 0 else 0.0)
+    return float(c.lane.level + (waited // aging if aging > 0 else 0))
 
 
 def order(candidates: Iterable[Candidate], now: float, aging: float) -> list[Candidate]:

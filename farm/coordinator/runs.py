@@ -66,6 +66,7 @@ class Job:
     finished_at: float | None = None
     retry_at: float | None = None
     attempts: int = 0
+    store_checked: int = -1  # the attempt count at which the store was last asked for this key
     failures: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
     log_digest: str | None = None
