@@ -25,7 +25,7 @@ from farm.coordinator.kv import KV
 from farm.coordinator.leases import LeaseBoard
 from farm.coordinator.plan import Plan
 from farm.coordinator.policy import Lane
-from farm.coordinator.runs import Job, Run, RunStore, State
+from farm.coordinator.runs import Job, Run, RunStore, State, run_header
 from farm.errors import E, FarmError
 from farm.identity import build_key
 from farm.store import Store
@@ -467,17 +467,8 @@ class Coordinator:
         now = time.time() if now is None else now
         run = self.runs.get(run_id)
         jobs = self.runs.jobs(run_id)
-        counts = Counter(j.state.value for j in jobs.values())
         waiting = [now - j.ready_since for j in jobs.values() if j.state is State.WAITING and j.ready_since]
-        return {
-            "run": run.id,
-            "status": run.status,
-            "lane": run.lane.value,
-            "arch": run.arch,
-            "created": run.created,
-            "finished": run.finished,
-            "ok": run.status == "done" and not any(j.state in (State.FAILED, State.BLOCKED) for j in jobs.values()),
-            "summary": {s.value: counts.get(s.value, 0) for s in State},
+        return run_header(run, jobs) | {
             "oldest_waiting_seconds": round(max(waiting), 1) if waiting else 0.0,
             "builds": [jobs[n].summary(now) for n in run.order],
         }

@@ -11,6 +11,7 @@ import enum
 import json
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -125,6 +126,21 @@ class Run:
         raw = json.loads(data)
         raw["lane"] = Lane(raw["lane"])
         return cls(**raw)
+
+
+def run_header(run: Run, jobs: dict[str, Job]) -> dict[str, Any]:
+    """What every view of a run starts with: identity, status, outcome and counts by state."""
+    counts = Counter(j.state.value for j in jobs.values())
+    return {
+        "run": run.id,
+        "status": run.status,
+        "lane": run.lane.value,
+        "arch": run.arch,
+        "created": run.created,
+        "finished": run.finished,
+        "ok": run.status == "done" and not any(j.state in (State.FAILED, State.BLOCKED) for j in jobs.values()),
+        "summary": {s.value: counts.get(s.value, 0) for s in State},
+    }
 
 
 def new_run_id() -> str:

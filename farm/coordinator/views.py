@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 from farm.coordinator.kv import KV
 from farm.coordinator.leases import LeaseBoard
-from farm.coordinator.runs import RunStore, State
+from farm.coordinator.runs import RunStore, State, run_header
 
 
 def worker_rows(kv: KV, lease_timeout: float, now: float | None = None) -> list[dict[str, Any]]:
@@ -41,18 +40,5 @@ def run_rows(runs: RunStore) -> list[dict[str, Any]]:
     rows = []
     for run in reversed(runs.all_runs()):
         jobs = runs.jobs(run.id)
-        counts = Counter(j.state.value for j in jobs.values())
-        rows.append(
-            {
-                "run": run.id,
-                "status": run.status,
-                "lane": run.lane.value,
-                "arch": run.arch,
-                "created": run.created,
-                "finished": run.finished,
-                "ok": run.status == "done" and not any(j.state in (State.FAILED, State.BLOCKED) for j in jobs.values()),
-                "total": len(jobs),
-                "summary": {s.value: counts.get(s.value, 0) for s in State},
-            }
-        )
+        rows.append(run_header(run, jobs) | {"total": len(jobs)})
     return rows

@@ -38,6 +38,16 @@ def _check_digest(digest: str) -> None:
         raise FarmError(E.STORE_MISSING, f"'{digest}' is not a sha256 digest", hint="pass 64 lowercase hex")
 
 
+def check_record_names(record: BuildRecord) -> None:
+    """Record fields become index paths: refuse names that could not have come from a validated recipe."""
+    if not INDEX_NAME_RE.fullmatch(record.recipe) or not COMMIT_RE.fullmatch(record.commit):
+        raise FarmError(
+            E.STORE_CORRUPT,
+            f"record {record.build_key} has an unusable recipe name or commit id",
+            hint="records come from validated recipes; this is a bug in the caller",
+        )
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -154,12 +164,7 @@ class LocalStore(Store):
         return self.root / "records" / f"{key}.json"
 
     def put_record(self, record: BuildRecord) -> bool:
-        if not INDEX_NAME_RE.fullmatch(record.recipe) or not COMMIT_RE.fullmatch(record.commit):
-            raise FarmError(
-                E.STORE_CORRUPT,
-                f"record {record.build_key} has an unusable recipe name or commit id",
-                hint="records come from validated recipes; this is a bug in the caller",
-            )
+        check_record_names(record)
         missing = [d for d in record.blob_digests() if not self.has_blob(d)]
         if missing:
             raise FarmError(

@@ -61,7 +61,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from farm.errors import E, FarmError
 from farm.store.base import Artifact, BuildRecord, Store
-from farm.store.local import COMMIT_RE, DIGEST_RE, INDEX_NAME_RE, _check_digest
+from farm.store.local import COMMIT_RE, DIGEST_RE, INDEX_NAME_RE, _check_digest, check_record_names
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -622,12 +622,7 @@ class S3Store(Store):
         return f"{self.prefix}records/{build_key}.json"
 
     def put_record(self, record: BuildRecord) -> bool:
-        if not INDEX_NAME_RE.fullmatch(record.recipe) or not COMMIT_RE.fullmatch(record.commit):
-            raise FarmError(
-                E.STORE_CORRUPT,
-                f"record {record.build_key} has an unusable recipe name or commit id",
-                hint="records come from validated recipes; this is a bug in the caller",
-            )
+        check_record_names(record)
         key = self.record_key(record.build_key)
         digests = list(dict.fromkeys(record.blob_digests()))
         blob_keys = [self.blob_key(d) for d in digests]
