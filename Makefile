@@ -10,8 +10,15 @@ BIN := $(VENV)/bin
 export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 
 # Debian packages the farm and its tests use (installed as root; others get the command to run).
-APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg redis-server \
-	chromium chromium-driver prometheus
+APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg dpkg-dev redis-server \
+	chromium chromium-driver prometheus mmdebstrap
+
+# Debian source packages (farm/sources/dsc.py) come from a deb-src entry mirroring the system's own 'deb' entry for
+# $(DEBIAN_SUITE): same URIs, Suites, Components and Signed-By, so sources come from the very archive (or snapshot)
+# this machine installs from. Written once; apt-get update runs only when the file is new.
+DEBIAN_SUITE ?= bookworm
+DEB_SRC_LIST := /etc/apt/sources.list.d/mangos-deb-src.sources
+DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; out = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)[ \t]/) want = 1; out = out l "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out }
 
 .PHONY: setup apt venv demo-sources demo test lint pytest bench clean
 
@@ -25,6 +32,18 @@ apt:
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; fi; \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@if [ ! -f $(DEB_SRC_LIST) ] && [ ! -f $(DEB_SRC_LIST:.sources=.list) ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "no deb-src entry for $(DEBIAN_SUITE) -- run 'make apt' as root"; exit 1; fi; \
+	  if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+	    awk '$(DEB_SRC_AWK)' /etc/apt/sources.list.d/debian.sources > $(DEB_SRC_LIST).tmp; target=$(DEB_SRC_LIST); \
+	  else \
+	    sed -n 's/^deb \(.* $(DEBIAN_SUITE)[ -].*\)/deb-src \1/p' /etc/apt/sources.list > $(DEB_SRC_LIST).tmp; \
+	    target=$(DEB_SRC_LIST:.sources=.list); \
+	  fi; \
+	  if [ ! -s $(DEB_SRC_LIST).tmp ]; then rm -f $(DEB_SRC_LIST).tmp; \
+	    echo "no 'deb' entry for $(DEBIAN_SUITE) in the apt sources: add one with a deb-src twin"; exit 1; fi; \
+	  mv $(DEB_SRC_LIST).tmp $$target && echo "wrote $$target" && apt-get update -qq; \
 	fi
 
 venv: $(VENV)/.installed

@@ -65,8 +65,12 @@ def run(
     stdout: IO[bytes] | None = None,
     stderr_to_stdout: bool = False,
     input: bytes | None = None,
+    umask: int = -1,
 ) -> Result:
-    """Run ``argv``; with ``stdout`` given, stream output there instead of capturing it (build logs)."""
+    """Run ``argv``; with ``stdout`` given, stream output there instead of capturing it (build logs).
+
+    ``umask`` (when not -1) is set in the child only, so the farm process's own umask is never touched.
+    """
     args = tuple(os.fspath(a) for a in argv)
     log.debug("run: %s%s", shlex.join(args), f" (cwd={cwd})" if cwd else "")
     try:
@@ -80,6 +84,7 @@ def run(
             timeout=timeout,
             check=False,
             start_new_session=True,
+            umask=umask,
         )
     except FileNotFoundError as exc:
         raise FarmError(

@@ -82,6 +82,42 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- build environments ----------------------------------------------------------------------------------------
+def cmd_env_build(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.envs.debian import build_env, find_spec
+    from farm.store import open_store
+
+    spec = find_spec(args.name, Path(args.envs))
+    record = build_env(
+        spec, open_store(settings.store_url), settings.work_dir / "envs", records_dir=settings.home / "envs"
+    )
+    if args.json:
+        _out(record.to_json() | {"package_count": len(record.packages)})
+        return 0
+    print(f"environment {record.name}: sha256 {record.digest}")
+    print(
+        f"  {len(record.packages)} packages, {record.size / 1e6:.1f} MB, made in {record.seconds:.1f}s "
+        f"({spec.distribution} {spec.suite} {spec.architecture}, {spec.variant})"
+    )
+    print(f"  record: blob {record.record} and {settings.home / 'envs' / (record.name + '.json')}")
+    return 0
+
+
+def cmd_env_list(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.envs.debian import load_records
+
+    records = load_records(settings.home / "envs")
+    if args.json:
+        _out([r.to_json() | {"package_count": len(r.packages)} for r in records])
+        return 0
+    if not records:
+        print("no environments built yet (make one with 'mangos-farm env build bookworm-amd64')")
+    for r in records:
+        where = f"{r.spec.get('distribution')} {r.spec.get('suite')} {r.spec.get('architecture')}"
+        print(f"{r.name}  {r.digest}  {len(r.packages)} packages  {r.size / 1e6:.1f} MB  ({where})")
+    return 0
+
+
 @dataclass
 class _Fleet:
     """The coordinator plus the local workers it may have started (embedded), so the CLI can stop them."""
@@ -452,6 +488,14 @@ def _build_commands(sub: Any) -> None:
     sp.add_argument("--workers", type=int, help="local build processes (env MANGOS_FARM_WORKERS)")
     sp.add_argument("--lane", choices=["security", "interactive", "rebuild"], help="priority lane (default rebuild)")
     sp.add_argument("--wait", action="store_true", help="with a fleet: follow the run to its end, exit 1 on failure")
+    json_flag(sp)
+
+    env = sub.add_parser("env", help="pinned build environments").add_subparsers(dest="env_cmd", required=True)
+    sp = add("build", cmd_env_build, "make a pinned build environment with mmdebstrap and record it by digest", env)
+    sp.add_argument("name", help="an environment in the envs directory (e.g. bookworm-amd64) or a .toml file")
+    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+    json_flag(sp)
+    sp = add("list", cmd_env_list, "the environments built on this machine, with their digests", env)
     json_flag(sp)
 
 
