@@ -38,13 +38,17 @@ SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
         "build": (dict, True, "a [build] table with steps"),
     },
     "source": {
-        "git": (str, True, 'the repository URL or a path relative to the recipe, e.g. git = "https://..."'),
+        "git": (str, False, 'the repository URL or a path relative to the recipe, e.g. git = "https://..."'),
+        "dsc": (str, False, 'a Debian source package from the archive, e.g. dsc = "hello=2.10-3"'),
         "commit": (str, True, "the full 40-hex commit id to build"),
         "ref": (str, False, "a tag or branch the commit must be on (checked, never followed)"),
     },
     "build": {
-        "steps": (list, True, 'shell steps run in the sandbox, e.g. steps = ["make", "make install"]'),
+        "kind": (str, False, 'how to build: "script" (steps, the default) or "debian" (dpkg-buildpackage)'),
+        "steps": (list, False, 'shell steps run in the sandbox, e.g. steps = ["make", "make install"]'),
         "env": (dict, False, 'extra environment variables, e.g. env = { CFLAGS = "-O2" }'),
+        "environment": (str, False, 'the pinned build environment of a debian build, e.g. "bookworm-amd64"'),
+        "archive": (list, False, "pinned archive packages of a debian build (written by 'recipes import')"),
     },
 }
 
@@ -54,6 +58,11 @@ class Source:
     git: str
     commit: str
     ref: str | None = None
+    dsc: str = ""  # NAME=VERSION of a Debian source package, imported deterministically (farm.sources.dsc)
+
+
+PIN_KEYS = ("package", "version", "arch", "sha256")
+KINDS = ("script", "debian")
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,23 @@ class Recipe:
     build_depends: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     description: str = ""
+    kind: str = "script"
+    environment: str = ""
+    archive: tuple[tuple[tuple[str, str], ...], ...] = ()  # pins, each as sorted (key, value) pairs
     path: Path = Path("<memory>")
 
     def content(self) -> dict[str, Any]:
         """What a build key and provenance record of the recipe: everything but where the file lies."""
-        source: dict[str, Any] = {"git": self.source.git, "commit": self.source.commit}
+        source: dict[str, Any] = {"commit": self.source.commit}
+        if self.source.dsc:
+            source["dsc"] = self.source.dsc
+        else:
+            source["git"] = self.source.git
         if self.source.ref:
             source["ref"] = self.source.ref
+        build: dict[str, Any] = {"steps": list(self.steps), "env": dict(self.env)}
+        if self.kind != "script":  # script recipes keep the content (and so the keys) they always had
+            build |= {"kind": self.kind, "environment": self.environment, "archive": self.pins()}
         return {
             "name": self.name,
             "version": self.version,
@@ -80,8 +99,11 @@ class Recipe:
             "build-depends": list(self.build_depends),
             "outputs": list(self.outputs),
             "source": source,
-            "build": {"steps": list(self.steps), "env": dict(self.env)},
+            "build": build,
         }
+
+    def pins(self) -> list[dict[str, str]]:
+        return [dict(p) for p in self.archive]
 
     @property
     def digest(self) -> str:
@@ -90,6 +112,8 @@ class Recipe:
     @property
     def git_location(self) -> str:
         """Where to fetch from: URLs as written, relative paths resolved against the recipe's directory."""
+        if self.source.dsc:
+            return f"dsc:{self.source.dsc}"
         url = self.source.git
         if "://" in url or url.startswith(("git@", "/")):
             return url
@@ -195,6 +219,25 @@ def _check_identity(data: Mapping[str, Any], path: Path, errors: list[FarmError]
 def _check_source(source: Mapping[str, Any], path: Path, errors: list[FarmError]) -> None:
     if isinstance(source.get("commit"), str):
         _check_commit(source["commit"], path, errors)
+    if "git" not in source and "dsc" not in source and source:
+        errors.append(
+            _err(
+                E.RECIPE_MISSING,
+                path,
+                "source.git",
+                "missing required field",
+                'a git repository (git = "https://...") or a Debian source package (dsc = "hello=2.10-3")',
+            )
+        )
+    elif "git" in source and "dsc" in source:
+        errors.append(
+            _err(E.RECIPE_VALUE, path, "source.dsc", "give source.git or source.dsc, not both", "remove one of them")
+        )
+    dsc = source.get("dsc")
+    if isinstance(dsc, str) and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+=(?:[0-9]+:)?[0-9A-Za-z][0-9A-Za-z.+~-]*", dsc):
+        errors.append(
+            _err(E.RECIPE_VALUE, path, "source.dsc", f"'{dsc}' is not NAME=VERSION", 'e.g. dsc = "hello=2.10-3"')
+        )
     git = source.get("git")
     if isinstance(git, str) and not git.strip():
         errors.append(_err(E.RECIPE_VALUE, path, "source.git", "must not be empty", SCHEMA["source"]["git"][2]))
@@ -260,6 +303,57 @@ def _parse_env(build: Mapping[str, Any], path: Path, errors: list[FarmError]) ->
     return tuple(sorted(items))
 
 
+def _parse_debian(
+    build: Mapping[str, Any], path: Path, errors: list[FarmError], *, present: bool
+) -> tuple[str, str, tuple[Any, ...]]:
+    """kind, environment and archive pins; the debian kind needs an environment and runs dpkg-buildpackage."""
+    kind = build.get("kind", "script")
+    if kind not in KINDS:
+        errors.append(_err(E.RECIPE_VALUE, path, "build.kind", f"unknown kind '{kind}'", f"use one of {KINDS}"))
+        return "script", "", ()
+    environment = build.get("environment", "")
+    if kind == "debian" and not environment:
+        errors.append(
+            _err(
+                E.RECIPE_MISSING,
+                path,
+                "build.environment",
+                "a debian build needs one",
+                SCHEMA["build"]["environment"][2],
+            )
+        )
+    if kind == "script" and ("environment" in build or "archive" in build):
+        errors.append(
+            _err(
+                E.RECIPE_VALUE,
+                path,
+                "build.kind",
+                'environment and archive need kind = "debian"',
+                'add kind = "debian"',
+            )
+        )
+    pins = []
+    for i, pin in enumerate(build.get("archive", []) if isinstance(build.get("archive"), list) else []):
+        ok = isinstance(pin, dict) and set(pin) == set(PIN_KEYS) and all(isinstance(v, str) for v in pin.values())
+        if not ok or not re.fullmatch(r"[0-9a-f]{64}", str(pin.get("sha256", ""))):
+            errors.append(
+                _err(
+                    E.RECIPE_VALUE,
+                    path,
+                    f"build.archive[{i}]",
+                    "a pin needs package, version, arch and a sha256",
+                    'e.g. { package = "debhelper", version = "13.11.4", arch = "all", sha256 = "..." }',
+                )
+            )
+            continue
+        pins.append(tuple(sorted(pin.items())))
+    if kind == "script" and "steps" not in build and present:
+        errors.append(
+            _err(E.RECIPE_MISSING, path, "build.steps", "missing required field", SCHEMA["build"]["steps"][2])
+        )
+    return kind, environment if isinstance(environment, str) else "", tuple(pins)
+
+
 def parse(data: dict[str, Any], path: Path) -> Recipe:
     """Validate one recipe document. Raises ErrorGroup listing every problem in it."""
     errors: list[FarmError] = []
@@ -280,6 +374,7 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
     _non_empty(data, "outputs", "outputs", "one path", path=path, errors=errors)
     _check_outputs(outputs, path, errors)
     env = _parse_env(build, path, errors)
+    kind, environment, pins = _parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
     if errors:
         raise ErrorGroup(errors)
     ref = source.get("ref")
@@ -288,8 +383,14 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
         version=_str(data, "version"),
         description=_str(data, "description"),
         source=Source(
-            git=_str(source, "git"), commit=_str(source, "commit"), ref=ref if isinstance(ref, str) else None
+            git=_str(source, "git"),
+            commit=_str(source, "commit"),
+            ref=ref if isinstance(ref, str) else None,
+            dsc=_str(source, "dsc"),
         ),
+        kind=kind,
+        environment=environment,
+        archive=pins,
         steps=steps,
         outputs=outputs,
         build_depends=depends,
