@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from farm import metrics, provenance, sandbox
+from farm import debian_build, metrics, provenance, sandbox
 from farm.envs.host import Environment
 from farm.errors import E, FarmError
 from farm.identity import build_key_inputs
@@ -142,9 +142,29 @@ def _stage_dependencies(req: BuildRequest, store: Store, deps_dir: Path) -> None
                 blob.chmod(0o555)  # the mount is read-only anyway; a dependency's tool must be runnable
 
 
+def _expand_outputs(recipe: Recipe, out: Path) -> list[str]:
+    """Declared outputs, with glob patterns (``*.deb``) expanded against what the build produced."""
+    found: list[str] = []
+    for rel in recipe.outputs:
+        if not any(c in rel for c in "*?["):
+            found.append(rel)
+            continue
+        matches = sorted(p.relative_to(out).as_posix() for p in out.glob(rel))
+        if not matches:
+            raise BuildFailure(
+                E.BUILD_OUTPUT,
+                f"declared output pattern '{rel}' matched nothing",
+                file=recipe.path,
+                field="outputs",
+                hint="make the build write such files under $OUT, or fix the pattern",
+            )
+        found.extend(matches)
+    return found
+
+
 def _collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[Path]:
     files = []
-    for rel in recipe.outputs:
+    for rel in _expand_outputs(recipe, out):
         path = out / rel
         if not path.exists() and not path.is_symlink():
             raise BuildFailure(
@@ -297,8 +317,10 @@ def _build(
     started: str,
     started_clock: float,
 ) -> BuildRecord:
-    require_tool("bwrap", "bubblewrap")
-    if ctx.environment.digest != req.environment:
+    debian = recipe.kind == "debian"
+    if not debian:
+        require_tool("bwrap", "bubblewrap")
+    if not debian and ctx.environment.digest != req.environment:
         raise BuildFailure(
             E.WORKER,
             f"this worker's build environment {ctx.environment.digest[:16]} is not the planned {req.environment[:16]}",
@@ -318,11 +340,31 @@ def _build(
         ctx.sources.export(req.fetch_url, recipe.source.commit, src, resolved.commit_time)
     with step("dependencies", log, count=len(req.dependencies)), _timed("dependencies", ctx.arch):
         _stage_dependencies(req, ctx.store, deps)
-    env = sandbox.base_env(resolved.commit_time, ctx.jobs) | dict(recipe.env)
-    spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env)
     deadline = started_clock + ctx.timeout
-    with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch):
-        _run_steps(recipe, spec, logfh, deadline)
+    if debian:
+        with step("environment", log, digest=req.environment[:12]), _timed("environment", ctx.arch):
+            lower = debian_build.env_root(ctx.store, req.environment, ctx.sources.root.parent)
+            repo = workdir / "repo"
+            count = debian_build.stage_repo(repo, recipe, ctx.store, debian_build.dependency_debs(deps))
+            logfh.write(f"==> local repository: {count} pinned and dependency packages\n".encode())
+        with step("dpkg-buildpackage", log), _timed("build", ctx.arch):
+            debian_build.run_debian_build(
+                recipe,
+                env_lower=lower,
+                workdir=workdir,
+                src=src,
+                repo=repo,
+                out=out,
+                epoch=resolved.commit_time,
+                jobs=ctx.jobs,
+                logfh=logfh,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+    else:
+        env = sandbox.base_env(resolved.commit_time, ctx.jobs) | dict(recipe.env)
+        spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env)
+        with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch):
+            _run_steps(recipe, spec, logfh, deadline)
     with step("pack", log), _timed("upload", ctx.arch):
         files = _collect_outputs(recipe, out, arts, resolved.commit_time)
         artifacts = [ctx.store.put_file(f) for f in files]
@@ -332,11 +374,18 @@ def _build(
         subjects=[(a.name, a.digest) for a in artifacts],
         recipe=recipe.content(),
         recipe_digest=recipe.digest,
-        source_url=recipe.source.git,
+        source_url=recipe.source.git or f"dsc:{recipe.source.dsc}",
         commit=resolved.commit,
         tree=resolved.tree,
         environment=req.environment,
         dependencies=[
+            {
+                "name": f"archive/{pin['package']}_{pin['version']}_{pin['arch']}.deb",
+                "digest": {"sha256": pin["sha256"]},
+            }
+            for pin in recipe.pins()
+        ]
+        + [
             {
                 "name": f"{d.recipe}/{name}",
                 "digest": {"sha256": digest},
@@ -360,7 +409,7 @@ def _build(
         recipe=recipe.name,
         version=recipe.version,
         recipe_digest=recipe.digest,
-        source_url=recipe.source.git,
+        source_url=recipe.source.git or f"dsc:{recipe.source.dsc}",
         commit=resolved.commit,
         tree=resolved.tree,
         environment=req.environment,

@@ -369,7 +369,8 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
     depends = _string_list(data.get("build-depends", []), path, "build-depends", errors, '["zlib"]')
     _check_depends(depends, name, path, errors)
     steps = _string_list(build.get("steps", []), path, "build.steps", errors, '["make"]')
-    _non_empty(build, "steps", "build.steps", "one step", path=path, errors=errors)
+    if build.get("kind", "script") == "script":  # a debian build's step is dpkg-buildpackage
+        _non_empty(build, "steps", "build.steps", "one step", path=path, errors=errors)
     outputs = _string_list(data.get("outputs", []), path, "outputs", errors, '["bin/hello"]')
     _non_empty(data, "outputs", "outputs", "one path", path=path, errors=errors)
     _check_outputs(outputs, path, errors)

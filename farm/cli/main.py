@@ -42,6 +42,47 @@ def cmd_recipes_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_recipes_import(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.archive import import_recipes
+    from farm.envs.debian import find_spec, load_records
+    from farm.store import open_store
+
+    records = {r.name: r for r in load_records(settings.home / "envs")}
+    record = records.get(args.env)
+    if record is None:
+        find_spec(args.env, Path(args.envs))  # an unknown name fails here, with the list of definitions
+        raise FarmError(
+            E.ENV_UNKNOWN,
+            f"the build environment '{args.env}' has not been built on this machine",
+            file=settings.home / "envs" / f"{args.env}.json",
+            hint=f"make it first: mangos-farm env build {args.env} --envs {args.envs}",
+        )
+    store = open_store(settings.store_url)
+    if not store.has_blob(record.digest):
+        raise FarmError(
+            E.STORE_MISSING,
+            f"the tarball of environment '{args.env}' (sha256 {record.digest}) is not in the store {store.url}",
+            hint=f"rebuild it: mangos-farm env build {args.env} --envs {args.envs}",
+        )
+    start = time.monotonic()
+    imported = import_recipes(
+        args.packages,
+        Path(args.dir),
+        env_name=record.name,
+        env_digest=record.digest,
+        store=store,
+        cache_dir=settings.cache_dir,
+    )
+    if args.json:
+        _out({"environment": record.digest, "recipes": [i.to_json() for i in imported]})
+        return 0
+    for i in imported:
+        deps = f", build-depends {', '.join(i.build_depends)}" if i.build_depends else ""
+        print(f"wrote {i.path}: {i.name} {i.version} @ {i.commit[:12]}, {len(i.pins)} archive pin(s){deps}")
+    print(f"{len(imported)} recipe(s) imported in {time.monotonic() - start:.1f}s (environment {record.digest[:12]})")
+    return 0
+
+
 def _planning(args: argparse.Namespace, settings: Settings) -> Any:
     from farm.coordinator.plan import make_plan
     from farm.envs.host import host_environment
@@ -60,10 +101,33 @@ def _planning(args: argparse.Namespace, settings: Settings) -> Any:
             lambda r: resolved.resolve(r.git_location, r.source.commit, r.source.ref, origin=str(r.path)),
             host_environment(),
             force=getattr(args, "force", False),
+            env_for=lambda r: _debian_environment(r, settings, store),
         )
     finally:
         resolved.save()
     return plan, store
+
+
+def _debian_environment(recipe: Any, settings: Settings, store: Any) -> str:
+    """The digest of a debian recipe's pinned environment; it and the recipe's pinned packages must be in the store."""
+    from farm.envs.debian import load_records
+
+    records = {r.name: r for r in load_records(settings.home / "envs")}
+    record = records.get(recipe.environment)
+    if record is None or not store.has_blob(record.digest):
+        raise FarmError(
+            E.ENV_UNKNOWN,
+            f"the build environment '{recipe.environment}' has not been made (or is not in {store.url})",
+            file=recipe.path,
+            field="build.environment",
+            hint=f"make it: mangos-farm env build {recipe.environment}",
+        )
+    missing = [p for p in recipe.pins() if not store.has_blob(p["sha256"])]
+    if missing:
+        from farm.archive import Pin, ensure_pins
+
+        ensure_pins([Pin.from_dict(p) for p in missing], store)
+    return str(record.digest)
 
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
@@ -475,6 +539,12 @@ def _build_commands(sub: Any) -> None:
     recipes = sub.add_parser("recipes", help="work with recipes").add_subparsers(dest="recipes_cmd", required=True)
     sp = add("check", cmd_recipes_check, "validate recipes and print the dependency graph", recipes)
     sp.add_argument("dir", nargs="?", default="recipes")
+    json_flag(sp)
+    sp = add("import", cmd_recipes_import, "write recipes for Debian source packages, build-depends pinned", recipes)
+    sp.add_argument("packages", nargs="+", metavar="NAME[=VERSION]", help="source packages (default: candidate)")
+    sp.add_argument("--dir", default="recipes", help="write NAME.toml here (default recipes/)")
+    sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
+    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
     json_flag(sp)
 
     sp = add("plan", cmd_plan, "what would build, in what order, what is cached and why")

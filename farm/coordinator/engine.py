@@ -264,7 +264,7 @@ class Coordinator:
         changed = False
         if job.key is None:
             outputs = {d.name: d.outputs or {} for d in deps}
-            job.key = build_key(job.recipe, job.commit, job.tree, run.environment, outputs)
+            job.key = build_key(job.recipe, job.commit, job.tree, job.environment or run.environment, outputs)
             changed = True
         if job.ready_since is None:
             job.ready_since = now
@@ -295,7 +295,7 @@ class Coordinator:
             recipe_path=job.recipe_path,
             fetch_url=job.fetch_url,
             tree=job.tree,
-            environment=run.environment,
+            environment=job.environment or run.environment,
             dependencies=tuple(DependencyInput(d, jobs[d].key or "", jobs[d].outputs or {}) for d in job.deps),
             lease=lease,
         )
@@ -379,7 +379,7 @@ class Coordinator:
         self._worker_failed(job.worker, f"{run.id}/{job.name}", infrastructure=error.get("code") not in JOB_FAILURES)
         job.task_id = job.lease = None
         message = str(error.get("message", "unknown error"))
-        if error.get("code") in JOB_FAILURES:
+        if error.get("code") in JOB_FAILURES or str(error.get("code", "")).startswith("E-RECIPE-"):
             failed_on = {f["worker"] for f in job.failures if f["code"] in JOB_FAILURES}
             others = [
                 w for w in self.board.workers() if w.arch == run.arch and not w.disabled and w.name not in failed_on

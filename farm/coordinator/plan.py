@@ -33,6 +33,7 @@ class PlannedBuild:
     key: str | None = None
     record: BuildRecord | None = None
     critical_path: float = 0.0
+    environment: str = ""  # digest of this build's environment (the host's, or a pinned Debian one)
 
     @property
     def name(self) -> str:
@@ -79,8 +80,8 @@ class Plan:
 Resolver = Callable[[Recipe], ResolvedSource]
 
 
-def compute_key(recipe: Recipe, source: ResolvedSource, env: Environment, deps: dict[str, dict[str, str]]) -> str:
-    return build_key(recipe.content(), source.commit, source.tree, env.digest, deps)
+def compute_key(recipe: Recipe, source: ResolvedSource, env: str, deps: dict[str, dict[str, str]]) -> str:
+    return build_key(recipe.content(), source.commit, source.tree, env, deps)
 
 
 def make_plan(
@@ -90,7 +91,9 @@ def make_plan(
     environment: Environment,
     *,
     force: bool = False,
+    env_for: Callable[[Recipe], str] | None = None,
 ) -> Plan:
+    """``env_for`` names the environment digest of recipes that do not build on the host (debian builds)."""
     deps_graph = {r.name: list(r.build_depends) for r in recipes.recipes.values()}
     order = graph.topological_order(deps_graph)
     critical = graph.critical_path_lengths(deps_graph)
@@ -99,12 +102,13 @@ def make_plan(
         recipe = recipes.recipes[name]
         source = resolve(recipe)
         pending = [d for d in recipe.build_depends if plan.builds[d].decision is Decision.BUILD]
-        pb = PlannedBuild(recipe, source, Decision.BUILD, "", critical_path=critical[name])
+        env = env_for(recipe) if env_for is not None and recipe.kind != "script" else environment.digest
+        pb = PlannedBuild(recipe, source, Decision.BUILD, "", critical_path=critical[name], environment=env)
         if pending:
             pb.reason = f"dependency {', '.join(pending)} will be built first; key known after"
         else:
             deps = {d: _outputs(plan.builds[d]) for d in recipe.build_depends}
-            pb.key = compute_key(recipe, source, environment, deps)
+            pb.key = compute_key(recipe, source, env, deps)
             record = store.get_record(pb.key)
             if record is not None and not force:
                 pb.decision, pb.record = Decision.CACHED, record

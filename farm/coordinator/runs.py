@@ -55,6 +55,7 @@ class Job:
     deps: list[str]
     critical_path: float
     key: str | None = None
+    environment: str = ""  # empty: the run's environment
     state: State = State.WAITING
     why: str = ""
     outputs: dict[str, str] | None = None
@@ -179,6 +180,7 @@ class RunStore:
                 deps=list(pb.recipe.build_depends),
                 critical_path=pb.critical_path,
                 key=pb.key,
+                environment=pb.environment if pb.environment != plan.environment.digest else "",
             )
             if pb.decision is Decision.CACHED and pb.record is not None and not force:
                 job.state, job.why, job.outputs = State.CACHED, pb.reason, pb.record.outputs()
