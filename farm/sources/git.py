@@ -75,8 +75,19 @@ class SourceCache:
         except (ValueError, git.BadName, git.GitCommandError):
             return False
 
+    def _local_url(self, url: str) -> str:
+        """``dsc:NAME=VERSION`` sources are imported from the archive into a local repository first (the import is
+        deterministic, so every machine gets the commit the recipe pins); everything else is fetched as is."""
+        if not url.startswith("dsc:"):
+            return url
+        from farm.sources.dsc import import_dsc
+
+        name, _, version = url[len("dsc:") :].partition("=")
+        return str(import_dsc(name, version, self.root.parent).repo)
+
     def resolve(self, url: str, commit: str, ref: str | None = None, *, origin: str = "") -> ResolvedSource:
         """Make sure ``commit`` is cached; check ``ref`` against it; return its tree and time."""
+        url = self._local_url(url)
         where = origin or url
         with self._locked(url) as path:
             repo = self._mirror(url, path)
@@ -130,6 +141,7 @@ class SourceCache:
 
     def export(self, url: str, commit: str, dest: Path, mtime: int) -> None:
         """Write the commit's tree to ``dest`` (no .git), with every mtime set to ``mtime``."""
+        url = self._local_url(url)
         with self._locked(url) as path:
             repo = git.Repo(path)
             data = io.BytesIO()
