@@ -61,6 +61,7 @@ demo/git/.made: demo/make_sources.py $(shell find demo/src -type f 2>/dev/null)
 
 demo: setup
 	$(BIN)/mangos-farm keys generate --if-missing
+	$(BIN)/mangos-farm env build bookworm-amd64 --if-missing
 	$(BIN)/mangos-farm recipes check recipes
 	$(BIN)/mangos-farm rebuild recipes
 	@for r in recipes/*.toml; do \
@@ -70,6 +71,13 @@ demo: setup
 	done
 	$(BIN)/mangos-farm verify out/demo
 	out/demo/greet MANGOS
+	@for r in recipes/debian/*.toml; do \
+	  commit=$$(sed -n 's/^commit = "\(.*\)"/\1/p' $$r); \
+	  $(BIN)/mangos-farm fetch --commit $$commit -o out/debian >/dev/null || exit 1; \
+	done
+	$(BIN)/mangos-farm verify out/debian
+	@echo; echo "Debian packages built from source, each with its signed provenance beside it:"; \
+	  ls -1 $(CURDIR)/out/debian/*.deb
 
 lint: setup
 	$(BIN)/ruff check .

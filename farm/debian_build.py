@@ -53,6 +53,7 @@ def env_root(store: Store, digest: str, cache: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             run(["tar", "-x", "-p", "--numeric-owner", "-f", str(tar), "-C", str(tmp)])
+            tmp.chmod(0o755)  # the root directory itself is not in the tar: do not inherit the worker's umask
             tar.unlink()
             os.replace(tmp, root)
     return root
@@ -89,6 +90,7 @@ def inner_script(epoch: int, jobs: int) -> str:
     return "\n".join(
         [
             "set -eu",
+            "umask 022",  # never the worker's: file modes end up in the .debs
             "rm -f /etc/apt/sources.list.d/* /etc/apt/sources.list",
             'echo "deb [trusted=yes] file:/build/repo ./" > /etc/apt/sources.list',
             "export DEBIAN_FRONTEND=noninteractive",
@@ -110,6 +112,7 @@ def outer_script(*, lower: Path, layer: Path, src: Path, repo: Path, out: Path, 
     q = shlex.quote
     lines = [
         "set -eu",
+        "umask 022",
         "mount --make-rprivate /",
         f"mkdir -p {q(str(merged))} {q(str(upper))} {q(str(work))}",
         f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {q(str(merged))}",

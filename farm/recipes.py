@@ -445,7 +445,7 @@ def load_dir(directory: Path) -> RecipeSet:
             file=directory,
             hint="pass the directory holding the *.toml recipes, e.g. 'recipes/'",
         )
-    files = sorted(directory.glob("*.toml"))
+    files = sorted(directory.rglob("*.toml"))  # a set may be grouped in subdirectories (recipes/debian/)
     if not files:
         raise FarmError(
             E.RECIPE_DIR,

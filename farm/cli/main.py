@@ -152,9 +152,15 @@ def cmd_env_build(args: argparse.Namespace, settings: Settings) -> int:
     from farm.store import open_store
 
     spec = find_spec(args.name, Path(args.envs))
-    record = build_env(
-        spec, open_store(settings.store_url), settings.work_dir / "envs", records_dir=settings.home / "envs"
-    )
+    store = open_store(settings.store_url)
+    if args.if_missing:
+        from farm.envs.debian import load_records
+
+        made = [r for r in load_records(settings.home / "envs") if r.name == spec.name and store.has_blob(r.digest)]
+        if made:
+            print(f"environment {spec.name}: sha256 {made[0].digest} (already made; --if-missing)")
+            return 0
+    record = build_env(spec, store, settings.work_dir / "envs", records_dir=settings.home / "envs")
     if args.json:
         _out(record.to_json() | {"package_count": len(record.packages)})
         return 0
@@ -564,6 +570,7 @@ def _build_commands(sub: Any) -> None:
     sp = add("build", cmd_env_build, "make a pinned build environment with mmdebstrap and record it by digest", env)
     sp.add_argument("name", help="an environment in the envs directory (e.g. bookworm-amd64) or a .toml file")
     sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+    sp.add_argument("--if-missing", action="store_true", help="keep an environment already made into this store")
     json_flag(sp)
     sp = add("list", cmd_env_list, "the environments built on this machine, with their digests", env)
     json_flag(sp)

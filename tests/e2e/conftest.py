@@ -58,7 +58,7 @@ def demo_farm(tmp_path_factory: pytest.TempPathFactory) -> Farm:
     require("bwrap")
     require("git")
     root = tmp_path_factory.mktemp("demo")
-    shutil.copytree(REPO / "recipes", root / "recipes")
+    shutil.copytree(REPO / "recipes", root / "recipes", ignore=shutil.ignore_patterns("debian"))  # git demo only
     shutil.copytree(REPO / "demo" / "src", root / "demo" / "src")
     shutil.copy(REPO / "demo" / "make_sources.py", root / "demo" / "make_sources.py")
     subprocess.run([sys.executable, "demo/make_sources.py", "demo/git"], cwd=root, check=True, capture_output=True)

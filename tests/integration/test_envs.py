@@ -7,41 +7,14 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from farm.envs.debian import HOSTNAME, RESOLV_CONF, EnvRecord, find_spec, load_records
+from farm.envs.debian import HOSTNAME, RESOLV_CONF, load_records
 from farm.identity import canonical_json
-from farm.store import Store, open_store
-from tests.conftest import require
+from tests.integration.conftest import Made
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Made:
-    record: EnvRecord
-    store: Store
-    records_dir: Path
-
-
-@pytest.fixture(scope="session")
-def made_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Made, Made]:
-    require("mmdebstrap")
-    from farm.envs.debian import build_env
-
-    spec = find_spec("bookworm-amd64", REPO / "envs")
-    made = []
-    for i in (1, 2):
-        root = tmp_path_factory.mktemp(f"env{i}")
-        store = open_store(str(root / "store"))
-        record = build_env(spec, store, root / f"work-{i}", records_dir=root / "home" / "envs")
-        made.append(Made(record, store, root / "home" / "envs"))
-    return made[0], made[1]
 
 
 def test_made_twice_gives_the_same_digest(made_twice: tuple[Made, Made]) -> None:
