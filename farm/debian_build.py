@@ -94,14 +94,17 @@ def inner_script(epoch: int, jobs: int) -> str:
             "rm -f /etc/apt/sources.list.d/* /etc/apt/sources.list",
             'echo "deb [trusted=yes] file:/build/repo ./" > /etc/apt/sources.list',
             "export DEBIAN_FRONTEND=noninteractive",
+            'echo "==> phase build-deps $(date +%s.%N)"',
             "apt-get -q -o Acquire::Languages=none update",
             "cd /build/src",
             "apt-get -q -y --no-install-recommends build-dep ./",
+            'echo "==> phase dpkg-buildpackage $(date +%s.%N)"',
             f"mkdir -p /build/home && chown -R {BUILD_UID}:{BUILD_UID} /build/src /build/home /build/out",
             f"chown {BUILD_UID}:{BUILD_UID} /build",
             f"setpriv --reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --inh-caps=-all "
             f"env -i {build_env} sh -c 'cd /build/src && dpkg-buildpackage -b -us -uc'",
             "cp /build/*.deb /build/*.buildinfo /build/out/",
+            'echo "==> phase done $(date +%s.%N)"',
         ]
     )
 
