@@ -76,6 +76,7 @@ demo: setup
 	  $(BIN)/mangos-farm fetch --commit $$commit -o out/debian >/dev/null || exit 1; \
 	done
 	$(BIN)/mangos-farm verify out/debian
+	@for d in out/debian/*.deb; do dpkg-deb --info $$d >/dev/null && dpkg-deb --contents $$d >/dev/null || exit 1; done
 	@echo; echo "Debian packages built from source, each with its signed provenance beside it:"; \
 	  ls -1 $(CURDIR)/out/debian/*.deb
 
