@@ -34,9 +34,10 @@ from debian import deb822
 from debian.debian_support import Version
 
 from farm.errors import E, FarmError
+from farm.fsutil import atomic_write
 from farm.log import step
 from farm.run import CommandFailed, run
-from farm.sources.dsc import APT_LISTS, apt_cat_argv, check_spec, import_dsc, sha256_file
+from farm.sources.dsc import APT_LISTS, apt_cat_argv, check_spec, import_dsc, sha256_file, source_lists
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -315,13 +316,7 @@ class SourcesIndex:
 
     @classmethod
     def load(cls, names: set[str], lists_dir: Path = APT_LISTS) -> SourcesIndex:
-        lists = sorted(Path(p) for p in glob.glob(str(lists_dir / "*_source_Sources*")))
-        if not lists:
-            raise FarmError(
-                E.DSC_UNKNOWN,
-                f"apt has no Sources index in {lists_dir}: no deb-src entry is configured",
-                hint="run 'make apt' as root (it adds a deb-src entry and runs apt-get update)",
-            )
+        lists = source_lists(lists_dir)
         index = cls()
         for path in lists:
             for entry in parse_sources(run(apt_cat_argv(path)).text, names):
@@ -451,19 +446,6 @@ def existing_debian_recipes(recipes_dir: Path) -> dict[str, str]:
     return found
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def import_recipes(
     specs: Sequence[str],
     recipes_dir: Path,
@@ -515,7 +497,7 @@ def import_recipes(
                     archive=stored,
                 )
                 path = recipes_dir / f"{name}.toml"
-                _atomic_write(path, text)
+                atomic_write(path, text.encode())
                 results.append(Imported(name, entry.version, imported.commit, path, tuple(deps), tuple(stored)))
     return results
 

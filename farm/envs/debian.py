@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import E, ErrorGroup, FarmError
+from farm.fsutil import atomic_write
 from farm.identity import canonical_json, sha256_hex
 from farm.log import step
 from farm.run import require_tool, run
@@ -317,23 +318,9 @@ class EnvRecord:
         )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
 def save_record(record: EnvRecord, records_dir: Path) -> Path:
     path = records_dir / f"{record.name}.json"
-    _atomic_write(path, json.dumps(record.to_json(), indent=1, sort_keys=True).encode() + b"\n")
+    atomic_write(path, json.dumps(record.to_json(), indent=1, sort_keys=True).encode() + b"\n")
     return path
 
 

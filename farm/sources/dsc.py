@@ -299,8 +299,8 @@ def _archive_label(sources_list: Path) -> str:
     return sources_list.name.split("_source_Sources")[0]
 
 
-def archive_index(name: str, version: str, lists_dir: Path = APT_LISTS) -> list[IndexEntry]:
-    """Every Sources index apt holds (each verified by apt against its signed InRelease), searched for the package."""
+def source_lists(lists_dir: Path = APT_LISTS) -> list[Path]:
+    """apt's Sources indexes (each verified by apt against its signed InRelease); an error if there are none."""
     lists = sorted(Path(p) for p in glob.glob(str(lists_dir / "*_source_Sources*")))
     if not lists:
         raise FarmError(
@@ -308,6 +308,12 @@ def archive_index(name: str, version: str, lists_dir: Path = APT_LISTS) -> list[
             f"apt has no Sources index in {lists_dir}: no deb-src entry is configured",
             hint="run 'make apt' as root (it adds a deb-src entry and runs apt-get update)",
         )
+    return lists
+
+
+def archive_index(name: str, version: str, lists_dir: Path = APT_LISTS) -> list[IndexEntry]:
+    """Every Sources index apt holds, searched for the package."""
+    lists = source_lists(lists_dir)
     found: list[IndexEntry] = []
     for path in lists:
         text = run(apt_cat_argv(path)).text

@@ -58,7 +58,7 @@ def test_shipped_definition_loads() -> None:
         "buildd",
     )
     assert s.mirror == "http://deb.debian.org/debian"
-    assert s.packages == () and s.components == ("main",) and s.keyring is None
+    assert s.packages == ("fakeroot",) and s.components == ("main",) and s.keyring is None
     assert isinstance(s.source_date_epoch, int)
 
 
