@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,17 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).parent / "mangos-farm")
 
 
+def run_cli(
+    args: Sequence[str], *, cwd: Path, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mangos-farm ARGS`` as a user would; a failure (when checked) or any traceback fails the test."""
+    proc = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mangos-farm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
 @dataclass
 class Farm:
     """A farm in a temporary directory, driven only through the CLI, as a user would."""
@@ -34,19 +45,7 @@ class Farm:
     def run(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [CLI, *args],
-            cwd=self.root,
-            env=self.env | (env or {}),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mangos-farm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
+        return run_cli(args, cwd=self.root, env=self.env | (env or {}), check=check)
 
     def json(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> Any:
         return json.loads(self.run(*args, "--json", env=env, check=check).stdout)

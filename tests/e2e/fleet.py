@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import RedisServer, free_port
-from tests.e2e.conftest import CLI
+from tests.e2e.conftest import CLI, run_cli
 
 
 class Fleet:
@@ -39,19 +39,7 @@ class Fleet:
         return self.base_env | {"MANGOS_FARM_HOME": str(home)}
 
     def cli(self, *args: str, check: bool = True, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [CLI, *args],
-            cwd=self.root,
-            env=self.env(home or self.client_home),
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"mangos-farm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
+        return run_cli(args, cwd=self.root, env=self.env(home or self.client_home), check=check)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
