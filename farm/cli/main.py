@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -524,8 +525,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _build_commands(sub)
     _fleet_commands(sub)
-    _admin_commands(sub)
+    groups = _admin_commands(sub)
+    for module in _EXTENSIONS:
+        importlib.import_module(module).register(sub, groups)
     return p
+
+
+# Command groups that live in their own modules: each has ``register(sub, groups)``, where ``groups`` maps a
+# command group name ("keys") to its subparsers so a module can add e.g. ``keys revoke``.
+_EXTENSIONS = ("farm.cli.image", "farm.cli.crossval", "farm.cli.security")
 
 
 def _add(parent: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
@@ -609,7 +617,7 @@ def _fleet_commands(sub: Any) -> None:
     sp.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
 
 
-def _admin_commands(sub: Any) -> None:
+def _admin_commands(sub: Any) -> dict[str, Any]:
     def add(name: str, handler: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
         return _add(parent, name, handler, help)
 
@@ -634,6 +642,7 @@ def _admin_commands(sub: Any) -> None:
 
     sp = add("config", cmd_config, "show every setting, its variable and value")
     json_flag(sp)
+    return {"keys": keys}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
