@@ -63,6 +63,11 @@ store_errors = Counter("mangos_store_errors_total", "Store operations that faile
 signature_failures = Counter(
     "mangos_signature_verifications_failed_total", "Artifacts refused because their provenance did not verify"
 )
+security_events = Counter(
+    "mangos_security_events_total",
+    "Security events recorded in the audit log (refused results, artifacts and tasks, revoked keys, sandbox limits)",
+    ["event"],
+)
 reproducibility = Gauge(
     "mangos_reproducibility_agreement_ratio",
     "Share of rechecked builds whose outputs matched (per recipe; 'all' for the farm)",
@@ -92,6 +97,7 @@ METRICS = {
         store_bytes,
         store_errors,
         signature_failures,
+        security_events,
         reproducibility,
     )
 }
