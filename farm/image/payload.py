@@ -1,0 +1,118 @@
+"""What makes the assembled root tree a bootable, self-checking MANGOS system (issue #5, boot chain).
+
+The image pipeline (``farm.image.assemble``) installs :data:`PACKAGES` from the pinned archive next to the farm's own
+.debs, then calls :func:`customize` on the unpacked tree before it is frozen into erofs. The files copied in live in
+``farm/image/payload/`` as plain files (units, a self-test script, repart and dracut configuration) so that they can be
+read and reviewed as what they are. :func:`cmdline` is the kernel command line the signed UKI carries: it is the one
+place the root hash enters the boot chain, which is why it must be inside a Secure Boot signed binary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from farm.errors import E, FarmError
+
+PAYLOAD = Path(__file__).with_name("payload")
+
+# Archive packages the bootable root needs, beyond the Essential set. Kept minimal: the image boots under TCG in CI.
+# systemd 252 ships systemd-veritysetup (+ generator), systemd-repart and systemd-bless-boot; dracut builds the
+# initrd inside the root (its kernel modules must match); the tss2 libraries let systemd-repart seal to the TPM.
+PACKAGES: tuple[str, ...] = (
+    "linux-image-amd64",
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "dracut",
+    "dracut-core",
+    "libtss2-esys-3.0.2-0",
+    "libtss2-rc0",
+    "libtss2-mu0",
+    "libtss2-tcti-device0",
+)
+
+# unit -> the target whose .wants/ enables it (what `systemctl enable` would do; no systemctl run in the tree).
+ENABLED_UNITS: tuple[tuple[str, str], ...] = (
+    ("mangos-require-secureboot.service", "sysinit.target"),
+    ("mangos-selftest.service", "multi-user.target"),
+)
+
+SELFTEST_OK = "MANGOS-BOOT-OK root=verity sb=on"
+REFUSE_MARKER = "MANGOS-REFUSE"
+HOSTNAME = "mangos"
+
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+_ROOT_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+def customize(root: Path, *, machine_id: str, sde: int) -> None:
+    """Copy the payload into ``root``, bake the machine-id, enable the units; every mtime is ``sde``.
+
+    A read-only root would otherwise get a fresh transient machine-id each boot, and the /var partition (whose UUID
+    systemd-repart derives from the machine-id) would not be found again on the second boot.
+    """
+    if not _MACHINE_ID.match(machine_id):
+        raise FarmError(
+            E.IMAGE_INPUT,
+            f"machine-id {machine_id!r} is not 32 lowercase hex digits",
+            hint="derive it from the image inputs, e.g. the first 32 hex digits of a sha256",
+        )
+    if not (root / "usr").is_dir():
+        raise FarmError(E.IMAGE_INPUT, f"{root} is not an unpacked root tree (no usr/)", file=str(root))
+    touched: list[Path] = []
+    for src in sorted(PAYLOAD.rglob("*")):
+        dest = root / src.relative_to(PAYLOAD)
+        if src.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_symlink():
+                dest.unlink()
+            shutil.copyfile(src, dest)
+            os.chmod(dest, 0o755 if os.access(src, os.X_OK) else 0o644)
+        touched.append(dest)
+    for name, text in (("etc/machine-id", machine_id + "\n"), ("etc/hostname", HOSTNAME + "\n")):
+        path = root / name
+        if path.is_symlink():
+            path.unlink()
+        path.write_text(text)
+        os.chmod(path, 0o444 if name == "etc/machine-id" else 0o644)
+        touched.append(path)
+    for unit, target in ENABLED_UNITS:
+        wants = root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(f"/usr/lib/systemd/system/{unit}")
+        touched += [wants, link]
+    for path in touched:
+        os.utime(path, (sde, sde), follow_symlinks=False)
+
+
+def cmdline(roothash: str) -> str:
+    """The kernel command line sealed into the signed UKI.
+
+    systemd-veritysetup-generator opens ``root`` from ``roothash=``; with no explicit data/hash devices it finds them
+    by partition UUID, which the assembly derives from the root hash (first/last 128 bits) as systemd does.
+    ``panic-on-corruption`` turns a tampered block into a panic (and ``panic=10`` into a reboot) so that boot counting
+    falls back to the other slot instead of hanging on a half-readable root.
+    """
+    if not _ROOT_HASH.match(roothash):
+        raise FarmError(E.IMAGE_INPUT, f"root hash {roothash!r} is not 64 lowercase hex digits")
+    return " ".join(
+        (
+            f"roothash={roothash}",
+            "systemd.verity_root_options=panic-on-corruption",
+            "root=/dev/mapper/root",
+            "rootfstype=erofs",
+            "ro",
+            "console=ttyS0,115200",
+            "panic=10",
+            "loglevel=4",
+        )
+    )
