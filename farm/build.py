@@ -7,9 +7,12 @@ This is plain code with no Celery in it; ``workers.tasks`` only deserialises a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import tarfile
 import tempfile
 import time
@@ -20,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from farm import debian_build, metrics, provenance, sandbox
+from farm import audit, debian_build, keyring, metrics, provenance, sandbox
 from farm.envs.host import Environment
 from farm.errors import E, FarmError
 from farm.identity import build_key_inputs
-from farm.keys import BuilderKey
+from farm.keys import BuilderKey, PublicKey
 from farm.log import step
 from farm.pack import check_tree_entry, pack_dir, safe_extract
 from farm.recipes import Recipe
@@ -107,6 +110,14 @@ class WorkerContext:
     arch: str = ""
     keep_workdir: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # The builder keyring dependencies are checked against (None: this worker's own key only) and where security
+    # events go (None: counted and logged only).
+    trusted: Sequence[PublicKey] | None = None
+    audit_log: Path | None = None
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+
+    def keyring(self) -> Sequence[PublicKey]:
+        return self.trusted if self.trusted is not None else [self.builder_key.public]
 
 
 @contextmanager
@@ -126,8 +137,29 @@ class BuildFailure(FarmError):
     pass
 
 
-def _stage_dependencies(req: BuildRequest, store: Store, deps_dir: Path) -> None:
+def _stage_dependencies(req: BuildRequest, ctx: WorkerContext, deps_dir: Path) -> None:
+    """Fetch each dependency's artifacts, but only after checking them against the dependency's signed provenance
+    and the keyring: the digests the coordinator passed come from the store's index, which could be poisoned."""
+    store = ctx.store
     for dep in req.dependencies:
+        try:
+            keyring.check_published(store, dep.build_key, ctx.keyring(), dep.artifacts)
+        except FarmError as exc:
+            event = audit.REVOKED_KEY_USED if exc.code == E.KEY_REVOKED else audit.REFUSED_ARTIFACT
+            audit.record(
+                ctx.audit_log,
+                event,
+                who=ctx.builder_id,
+                what=f"dependency {dep.recipe} ({dep.build_key}) of {req.recipe.get('name')}",
+                error=exc.code,
+                message=exc.message,
+            )
+            metrics.signature_failures.inc()
+            raise BuildFailure(
+                exc.code,
+                f"dependency '{dep.recipe}' refused before use: {exc.message}",
+                hint=exc.hint,
+            ) from None
         target = deps_dir / dep.recipe
         target.mkdir(parents=True, exist_ok=True)
         for name, digest in sorted(dep.artifacts.items()):
@@ -140,6 +172,17 @@ def _stage_dependencies(req: BuildRequest, store: Store, deps_dir: Path) -> None
                 blob.unlink()
             else:
                 blob.chmod(0o555)  # the mount is read-only anyway; a dependency's tool must be runnable
+
+
+def _log_tail(logfh: IO[bytes]) -> bytes:
+    """The last bytes of the build log written so far (to recognise a limit's message)."""
+    try:
+        logfh.flush()
+        with open(logfh.name, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4096))
+            return fh.read()
+    except (OSError, AttributeError, TypeError):
+        return b""
 
 
 def _expand_outputs(recipe: Recipe, out: Path) -> list[str]:
@@ -203,7 +246,30 @@ def _collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[
     return files
 
 
-def _run_steps(recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], deadline: float) -> None:
+def _limit_hit(ctx: WorkerContext, recipe: Recipe, limit: str, detail: str) -> BuildFailure:
+    audit.record(ctx.audit_log, audit.SANDBOX_LIMIT, who=ctx.builder_id, what=recipe.name, limit=limit, detail=detail)
+    return BuildFailure(
+        E.SANDBOX_LIMIT,
+        f"the build exceeded its {limit} limit: {detail}",
+        file=recipe.path,
+        field="build.steps",
+        hint="fix the build; if it is legitimate, raise the MANGOS_FARM_BUILD_* limit on the workers",
+    )
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def _run_steps(
+    recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], deadline: float, ctx: WorkerContext
+) -> None:
+    limits = spec.limits
     for i, script in enumerate(recipe.steps, 1):
         logfh.write(f"==> step {i}/{len(recipe.steps)}: {script}\n".encode())
         logfh.flush()
@@ -215,21 +281,37 @@ def _run_steps(recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], dead
                 file=recipe.path,
                 hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
             )
-        result = run(
-            sandbox.bwrap_argv(spec, sandbox.step_command(script)),
-            stdout=logfh,
-            stderr_to_stdout=True,
-            check=False,
-            timeout=remaining,
-        )
+        cgroup = sandbox.Cgroup.create(limits)
+        try:
+            result = run(
+                sandbox.limited_argv(limits, cgroup, sandbox.bwrap_argv(spec, sandbox.step_command(script))),
+                stdout=logfh,
+                stderr_to_stdout=True,
+                check=False,
+                timeout=remaining,
+            )
+            hit = cgroup.hit() if cgroup is not None else []
+        finally:
+            if cgroup is not None:
+                cgroup.destroy()  # whatever outlived the step (it cannot: bwrap owns a pid namespace) dies here
         if result.timed_out:
+            audit.record(ctx.audit_log, audit.SANDBOX_LIMIT, who=ctx.builder_id, what=recipe.name, limit="time")
             raise BuildFailure(
-                E.BUILD_FAILED,
-                f"step {i} timed out and was killed: {script}",
+                E.SANDBOX_LIMIT,
+                f"step {i} timed out after {ctx.timeout:g}s and was killed with all its processes: {script}",
                 file=recipe.path,
                 field="build.steps",
                 hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
             )
+        if "processes" in hit:
+            raise _limit_hit(ctx, recipe, "process", f"step {i} tried to run more than {limits.processes} tasks")
+        if "memory" in hit and result.returncode != 0:
+            raise _limit_hit(ctx, recipe, "memory", f"step {i} used more than {limits.memory // sandbox.MIB} MiB")
+        if result.returncode in (128 + signal.SIGXFSZ, -signal.SIGXFSZ) or b"File too large" in _log_tail(logfh):
+            raise _limit_hit(ctx, recipe, "disk", f"step {i} wrote a file over {limits.scratch // sandbox.MIB} MiB")
+        used = _tree_size(spec.src.parent)
+        if used > limits.scratch:
+            raise _limit_hit(ctx, recipe, "disk", f"the build directory holds {used // sandbox.MIB} MiB after step {i}")
         if result.returncode != 0:
             raise BuildFailure(
                 E.BUILD_FAILED,
@@ -339,7 +421,7 @@ def _build(
             )
         ctx.sources.export(req.fetch_url, recipe.source.commit, src, resolved.commit_time)
     with step("dependencies", log, count=len(req.dependencies)), _timed("dependencies", ctx.arch):
-        _stage_dependencies(req, ctx.store, deps)
+        _stage_dependencies(req, ctx, deps)
     deadline = started_clock + ctx.timeout
     if debian:
         with step("environment", log, digest=req.environment[:12]), _timed("environment", ctx.arch):
@@ -362,11 +444,14 @@ def _build(
             )
     else:
         env = sandbox.base_env(resolved.commit_time, ctx.jobs) | dict(recipe.env)
-        spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env)
+        spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env, limits=ctx.limits)
         with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch):
-            _run_steps(recipe, spec, logfh, deadline)
+            _run_steps(recipe, spec, logfh, deadline, ctx)
     with step("pack", log), _timed("upload", ctx.arch):
         files = _collect_outputs(recipe, out, arts, resolved.commit_time)
+        size = sum(f.stat().st_size for f in files)
+        if size > ctx.limits.output:
+            raise _limit_hit(ctx, recipe, "output size", f"the outputs total {size // sandbox.MIB} MiB")
         artifacts = [ctx.store.put_file(f) for f in files]
         metrics.store_bytes.labels("up").inc(sum(a.size for a in artifacts))
     finished = _now()

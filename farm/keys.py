@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +20,10 @@ from farm.errors import E, FarmError
 
 PRIVATE_NAME = "builder.key"
 PUBLIC_NAME = "builder.pub"
+# The coordinator's own key signs task messages (farm.tasksig); workers hold only its public half, so a process
+# that can reach the broker but has no coordinator key cannot get a build run. It is not a builder key.
+COORDINATOR_PRIVATE = "coordinator.key"
+COORDINATOR_PUBLIC = "coordinator.pub"
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,19 @@ class BuilderKey:
         return self.key.sign(data)
 
 
+def _write_private(private: Path, key: Ed25519PrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    tmp = private.with_suffix(".tmp")
+    # A fresh file (O_EXCL): reusing a stale temporary file would keep its mode, perhaps world-readable.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.replace(tmp, private)
+
+
 def generate(keys_dir: Path, force: bool = False) -> BuilderKey:
+    """The builder key pair; the coordinator's task-signing key pair is made alongside when there is none yet."""
     private = keys_dir / PRIVATE_NAME
     if private.exists() and not force:
         raise FarmError(
@@ -68,42 +85,63 @@ def generate(keys_dir: Path, force: bool = False) -> BuilderKey:
     keys_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    tmp = private.with_suffix(".tmp")
-    # A fresh file (O_EXCL): reusing a stale temporary file would keep its mode, perhaps world-readable.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.replace(tmp, private)
+    _write_private(private, key)
     builder = BuilderKey(key)
     (keys_dir / PUBLIC_NAME).write_bytes(builder.public.pem())
+    if not (keys_dir / COORDINATOR_PRIVATE).exists():
+        coordinator_key(keys_dir)
     return builder
 
 
+def coordinator_key(keys_dir: Path) -> BuilderKey:
+    """The coordinator's task-signing key, created on first use (the embedded farm's coordinator and workers share
+    a home, so its public half is where the workers look). Fleets copy ``coordinator.pub`` to every worker."""
+    private = keys_dir / COORDINATOR_PRIVATE
+    if private.exists():
+        return _load_private(private, "coordinator key")
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    _write_private(private, key)
+    signer = BuilderKey(key)
+    (keys_dir / COORDINATOR_PUBLIC).write_bytes(signer.public.pem())
+    return signer
+
+
+def coordinator_public(keys_dir: Path) -> PublicKey:
+    path = keys_dir / COORDINATOR_PUBLIC
+    if not path.is_file():
+        raise FarmError(
+            E.KEY_MISSING,
+            f"no coordinator public key at {path}: this worker cannot authenticate task messages",
+            hint="copy the coordinator's keys/coordinator.pub into this worker's MANGOS_FARM_HOME/keys/",
+        )
+    return load_public(path)
+
+
 def load_builder(keys_dir: Path) -> BuilderKey:
-    private = keys_dir / PRIVATE_NAME
+    return _load_private(keys_dir / PRIVATE_NAME, "builder key")
+
+
+def _load_private(private: Path, what: str) -> BuilderKey:
     try:
         data = private.read_bytes()
     except FileNotFoundError:
         raise FarmError(
             E.KEY_MISSING,
-            f"no builder key at {private}",
+            f"no {what} at {private}",
             hint="run 'mangos-farm keys generate' (or set MANGOS_FARM_HOME to where your key lives)",
         ) from None
     except OSError as exc:
         raise FarmError(
             E.KEY_MISSING,
-            f"cannot read the builder key: {exc.strerror}",
+            f"cannot read the {what}: {exc.strerror}",
             file=private,
             hint="check the path and permissions",
         ) from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise FarmError(
-            E.KEY_INVALID, f"cannot read the builder key: {exc}", file=private, hint="regenerate it"
-        ) from None
+        raise FarmError(E.KEY_INVALID, f"cannot read the {what}: {exc}", file=private, hint="regenerate it") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise FarmError(E.KEY_INVALID, "not an Ed25519 key", file=private, hint="builder keys are Ed25519")
     return BuilderKey(key)
@@ -130,8 +168,21 @@ def load_public(path: Path) -> PublicKey:
     return PublicKey(key, str(path))
 
 
-def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: list[Path] | None = None) -> list[PublicKey]:
-    """This organization's own builder key, every PEM in the trusted directory, and explicit extras."""
+class TrustedKeys(list[PublicKey]):
+    """Trusted builder keys, carrying the revocations they were filtered by so that verification can say
+    "revoked" rather than "unknown" for a signature by a revoked key."""
+
+    def __init__(self, keys: list[PublicKey], revoked: dict[str, Any] | None = None) -> None:
+        super().__init__(keys)
+        self.revoked: dict[str, Any] = dict(revoked or {})
+
+
+def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: list[Path] | None = None) -> TrustedKeys:
+    """This organization's own builder key, every PEM in the trusted directory, and explicit extras, minus every
+    key revoked in ``keys_dir/revoked.json`` (farm.keyring): every verifier goes through here, so a revocation
+    reaches fetch, verify, dependency staging, result acceptance and image assembly alike."""
+    from farm.keyring import revocations
+
     found: list[PublicKey] = []
     own = keys_dir / PUBLIC_NAME
     if own.is_file():
@@ -139,4 +190,9 @@ def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: list[Path] | None = N
     if trusted_dir.is_dir():
         found.extend(load_public(p) for p in sorted(trusted_dir.glob("*.pem")))
     found.extend(load_public(p) for p in extra or [])
-    return found
+    revoked = revocations(keys_dir)
+    unique: dict[str, PublicKey] = {}
+    for key in found:
+        if key.keyid not in revoked:
+            unique.setdefault(key.keyid, key)
+    return TrustedKeys(list(unique.values()), revoked)

@@ -134,6 +134,16 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
                 hint="do not use this artifact; fetch the envelope again and investigate the store",
             )
         untrusted.append(keyid)
+    revoked = getattr(trusted, "revoked", None) or {}
+    for keyid in untrusted:
+        if keyid in revoked:
+            rev = revoked[keyid]
+            raise FarmError(
+                E.KEY_REVOKED,
+                f"signed by revoked builder key {keyid[:16]}... (revoked {getattr(rev, 'time', '')}: "
+                f"{getattr(rev, 'reason', '')})",
+                hint="do not use this artifact; rebuild it on a builder whose key is trusted",
+            )
     raise FarmError(
         E.VERIFY_UNTRUSTED,
         f"signed by a key that is not trusted ({', '.join(k[:16] + '...' for k in untrusted)})",

@@ -6,13 +6,27 @@ own directories writable, at fixed paths so the build path never leaks machine-s
 
     /build/src   the source tree (writable copy)     /build/out   where outputs go ($OUT)
     /build/deps  dependency outputs (read-only)      /build/home  $HOME, empty
+
+Limits (:class:`Limits`): each step runs in its own cgroup (pids + memory; cgroup v2 when its controllers are
+available, else the v1 hierarchies) because rlimits on processes do not bind here: bubblewrap maps the build uid to
+the worker's uid, and for root the kernel ignores RLIMIT_NPROC. ``prlimit`` adds a file-size cap (and an address
+space cap when there is no memory cgroup), /tmp is a size-bounded tmpfs, and the caller's timeout kills bwrap,
+whose --die-with-parent takes the whole pid namespace with it; the cgroup is emptied (SIGKILL) afterwards too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SRC = "/build/src"
 OUT = "/build/out"
@@ -27,6 +41,21 @@ HOST_RO = ("/usr", "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "
 ROOT_LINKS = (("usr/bin", "/bin"), ("usr/sbin", "/sbin"), ("usr/lib", "/lib"), ("usr/lib64", "/lib64"))
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one build (bytes and counts); operators set them with MANGOS_FARM_BUILD_* settings."""
+
+    memory: int = 4096 * MIB  # per step, all processes together
+    processes: int = 512  # tasks in the step's cgroup
+    scratch: int = 8192 * MIB  # the build directory (src, out, home) and any single file in it
+    output: int = 2048 * MIB  # the packed outputs together
+    tmp: int = 1024 * MIB  # the private /tmp
+    open_files: int = 4096
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     src: Path
@@ -35,6 +64,9 @@ class SandboxSpec:
     deps: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     host_ro: tuple[str, ...] = HOST_RO
+    hostname: str = HOSTNAME  # a recheck varies these (farm.crossval.variation)
+    uid: int = BUILD_UID
+    limits: Limits = field(default_factory=Limits)
 
 
 def base_env(source_date_epoch: int, jobs: int = 1) -> dict[str, str]:
@@ -62,11 +94,11 @@ def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
         "--cap-drop",
         "ALL",
         "--uid",
-        str(BUILD_UID),
+        str(spec.uid),
         "--gid",
-        str(BUILD_UID),
+        str(spec.uid),
         "--hostname",
-        HOSTNAME,
+        spec.hostname,
     ]
     for path in spec.host_ro:
         if Path(path).exists():
@@ -74,7 +106,8 @@ def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
     for target, link in ROOT_LINKS:
         if Path("/" + target).exists():
             argv += ["--symlink", target, link]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(spec.limits.tmp)]
+    argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
     argv += ["--bind", str(spec.src), SRC, "--bind", str(spec.out), OUT, "--bind", str(spec.home), HOME]
     if spec.deps is not None:
         argv += ["--ro-bind", str(spec.deps), DEPS]
@@ -88,3 +121,130 @@ def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
 def step_command(script: str) -> list[str]:
     """A recipe step is a shell script run by /bin/sh -e inside the sandbox (never on the host)."""
     return ["/bin/sh", "-e", "-c", script]
+
+
+# -- limits ------------------------------------------------------------------------------------------------------
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "mangos-farm"
+# Joins the cgroups named by its arguments (up to "--"), then becomes the rest: a fixed script with argv only, so
+# no recipe text ever reaches this shell.
+_JOIN = 'while [ "$1" != "--" ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
+
+
+def prlimit_argv(limits: Limits, *, memory_cgroup: bool) -> list[str]:
+    argv = ["prlimit", f"--fsize={limits.scratch}", f"--nofile={limits.open_files}", f"--nproc={limits.processes}"]
+    if not memory_cgroup:  # a cgroup limit is better: RLIMIT_AS also counts reserved, unused address space
+        argv.append(f"--as={limits.memory}")
+    return [*argv, "--"]
+
+
+def limited_argv(limits: Limits, cgroup: Cgroup | None, command: list[str]) -> list[str]:
+    """``command`` (the bwrap argv) under the limits: join the step's cgroups, set rlimits, exec. Pure."""
+    argv = prlimit_argv(limits, memory_cgroup=cgroup is not None and cgroup.has_memory) + command
+    if cgroup is None:
+        return argv
+    return ["/bin/sh", "-c", _JOIN, "mangos-limits", *(str(p) for p in cgroup.procs_files), "--", *argv]
+
+
+@dataclass
+class Cgroup:
+    """One step's cgroup(s): the pids and memory controllers, in v2 or v1 layout, under ``mangos-farm/``."""
+
+    dirs: list[Path]
+    v2: bool
+    has_memory: bool
+
+    @property
+    def procs_files(self) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs]
+
+    @classmethod
+    def create(cls, limits: Limits, root: Path = CGROUP_ROOT) -> Cgroup | None:
+        """A fresh cgroup with the limits written, or None where this process may not make one (then rlimits)."""
+        name = f"step-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            controllers = (root / "cgroup.controllers").read_text().split()
+        except OSError:
+            controllers = []
+        try:
+            if "pids" in controllers:
+                parent = root / CGROUP_PARENT
+                parent.mkdir(exist_ok=True)
+                wanted = [c for c in ("pids", "memory") if c in controllers]
+                (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+                (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+                d = parent / name
+                d.mkdir()
+                group = cls([d], True, "memory" in wanted)
+                (d / "pids.max").write_text(str(limits.processes))
+                if group.has_memory:
+                    (d / "memory.max").write_text(str(limits.memory))
+                    if (d / "memory.swap.max").exists():
+                        (d / "memory.swap.max").write_text("0")
+                return group
+            if (root / "pids" / "cgroup.procs").exists():
+                dirs = []
+                for controller in ("pids", "memory"):
+                    if (root / controller / "cgroup.procs").exists():
+                        d = root / controller / CGROUP_PARENT / name
+                        d.mkdir(parents=True)
+                        dirs.append(d)
+                group = cls(dirs, False, any(d.parts[-3] == "memory" for d in dirs))
+                (dirs[0] / "pids.max").write_text(str(limits.processes))
+                if group.has_memory:
+                    (dirs[1] / "memory.limit_in_bytes").write_text(str(limits.memory))
+                return group
+        except OSError as exc:
+            log.info("no cgroup for build limits (%s); process and memory limits fall back to rlimits", exc)
+        return None
+
+    def _file(self, controller: str, name: str) -> Path | None:
+        for d in self.dirs:
+            if self.v2 or d.parts[-3] == controller:
+                return d / name
+        return None
+
+    def _read(self, controller: str, name: str) -> str:
+        path = self._file(controller, name)
+        try:
+            return path.read_text() if path is not None else ""
+        except OSError:
+            return ""
+
+    def hit(self) -> list[str]:
+        """Which limits the step ran into: "processes", "memory"."""
+        found = []
+        if self.v2:
+            events = dict(line.split() for line in self._read("pids", "pids.events").splitlines() if line)
+            if int(events.get("max", "0")):
+                found.append("processes")
+            if self.has_memory:
+                mem = dict(line.split() for line in self._read("memory", "memory.events").splitlines() if line)
+                if int(mem.get("oom_kill", "0")) or int(mem.get("max", "0")):
+                    found.append("memory")
+            return found
+        events = dict(line.split() for line in self._read("pids", "pids.events").splitlines() if line)
+        if int(events.get("max", "0")):
+            found.append("processes")
+        if self.has_memory and int(self._read("memory", "memory.failcnt").strip() or "0"):
+            found.append("memory")
+        return found
+
+    def destroy(self) -> None:
+        """Kill whatever is left in the cgroup and remove it."""
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+                except OSError:
+                    pids = []
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+            try:
+                d.rmdir()
+            except OSError as exc:
+                log.warning("cannot remove cgroup %s: %s", d, exc)

@@ -1,0 +1,162 @@
+"""The organization's builder keyring: trusted builder public keys and their revocations.
+
+Trusted keys are PEM files in ``$MANGOS_FARM_HOME/keys/trusted/`` (plus the organization's own builder key);
+revocations are in ``$MANGOS_FARM_HOME/keys/revoked.json``, ``{keyid: {"time", "reason", "by"}}``. A revoked key
+stays revoked (its PEM may stay in trusted/ for the record): :func:`farm.keys.trusted_keys` leaves it out, so from
+the revocation on every verification refuses what it signed, old artifacts included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from farm import keys as keymod
+from farm.errors import E, FarmError
+from farm.fsutil import atomic_write
+from farm.store import BuildRecord, Store
+
+REVOKED_NAME = "revoked.json"
+KEYID = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    keyid: str
+    time: str
+    reason: str
+    by: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"time": self.time, "reason": self.reason, "by": self.by}
+
+
+def revoked_path(keys_dir: Path) -> Path:
+    return keys_dir / REVOKED_NAME
+
+
+def revocations(keys_dir: Path) -> dict[str, Revocation]:
+    """The revoked keys. A damaged file is an error, never "nothing revoked" (that would re-trust them all)."""
+    path = revoked_path(keys_dir)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise FarmError(
+            E.KEY_INVALID,
+            f"cannot read the revocation list: {exc}",
+            file=path,
+            hint="restore it from a backup; until then no key is trusted",
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and KEYID.match(str(k)) for k, v in data.items()):
+        raise FarmError(
+            E.KEY_INVALID,
+            "the revocation list is not {keyid: {time, reason}}",
+            file=path,
+            hint="restore it from a backup",
+        )
+    return {
+        k: Revocation(k, str(v.get("time", "")), str(v.get("reason", "")), str(v.get("by", "")))
+        for k, v in data.items()
+    }
+
+
+def revoke(keys_dir: Path, keyid: str, reason: str, by: str = "") -> Revocation:
+    if not KEYID.match(keyid):
+        raise FarmError(
+            E.KEY_INVALID,
+            f"'{keyid}' is not a key id (64 lowercase hex digits)",
+            field="KEYID",
+            hint="see 'mangos-farm keys list' for the ids",
+        )
+    if not reason.strip():
+        raise FarmError(E.KEY_INVALID, "a revocation needs a reason", field="--reason", hint="say why, for the audit")
+    current = revocations(keys_dir)
+    if keyid in current:
+        return current[keyid]
+    rev = Revocation(keyid, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), reason.strip(), by)
+    data = {k: r.to_json() for k, r in current.items()} | {keyid: rev.to_json()}
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(revoked_path(keys_dir), json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+    return rev
+
+
+def trust(keys_dir: Path, trusted_dir: Path, pem: Path) -> keymod.PublicKey:
+    """Add a builder public key to the keyring (``trusted/KEYID16.pem``). A revoked key cannot be trusted again."""
+    key = keymod.load_public(pem)
+    rev = revocations(keys_dir).get(key.keyid)
+    if rev is not None:
+        raise FarmError(
+            E.KEY_REVOKED,
+            f"key {key.keyid[:16]}... was revoked at {rev.time} ({rev.reason}); it cannot be trusted again",
+            file=pem,
+            hint="the builder must generate a new key and send its public half",
+        )
+    trusted_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(trusted_dir / f"{key.keyid[:16]}.pem", key.pem())
+    return key
+
+
+def listing(keys_dir: Path, trusted_dir: Path) -> list[dict[str, Any]]:
+    """Every key the keyring knows, trusted or revoked, for ``keys list``."""
+    rows: dict[str, dict[str, Any]] = {}
+    own = keys_dir / keymod.PUBLIC_NAME
+    paths = ([own] if own.is_file() else []) + (sorted(trusted_dir.glob("*.pem")) if trusted_dir.is_dir() else [])
+    for path in paths:
+        key = keymod.load_public(path)
+        rows.setdefault(key.keyid, {"keyid": key.keyid, "source": str(path), "own": path == own})
+    for keyid, rev in revocations(keys_dir).items():
+        rows.setdefault(keyid, {"keyid": keyid, "source": "", "own": False})
+        rows[keyid]["revoked"] = rev.to_json()
+    return sorted(rows.values(), key=lambda r: (not r["own"], r["keyid"]))
+
+
+def check_published(
+    store: Store, build_key: str, trusted: Sequence[keymod.PublicKey], expected: Mapping[str, str] | None = None
+) -> BuildRecord:
+    """The store's record of ``build_key``, checked against its signed provenance and the keyring.
+
+    The record (the store's index) is not trusted by itself: its provenance envelope must be signed by a trusted,
+    unrevoked builder key, be about this build key, and name exactly the artifacts the record lists, each with the
+    same sha256; and when ``expected`` (name -> sha256, e.g. what the coordinator passed) is given, those too. So a
+    swapped index entry or blob is refused before anything uses it. Raises E-ARTIFACT-REFUSED / E-KEY-REVOKED.
+    """
+    from farm.provenance import verify_envelope
+
+    def refuse(why: str) -> FarmError:
+        return FarmError(
+            E.ARTIFACT_REFUSED,
+            f"build {build_key[:16]}... in the store is refused: {why}",
+            hint="the store or its index was tampered with, or the builder is not trusted; investigate before use",
+        )
+
+    record = store.get_record(build_key)
+    if record is None:
+        raise refuse("it has no record")
+    if not record.provenance:
+        raise refuse("it has no signed provenance")
+    try:
+        envelope = json.loads(store.get_bytes(record.provenance))
+        verified = verify_envelope(envelope, trusted)
+    except FarmError as exc:
+        if exc.code == E.KEY_REVOKED:
+            raise
+        raise refuse(f"its provenance does not verify ({exc.code}: {exc.message})") from None
+    except ValueError as exc:
+        raise refuse(f"its provenance is not JSON ({exc})") from None
+    params = verified.statement.get("predicate", {}).get("buildDefinition", {}).get("internalParameters", {})
+    if not isinstance(params, dict) or params.get("buildKey") != build_key:
+        raise refuse("its provenance is about another build")
+    subjects = verified.subjects()
+    if subjects != record.outputs():
+        raise refuse("the record's artifacts are not the ones its provenance signs")
+    for name, digest in (expected or {}).items():
+        if subjects.get(name) != digest:
+            raise refuse(f"'{name}' is {digest[:16]}..., but the signed provenance says {subjects.get(name)}")
+    return record
