@@ -51,7 +51,8 @@ def record(path: Path | None, event: str, *, who: str = "", what: str = "", **de
     }
     entry.update({k: v for k, v in details.items() if v is not None})
     metrics.security_events.labels(event).inc()
-    log.warning("security event %s: %s (%s)", event, what, who)
+    level = logging.INFO if event in (KEY_TRUSTED, KEY_REVOKED) else logging.WARNING  # operator actions: quiet
+    log.log(level, "security event %s: %s (%s)", event, what, who)
     if path is not None:
         line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,17 @@ class Settings:
     build_timeout: int = field(
         default=3600, metadata={"help": "wall-clock seconds a single build may run before it is killed"}
     )
+    build_memory_mb: int = field(default=4096, metadata={"help": "memory a build step may use (MiB, cgroup)"})
+    build_processes: int = field(default=512, metadata={"help": "processes and threads a build step may run"})
+    build_scratch_mb: int = field(
+        default=8192, metadata={"help": "disk a build may fill: its directory and any single file (MiB)"}
+    )
+    build_output_mb: int = field(default=2048, metadata={"help": "total size of a build's packed outputs (MiB)"})
+    broker_tls_ca: str = field(
+        default="", metadata={"help": "rediss:// broker: CA bundle to verify the server (default: system CAs)"}
+    )
+    broker_tls_cert: str = field(default="", metadata={"help": "rediss:// broker: client certificate (PEM), if any"})
+    broker_tls_key: str = field(default="", metadata={"help": "rediss:// broker: client private key (PEM), if any"})
 
     # -- derived locations -------------------------------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if settings.broker_url.startswith(("redis://", "rediss://")):
         options = {"visibility_timeout": VISIBILITY_TIMEOUT}
-    return {
+    tls: dict[str, Any] = {}
+    if settings.broker_url.startswith("rediss://"):
+        tls = {"broker_use_ssl": broker_tls(settings), "redis_backend_use_ssl": broker_tls(settings)}
+    return tls | {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "task_serializer": "json",
@@ -58,11 +62,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_tls(settings: Settings) -> dict[str, Any]:
+    """TLS options for a ``rediss://`` broker: the server's certificate is always verified (CA bundle from
+    MANGOS_FARM_BROKER_TLS_CA, else the system's); a client certificate is sent when one is configured. Passwords and
+    ACL users go in the URL itself (``rediss://USER:PASSWORD@HOST:PORT/DB``)."""
+    opts: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.broker_tls_ca:
+        opts["ssl_ca_certs"] = settings.broker_tls_ca
+    if settings.broker_tls_cert:
+        opts["ssl_certfile"] = settings.broker_tls_cert
+    if settings.broker_tls_key:
+        opts["ssl_keyfile"] = settings.broker_tls_key
+    return opts
+
+
 def make_app(settings: Settings) -> Celery:
     transport.register()
     app = Celery("mangos-farm", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.conf.update(include=["workers.tasks"])
+    # Where the coordinator's task-signing key lives (workers.dispatch signs every build message with it).
+    app.conf.update(mangos_keys_dir=str(settings.keys_dir))
     return app
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
+from farm import keys, tasksig
 from farm.build import BuildOutcome, BuildRequest
 from farm.errors import E, FarmError
+from farm.keys import BuilderKey
 from workers.app import BUILD_TASK, build_queue
 
 log = logging.getLogger(__name__)
@@ -21,6 +25,7 @@ class CeleryDispatcher:
         self.app = app
         self._results: Any = None  # a pub/sub subscription to stored results (Redis backend): wait_for_outcome
         self._no_results_channel = False
+        self._signer: BuilderKey | None = None
 
     def wait_for_outcome(self, timeout: float) -> None:
         """Return as soon as a worker stores a task result, or after ``timeout`` seconds.
@@ -60,8 +65,19 @@ class CeleryDispatcher:
                 log.debug("closing the result subscription: %s", exc)
 
     def submit(self, request: BuildRequest, *, arch: str) -> str:
-        result = self.app.send_task(BUILD_TASK, args=[request.to_json()], queue=build_queue(arch))
+        """Send a build signed with the coordinator's key (farm.tasksig): workers refuse unsigned messages."""
+        task_id = str(uuid.uuid4())
+        body = request.to_json()
+        signature = tasksig.sign(task_id, body, self.signer())
+        result = self.app.send_task(
+            BUILD_TASK, args=[body], kwargs={"signature": signature}, queue=build_queue(arch), task_id=task_id
+        )
         return str(result.id)
+
+    def signer(self) -> BuilderKey:
+        if self._signer is None:
+            self._signer = keys.coordinator_key(Path(self.app.conf.mangos_keys_dir))
+        return self._signer
 
     def outcome(self, task_id: str) -> BuildOutcome | None:
         result: Any = AsyncResult(task_id, app=self.app)

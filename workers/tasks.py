@@ -15,12 +15,14 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 
+from farm import audit, tasksig
 from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
 from farm.coordinator.kv import open_kv
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
 from farm.envs.host import host_environment
 from farm.errors import E, FarmError
-from farm.keys import load_builder
+from farm.keys import coordinator_public, load_builder, trusted_keys
+from farm.sandbox import MIB, Limits
 from farm.settings import Settings
 from farm.sources.git import SourceCache
 from farm.store import open_store
@@ -43,6 +45,14 @@ def worker_context() -> WorkerContext:
         environment=host_environment(),
         timeout=float(s.build_timeout),
         arch=s.build_arch,
+        trusted=trusted_keys(s.keys_dir, s.trusted_keys_dir),
+        audit_log=audit.audit_path(s.home),
+        limits=Limits(
+            memory=s.build_memory_mb * MIB,
+            processes=s.build_processes,
+            scratch=s.build_scratch_mb * MIB,
+            output=s.build_output_mb * MIB,
+        ),
     )
 
 
@@ -51,10 +61,39 @@ def lease_board() -> LeaseBoard:
     return LeaseBoard(open_kv(settings.state_url), settings.lease_timeout)
 
 
+def authenticate(task_id: str, request: Any, signature: Any, worker: str) -> FarmError | None:
+    """Check the coordinator's signature over the task before anything else (no parsing, no lease, no build).
+    A refusal is audited and counted; the returned error goes back as the task's (failed) outcome."""
+    try:
+        tasksig.verify(task_id, request, signature, coordinator_public(settings.keys_dir))
+    except FarmError as exc:
+        name = request.get("recipe", {}).get("name", "?") if isinstance(request, dict) else "?"
+        key = request.get("build_key", "?") if isinstance(request, dict) else "?"
+        audit.record(
+            audit.audit_path(settings.home),
+            audit.FORGED_TASK,
+            who=worker,
+            what=f"task {task_id} (recipe {name!s:.100}, build key {key!s:.80})",
+            error=exc.code,
+            message=exc.message,
+        )
+        return exc
+    return None
+
+
 @app.task(name=BUILD_TASK, bind=True)  # type: ignore[untyped-decorator]
-def build(self: Any, request: dict[str, Any]) -> dict[str, Any]:
-    req = BuildRequest.from_json(request)
+def build(self: Any, request: Any, signature: Any = None) -> dict[str, Any]:
     worker = str(self.request.hostname or socket.gethostname())
+    refused = authenticate(str(self.request.id or ""), request, signature, worker)
+    if refused is not None:
+        return BuildOutcome(
+            build_key="",
+            recipe="",
+            ok=False,
+            error=refused.to_json(),
+            worker=worker,
+        ).to_json()
+    req = BuildRequest.from_json(request)
     try:
         return _build(req, worker)
     except Reject:
@@ -91,10 +130,12 @@ def _build(req: BuildRequest, worker: str) -> dict[str, Any]:
             lease=req.lease,
         )
         return stale.to_json()
+    ctx = worker_context()
+    ctx.trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)  # re-read: a revocation applies now
     if not req.lease:
-        return execute_build(req, worker_context()).to_json()
+        return execute_build(req, ctx).to_json()
     with board.keep_alive(req.lease):
-        outcome = execute_build(req, worker_context())
+        outcome = execute_build(req, ctx)
     return BuildOutcome(**(outcome.to_json() | {"worker": worker})).to_json()
 
 

@@ -225,6 +225,8 @@ def _coordinator(settings: Settings, store: Any, on_change: Any = None) -> _Flee
         requeue_after=settings.requeue_after,
         max_attempts=settings.max_attempts,
         aging=settings.aging,
+        trusted=lambda: keymod.trusted_keys(settings.keys_dir, settings.trusted_keys_dir),
+        audit_log=settings.home / "audit.jsonl",
     )
     coordinator = Coordinator(
         open_kv(settings.state_url), store, factory, config, on_change, lazy_workers=settings.embedded_broker

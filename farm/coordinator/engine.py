@@ -14,11 +14,12 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
-from farm import metrics
+from farm import audit, keyring, metrics
 from farm.build import BuildOutcome, BuildRequest, DependencyInput
 from farm.coordinator import policy
 from farm.coordinator.kv import KV
@@ -28,6 +29,7 @@ from farm.coordinator.policy import Lane
 from farm.coordinator.runs import Job, Run, RunStore, State, run_header
 from farm.errors import E, FarmError
 from farm.identity import build_key
+from farm.keys import PublicKey
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 # Failures that say something about the build itself (retrying elsewhere may still help: a flaky test, a bad
 # machine), as opposed to infrastructure trouble, which is retried with back-off.
 JOB_FAILURES = {E.BUILD_FAILED, E.BUILD_OUTPUT, E.SOURCE_COMMIT, E.SOURCE_REF}
+# A recipe that hits its sandbox limits, or whose dependency is refused, is not the worker's fault: never blame it.
+JOB_FAILURES |= {E.SANDBOX_LIMIT, E.ARTIFACT_REFUSED, E.KEY_REVOKED}
 WORKER_FAIL = "mangos:wfail:"
 
 
@@ -57,6 +61,10 @@ class Config:
     max_attempts: int = 3
     aging: float = 600.0
     worker_failure_limit: int = 3
+    # The builder keyring results are checked against (re-read at each result, so a revocation applies at once),
+    # and the audit log refusals go to. Without a keyring (library use, tests of scheduling) results are not checked.
+    trusted: Callable[[], Sequence[PublicKey]] | None = None
+    audit_log: Path | None = None
 
 
 Listener = Callable[[Job, dict[str, Job]], None]
@@ -363,8 +371,35 @@ class Coordinator:
             return
         job.state, job.why, job.retry_at = State.WAITING, f"re-dispatching: {why}", now
 
+    def _refusal(self, job: Job, outcome: BuildOutcome) -> BuildOutcome:
+        """``outcome`` unless it claims a build whose published provenance is not signed by a trusted, unrevoked
+        builder key for exactly the artifacts the store's record lists: then a failed outcome (audited, counted)."""
+        if not outcome.ok or self.config.trusted is None:
+            return outcome
+        try:
+            keyring.check_published(self.store, job.key or outcome.build_key, self.config.trusted())
+        except FarmError as exc:
+            event = audit.REVOKED_KEY_USED if exc.code == E.KEY_REVOKED else audit.REFUSED_RESULT
+            audit.record(
+                self.config.audit_log,
+                event,
+                who=outcome.worker or job.worker or "",
+                what=f"result for {job.name} ({job.key})",
+                error=exc.code,
+                message=exc.message,
+            )
+            metrics.signature_failures.inc()
+            refused = FarmError(
+                E.RESULT_REFUSED,
+                f"result from {outcome.worker or 'a worker'} refused: {exc.message}",
+                hint="the worker's builder key is not in the keyring (or was revoked); see 'mangos-farm audit'",
+            )
+            return replace(outcome, ok=False, record=None, error=refused.to_json())
+        return outcome
+
     def _record_outcome(self, run: Run, job: Job, jobs: dict[str, Job], outcome: BuildOutcome, now: float) -> None:
         job.worker = outcome.worker or job.worker
+        outcome = self._refusal(job, outcome)
         if outcome.ok and outcome.record is not None:
             job.outputs = {a["name"]: a["digest"] for a in outcome.record["artifacts"]}
             job.log_digest = outcome.log_digest

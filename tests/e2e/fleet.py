@@ -49,6 +49,9 @@ class Fleet:
         (home / "keys").mkdir(parents=True, exist_ok=True)
         for f in ("builder.key", "builder.pub"):  # one organization: every worker signs with its builder key
             shutil.copy(self.client_home / "keys" / f, home / "keys" / f)
+        # Task messages are signed by the coordinator's key: only it holds the private half, workers the public.
+        for f in ("coordinator.pub", "coordinator.key") if name == "coordinator" else ("coordinator.pub",):
+            shutil.copy(self.client_home / "keys" / f, home / "keys" / f)
         log = (self.root / f"{name}.log").open("ab")
         return subprocess.Popen(
             [CLI, *argv],
