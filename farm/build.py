@@ -18,10 +18,10 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from farm import audit, debian_build, keyring, metrics, provenance, sandbox
 from farm.envs.host import Environment
@@ -34,6 +34,9 @@ from farm.recipes import Recipe
 from farm.run import require_tool, run, tail
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, Store
+
+if TYPE_CHECKING:
+    from farm.crossval.variation import Variation
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,8 @@ class WorkerContext:
     trusted: Sequence[PublicKey] | None = None
     audit_log: Path | None = None
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+    # A recheck (farm.crossval.recheck): build in a deliberately varied environment and do not publish the record.
+    variation: Variation | None = None
 
     def keyring(self) -> Sequence[PublicKey]:
         return self.trusted if self.trusted is not None else [self.builder_key.public]
@@ -284,11 +289,12 @@ def _run_steps(
         cgroup = sandbox.Cgroup.create(limits)
         try:
             result = run(
-                sandbox.limited_argv(limits, cgroup, sandbox.bwrap_argv(spec, sandbox.step_command(script))),
+                sandbox.limited_argv(limits, cgroup, sandbox.bwrap_argv(spec, _step_command(script, ctx))),
                 stdout=logfh,
                 stderr_to_stdout=True,
                 check=False,
                 timeout=remaining,
+                umask=ctx.variation.umask if ctx.variation else -1,
             )
             hit = cgroup.hit() if cgroup is not None else []
         finally:
@@ -322,13 +328,19 @@ def _run_steps(
             )
 
 
+def _step_command(script: str, ctx: WorkerContext) -> list[str]:
+    command = sandbox.step_command(script)
+    return ctx.variation.wrap(command) if ctx.variation else command
+
+
 def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
     """Run one build end to end. Never raises for a build problem: failures come back as an outcome."""
     recipe = Recipe.from_content(req.recipe, Path(req.recipe_path))
     started_clock = time.monotonic()
     started = _now()
-    ctx.work_root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix=f"{recipe.name}-"))
+    work_root = ctx.work_root / ctx.variation.build_path if ctx.variation else ctx.work_root
+    work_root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=work_root, prefix=f"{recipe.name}-"))
     logpath = workdir / "build.log"
     try:
         with logpath.open("wb") as logfh, step("build", log, recipe=recipe.name, key=req.build_key[:16]):
@@ -362,8 +374,8 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                     worker=ctx.builder_id,
                     duration=time.monotonic() - started_clock,
                 )
-        published = ctx.store.put_record(record)
-        if not published:
+        published = ctx.variation is None and ctx.store.put_record(record)  # a recheck never publishes
+        if not published and ctx.variation is None:
             existing = ctx.store.get_record(req.build_key)
             assert existing is not None
             if existing.outputs() != record.outputs():
@@ -443,8 +455,12 @@ def _build(
                 timeout=max(1.0, deadline - time.monotonic()),
             )
     else:
-        env = sandbox.base_env(resolved.commit_time, ctx.jobs) | dict(recipe.env)
+        v = ctx.variation
+        env = sandbox.base_env(resolved.commit_time, v.jobs if v else ctx.jobs) | dict(recipe.env)
+        env |= v.env() if v else {}
         spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env, limits=ctx.limits)
+        if v is not None:
+            spec = replace(spec, hostname=v.hostname, uid=v.uid)
         with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch):
             _run_steps(recipe, spec, logfh, deadline, ctx)
     with step("pack", log), _timed("upload", ctx.arch):

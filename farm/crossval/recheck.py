@@ -1,0 +1,278 @@
+"""Recheck: rebuild an already published build in a deliberately varied environment and compare output digests.
+
+The rebuild goes through the ordinary build code (``farm.build.execute_build``) with a
+:class:`~farm.crossval.variation.Variation` in the worker context; it is never published. When an output differs,
+diffoscope explains how (text and HTML, bounded by ``--max-report-size`` and a timeout, both stored in the store
+and next to the result), and the difference is classified by likely cause. Results live under
+``$MANGOS_FARM_HOME/crossval/recheck/BUILD_KEY.json`` and feed ``status`` and the reproducibility metric.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from farm import metrics
+from farm.build import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.crossval.variation import Variation
+from farm.errors import E, FarmError
+from farm.fsutil import atomic_write
+from farm.log import step
+from farm.run import require_tool, run
+from farm.settings import Settings
+from farm.store import BuildRecord, Store
+
+log = logging.getLogger(__name__)
+
+CAUSES = ("timestamps", "build-id", "paths", "file order", "locale", "other")
+DEFAULT_MAX_REPORT = 2 * 1024 * 1024
+DEFAULT_DIFF_TIMEOUT = 300.0
+
+_DATE = re.compile(
+    r"\b(19|20)\d\d-\d\d-\d\d\b|\b\d\d:\d\d:\d\d\b|\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\b|\b(19|20)\d\d\b"
+)
+_BOX = re.compile(r"^[\s│├└┄─╎]*")
+
+
+def results_dir(settings: Settings) -> Path:
+    return settings.home / "crossval" / "recheck"
+
+
+def diffoscope_argv(a: Path, b: Path, text: Path, html: Path, max_report_size: int) -> list[str]:
+    """The diffoscope command line (pure, unit-tested): text and HTML reports, both size-bounded."""
+    return [
+        "diffoscope",
+        "--text",
+        str(text),
+        "--html",
+        str(html),
+        "--max-report-size",
+        str(max_report_size),
+        "--max-text-report-size",
+        str(max_report_size),
+        "--exclude-directory-metadata",
+        "no",
+        str(a),
+        str(b),
+    ]
+
+
+def _changed_lines(report: str) -> tuple[list[str], list[str]]:
+    minus, plus = [], []
+    for raw in report.splitlines():
+        line = _BOX.sub("", raw)
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith("-"):
+            minus.append(line[1:])
+        elif line.startswith("+"):
+            plus.append(line[1:])
+    return minus, plus
+
+
+def classify(report: str, variation: Variation) -> list[str]:
+    """Likely causes of a difference, from diffoscope's text report (most specific first; 'other' if none)."""
+    minus, plus = _changed_lines(report)
+    changed = minus + plus
+    causes: list[str] = []
+    if any(_DATE.search(line) for line in changed) and any(
+        re.sub(r"\d", "0", m) == re.sub(r"\d", "0", p) for m, p in zip(minus, plus, strict=False)
+    ):
+        causes.append("timestamps")
+    if re.search(r"build.?id", report, re.IGNORECASE):
+        causes.append("build-id")
+    if any(variation.build_path in line or "/build/" in line for line in changed):
+        causes.append("paths")
+    if "file list" in report and sorted(minus) == sorted(plus) and minus != plus:
+        causes.append("file order")
+    if any(variation.tz in line or variation.locale in line.split() or "LC_" in line for line in changed):
+        causes.append("locale")
+    return causes or ["other"]
+
+
+@dataclass(frozen=True)
+class RecheckResult:
+    recipe: str
+    build_key: str
+    reproducible: bool
+    outputs: dict[str, str]
+    varied: dict[str, str]
+    differing: list[str]
+    causes: list[str]
+    reports: dict[str, dict[str, str]]  # artifact -> {"text": digest, "html": digest, "note": ...}
+    variation: dict[str, Any]
+    checked: str
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecheckResult:
+        return cls(**data)
+
+
+def requests_from_plan(plan: Any, names: Sequence[str]) -> list[tuple[BuildRequest, BuildRecord]]:
+    """For each named recipe (all when empty), the request that reproduces its published build, in order."""
+    wanted = list(names) or list(plan.order)
+    unknown = [n for n in wanted if n not in plan.builds]
+    if unknown:
+        raise FarmError(
+            E.RECHECK,
+            f"no recipe named {', '.join(unknown)}",
+            hint="name recipes from the recipe directory (or pass --all)",
+        )
+    missing = [n for n in wanted if plan.builds[n].record is None]
+    if missing:
+        raise FarmError(
+            E.RECHECK,
+            f"not built yet, nothing to recheck: {', '.join(missing)}",
+            hint="build them first with 'mangos-farm rebuild', then recheck",
+        )
+    found = []
+    for name in plan.order:
+        if name not in wanted:
+            continue
+        pb = plan.builds[name]
+        deps = tuple(
+            DependencyInput(d, plan.builds[d].key or "", plan.builds[d].record.outputs())
+            for d in pb.recipe.build_depends
+        )
+        req = BuildRequest(
+            build_key=pb.key,
+            recipe=pb.recipe.content(),
+            recipe_path=str(pb.recipe.path),
+            fetch_url=pb.recipe.git_location,
+            tree=pb.source.tree,
+            environment=pb.environment,
+            dependencies=deps,
+        )
+        found.append((req, pb.record))
+    return found
+
+
+def _diff(
+    store: Store, name: str, digests: tuple[str, str], dest: Path, *, max_report_size: int, timeout: float
+) -> tuple[str, dict[str, str]]:
+    """Run diffoscope on the two versions of an artifact; return its text report and the stored report digests."""
+    require_tool("diffoscope", "diffoscope-minimal")
+    with tempfile.TemporaryDirectory(prefix="recheck-") as tmp:
+        left, right = Path(tmp) / "published" / name, Path(tmp) / "varied" / name
+        store.fetch_blob(digests[0], left)
+        store.fetch_blob(digests[1], right)
+        text, html = dest / f"{name}.diffoscope.txt", dest / f"{name}.diffoscope.html"
+        dest.mkdir(parents=True, exist_ok=True)
+        result = run(diffoscope_argv(left, right, text, html, max_report_size), check=False, timeout=timeout)
+    note = ""
+    if result.timed_out:
+        note = f"diffoscope stopped after {timeout:g}s; the report is incomplete"
+    elif result.returncode not in (0, 1):
+        note = f"diffoscope exited {result.returncode}: {result.stderr.decode(errors='replace')[-500:]}"
+    report = text.read_text(errors="replace") if text.exists() else ""
+    stored = {"note": note}
+    for kind, path in (("text", text), ("html", html)):
+        if path.exists():
+            stored[kind] = store.put_file(path).digest
+    return report, stored
+
+
+def recheck_one(
+    req: BuildRequest,
+    record: BuildRecord,
+    ctx: WorkerContext,
+    settings: Settings,
+    *,
+    max_report_size: int = DEFAULT_MAX_REPORT,
+    diff_timeout: float = DEFAULT_DIFF_TIMEOUT,
+) -> RecheckResult:
+    variation = ctx.variation or Variation()
+    with step("recheck", log, recipe=record.recipe, key=record.build_key[:16]):
+        outcome: BuildOutcome = execute_build(req, ctx)
+    checked = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    base: dict[str, Any] = {
+        "recipe": record.recipe,
+        "build_key": record.build_key,
+        "outputs": record.outputs(),
+        "variation": variation.to_json(),
+        "checked": checked,
+    }
+    if not outcome.ok or outcome.record is None:
+        why = (outcome.error or {}).get("message", "the build failed")
+        result = RecheckResult(
+            **base, reproducible=False, varied={}, differing=[], causes=["other"], reports={}, error=str(why)
+        )
+        _save(settings, result)
+        return result
+    varied = BuildRecord.from_json(outcome.record).outputs()
+    differing = sorted(n for n in set(varied) | set(record.outputs()) if varied.get(n) != record.outputs().get(n))
+    causes: list[str] = []
+    reports: dict[str, dict[str, str]] = {}
+    dest = results_dir(settings) / record.build_key
+    for name in differing:
+        if name not in varied or name not in record.outputs():
+            causes.append("other")
+            continue
+        pair = (record.outputs()[name], varied[name])
+        text, stored = _diff(ctx.store, name, pair, dest, max_report_size=max_report_size, timeout=diff_timeout)
+        reports[name] = stored
+        causes += [c for c in classify(text, variation) if c not in causes]
+    result = RecheckResult(
+        **base,
+        reproducible=not differing,
+        varied=varied,
+        differing=differing,
+        causes=sorted(set(causes), key=CAUSES.index),
+        reports=reports,
+    )
+    _save(settings, result)
+    return result
+
+
+def _save(settings: Settings, result: RecheckResult) -> None:
+    atomic_write(results_dir(settings) / f"{result.build_key}.json", json.dumps(result.to_json(), indent=1).encode())
+    update_metrics(settings)
+
+
+def load_results(settings: Settings) -> list[RecheckResult]:
+    folder = results_dir(settings)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            found.append(RecheckResult.from_json(json.loads(path.read_text())))
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring unreadable recheck result %s: %s", path, exc)
+    return found
+
+
+def rates(results: Iterable[RecheckResult]) -> dict[str, dict[str, Any]]:
+    """Reproducibility per recipe and overall ('all'): rechecked builds, reproducible ones, their ratio."""
+    table: dict[str, list[int]] = {}
+    for r in results:
+        for name in (r.recipe, "all"):
+            row = table.setdefault(name, [0, 0])
+            row[0] += 1
+            row[1] += int(r.reproducible)
+    return {n: {"checked": c, "reproducible": ok, "rate": ok / c} for n, (c, ok) in sorted(table.items())}
+
+
+def update_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Set the reproducibility gauge (per recipe, and 'all') from the stored results."""
+    table = rates(load_results(settings))
+    for name, row in table.items():
+        metrics.reproducibility.labels(name).set(row["rate"])
+    return table
+
+
+def clean_workdirs(ctx: WorkerContext) -> None:
+    if ctx.variation is not None:
+        shutil.rmtree(ctx.work_root / ctx.variation.build_path.split("/")[0], ignore_errors=True)

@@ -1,0 +1,57 @@
+"""A variation spec: how a recheck build's environment deliberately differs from the farm's normal one.
+
+A reproducible build gives the same bytes whatever these are; each one that changes the output is a
+reproducibility bug. The defaults differ from the normal build in every dimension at once (like
+reproducible-builds.org's second build): host build path, hostname, timezone, locale, umask, uid, parallelism,
+and a clock shifted by more than a year (libfaketime, inside the sandbox).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+FAKETIME = "faketime"
+
+
+@dataclass(frozen=True)
+class Variation:
+    hostname: str = "recheck-varied-host"
+    uid: int = 1234
+    tz: str = "Pacific/Kiritimati"  # UTC+14: the other side of the date line from the normal build's UTC
+    locale: str = "C"  # the normal build uses C.UTF-8 (the only other locale a minimal host has)
+    umask: int = 0o002
+    jobs: int = 2
+    clock_shift_days: int = 400
+    build_path: str = "recheck/a/much/deeper/build/path"  # under the work directory on the host
+
+    @classmethod
+    def unvaried(cls) -> Variation:
+        """The farm's normal environment (a plain rebuild; only the host build path differs)."""
+        from farm import sandbox
+
+        return cls(
+            hostname=sandbox.HOSTNAME,
+            uid=sandbox.BUILD_UID,
+            tz="UTC",
+            locale="C.UTF-8",
+            umask=0o022,
+            jobs=1,
+            clock_shift_days=0,
+            build_path="recheck",
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment overrides for the sandboxed steps."""
+        return {"TZ": self.tz, "LC_ALL": self.locale, "LANG": self.locale, "JOBS": str(self.jobs)}
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """The step command, run under a clock shifted forward (``faketime -f +Nd``) when a shift is set."""
+        if not self.clock_shift_days:
+            return command
+        return [FAKETIME, "-f", f"+{self.clock_shift_days}d", *command]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["umask"] = f"{self.umask:04o}"
+        return data
