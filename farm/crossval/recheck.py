@@ -40,6 +40,12 @@ _DATE = re.compile(
     r"\b(19|20)\d\d-\d\d-\d\d\b|\b\d\d:\d\d:\d\d\b|\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\b|\b(19|20)\d\d\b"
 )
 _BOX = re.compile(r"^[\s│├└┄─╎]*")
+_NAMES = re.compile(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\b")
+
+
+def _shape(line: str) -> str:
+    """A line with its digits and month/day names blanked: equal shapes differ only in a date or time."""
+    return re.sub(r"\d", "0", _NAMES.sub("M", line))
 
 
 def results_dir(settings: Settings) -> Path:
@@ -59,7 +65,7 @@ def diffoscope_argv(a: Path, b: Path, text: Path, html: Path, max_report_size: i
         "--max-text-report-size",
         str(max_report_size),
         "--exclude-directory-metadata",
-        "no",
+        "yes",  # the two temporary copies' own mtimes are not the build's difference
         str(a),
         str(b),
     ]
@@ -84,7 +90,7 @@ def classify(report: str, variation: Variation) -> list[str]:
     changed = minus + plus
     causes: list[str] = []
     if any(_DATE.search(line) for line in changed) and any(
-        re.sub(r"\d", "0", m) == re.sub(r"\d", "0", p) for m, p in zip(minus, plus, strict=False)
+        _shape(m) == _shape(p) for m, p in zip(minus, plus, strict=False)
     ):
         causes.append("timestamps")
     if re.search(r"build.?id", report, re.IGNORECASE):
@@ -176,6 +182,11 @@ def _diff(
         note = f"diffoscope stopped after {timeout:g}s; the report is incomplete"
     elif result.returncode not in (0, 1):
         note = f"diffoscope exited {result.returncode}: {result.stderr.decode(errors='replace')[-500:]}"
+    if text.exists() and text.stat().st_size > max_report_size:  # diffoscope's cap is checked between blocks only
+        with text.open("r+b") as fh:
+            fh.truncate(max_report_size)
+            fh.seek(0, 2)
+            fh.write(f"\n[report truncated at {max_report_size} bytes by mangos-farm]\n".encode())
     report = text.read_text(errors="replace") if text.exists() else ""
     stored = {"note": note}
     for kind, path in (("text", text), ("html", html)):

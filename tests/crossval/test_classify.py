@@ -1,0 +1,64 @@
+"""Pure parts of recheck: the diffoscope command line, cause classification, variation wrapping, rates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.crossval.recheck import RecheckResult, classify, diffoscope_argv, rates
+from farm.crossval.variation import Variation
+
+pytestmark = pytest.mark.unit
+
+V = Variation()
+
+
+def _report(*body: str) -> str:
+    return "--- /tmp/a/x\n+++ /tmp/b/x\n" + "\n".join(body) + "\n"
+
+
+def test_diffoscope_argv_bounds_both_reports() -> None:
+    argv = diffoscope_argv(Path("a"), Path("b"), Path("t.txt"), Path("h.html"), 1000)
+    assert argv[0] == "diffoscope" and argv[-2:] == ["a", "b"]
+    assert argv[argv.index("--text") + 1] == "t.txt" and argv[argv.index("--html") + 1] == "h.html"
+    assert argv[argv.index("--max-report-size") + 1] == "1000"
+    assert argv[argv.index("--max-text-report-size") + 1] == "1000"
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        (("├── built-on", "│ @@ -1 +1 @@", "│ -2026-11-27", "│ +2028-01-01"), "timestamps"),
+        (("│ -Built on Nov 27 2026 04:18:41", "│ +Built on Jan 01 2028 18:17:32"), "timestamps"),
+        (("├── readelf --wide --notes {}", "│ -    Build ID: 0123abcd", "│ +    Build ID: 89ef4567"), "build-id"),
+        (("│ -compiled in /build/src", "│ +compiled in /w/recheck/a/much/deeper/build/path/x"), "paths"),
+        (("├── file list", "│ -a", "│ -b", "│ +b", "│ +a"), "file order"),
+        (("│ -zone: UTC", f"│ +zone: {V.tz}"), "locale"),
+        (("│ -hello", "│ +goodbye"), "other"),
+    ],
+)
+def test_classify(body: tuple[str, ...], cause: str) -> None:
+    assert cause in classify(_report(*body), V)
+
+
+def test_only_digits_that_are_dates_count_as_timestamps() -> None:
+    assert classify(_report("│ -count 1", "│ +count 2"), V) == ["other"]
+
+
+def test_variation_wraps_the_step_under_a_shifted_clock() -> None:
+    assert V.wrap(["/bin/sh", "-c", "x"]) == ["faketime", "-f", "+400d", "/bin/sh", "-c", "x"]
+    assert Variation.unvaried().wrap(["/bin/sh"]) == ["/bin/sh"]
+    assert V.env()["TZ"] != Variation.unvaried().env()["TZ"]
+    assert V.to_json()["umask"] == "0002"
+
+
+def _result(recipe: str, ok: bool) -> RecheckResult:
+    return RecheckResult(recipe, recipe + "k", ok, {}, {}, [], [], {}, {}, "")
+
+
+def test_rates_per_recipe_and_overall() -> None:
+    table = rates([_result("a", True), _result("b", False), _result("a", True), _result("c", True)])
+    assert table["a"] == {"checked": 2, "reproducible": 2, "rate": 1.0}
+    assert table["b"]["rate"] == 0.0
+    assert table["all"] == {"checked": 4, "reproducible": 3, "rate": 0.75}
