@@ -315,8 +315,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     coordinator = _coordinator(settings, open_store(settings.store_url)).coordinator
     status = coordinator.status(_run_id(coordinator, args.run))
+    from farm.crossval.recheck import update_metrics
+
+    reproducibility = update_metrics(settings)  # from 'mangos-farm recheck' results, per recipe and "all"
     if args.json:
-        _out(status)
+        _out(status | {"reproducibility": reproducibility})
         return 0
     s = status["summary"]
     print(
@@ -328,6 +331,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     for b in status["builds"]:
         extra = f" [{b['worker']}]" if b.get("worker") and b["state"] in ("running", "built") else ""
         print(f"{b['state']:<9} {b['recipe']:<{width}}  {b['why']}{extra}")
+    if reproducibility:
+        print(
+            "reproducibility (recheck): "
+            + ", ".join(f"{n} {r['reproducible']}/{r['checked']} ({r['rate']:.0%})" for n, r in reproducibility.items())
+        )
     return 0
 
 
