@@ -391,6 +391,9 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=args.metrics_addr)
+        from farm.crossval.recheck import watch_metrics
+
+        watch_metrics(settings)  # mangos_reproducibility_agreement_ratio from this home's recheck results
     print(
         f"coordinator serving {settings.state_url} (lease {settings.lease_timeout}s, "
         f"metrics on :{args.metrics_port or 'off'})",

@@ -14,6 +14,8 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -287,3 +289,19 @@ def update_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
 def clean_workdirs(ctx: WorkerContext) -> None:
     if ctx.variation is not None:
         shutil.rmtree(ctx.work_root / ctx.variation.build_path.split("/")[0], ignore_errors=True)
+
+
+def watch_metrics(settings: Settings, interval: float = 30.0) -> threading.Thread:
+    """Keep the reproducibility gauge of a long-running process (the coordinator) current with new rechecks."""
+
+    def loop() -> None:
+        while True:
+            try:
+                update_metrics(settings)
+            except OSError as exc:  # an unreadable results directory must not stop the coordinator
+                log.warning("cannot read recheck results: %s", exc)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="reproducibility-metrics", daemon=True)
+    thread.start()
+    return thread
