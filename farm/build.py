@@ -294,6 +294,9 @@ def _run_steps(
                 stderr_to_stdout=True,
                 check=False,
                 timeout=remaining,
+                # bwrap's own processes (pid 1 of the sandbox among them) keep the environment they were started
+                # with, and the build can read their /proc/N/environ: start them with nothing of the worker's.
+                env=sandbox.launcher_env(),
                 umask=ctx.variation.umask if ctx.variation else -1,
             )
             hit = cgroup.hit() if cgroup is not None else []

@@ -84,6 +84,11 @@ def base_env(source_date_epoch: int, jobs: int = 1) -> dict[str, str]:
     }
 
 
+def launcher_env() -> dict[str, str]:
+    """The environment bwrap itself runs with: nothing of the worker's (no AWS_*, broker URL, key paths, HOME)."""
+    return {"PATH": PATH, "LC_ALL": "C.UTF-8"}
+
+
 def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
     """The bubblewrap command line for one step. Pure: unit-tested without running anything."""
     argv = [
