@@ -15,11 +15,11 @@ def _out(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _context(settings: Settings, variation: Any = None) -> Any:
+def _context(settings: Settings, variation: Any = None, keys: list[str] | None = None) -> Any:
     """A worker context in this process, as a worker would build it (``workers.tasks.worker_context``)."""
     from farm.build import WorkerContext
     from farm.envs.host import host_environment
-    from farm.keys import load_builder
+    from farm.keys import load_builder, trusted_keys
     from farm.sources.git import SourceCache
     from farm.store import open_store
 
@@ -33,6 +33,7 @@ def _context(settings: Settings, variation: Any = None) -> Any:
         timeout=float(settings.build_timeout),
         arch=settings.build_arch,
         variation=variation,
+        trusted=trusted_keys(settings.keys_dir, settings.trusted_keys_dir, [Path(k) for k in keys or []]),
     )
 
 
@@ -156,7 +157,7 @@ def cmd_bundle(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_rebuild_bundle(args: argparse.Namespace, settings: Settings) -> int:
     from farm.crossval.bundle import rebuild_bundle
 
-    ctx = _context(settings)
+    ctx = _context(settings, keys=args.key)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bundle-", dir=settings.work_dir) as tmp:
         result = rebuild_bundle(Path(args.bundle), ctx, Path(tmp))
@@ -205,4 +206,5 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
     sp = _add(sub, "rebuild-bundle", cmd_rebuild_bundle, "rebuild from a bundle offline and compare its digests")
     sp.add_argument("bundle", help="a tar made by 'mangos-farm bundle'")
+    sp.add_argument("--key", action="append", help="the bundling organization's builder public key (PEM); repeatable")
     json_flag(sp)

@@ -3,9 +3,11 @@
 A bundle is a tar with ``manifest.json`` (the recipe, source commit and tree, environment digest, arch, the
 build key, the dependency outputs and the expected output digests), ``source.bundle`` (a git bundle holding the
 commit), ``provenance.intoto.json`` (the builder's signed statement) and ``blobs/SHA256`` for every input the
-build reads from the store: the dependencies' outputs, the pinned archive packages and (``--with-env``) the
-build-environment tarball. ``rebuild-bundle`` loads it into the current (fresh) store, recomputes the build key
-from the manifest, builds through the ordinary build code with the source taken from the bundle, and compares.
+build reads from the store: the dependencies' outputs (with their records, provenance and logs in ``records/``,
+checked against the keyring before use: trust the bundling organization's key with ``--key``), the pinned archive
+packages and (``--with-env``) the build-environment tarball. ``rebuild-bundle`` loads it into the current (fresh)
+store, recomputes the build key from the manifest, builds through the ordinary build code with the source taken
+from the bundle, and compares.
 """
 
 from __future__ import annotations
@@ -92,7 +94,23 @@ def make_bundle(
     manifest = manifest_for(req, record, arch)
     recipe = Recipe.from_content(req.recipe, Path(req.recipe_path))
     recipe_pins = [p["sha256"] for p in recipe.pins()]
-    blobs = sorted({d for dep in req.dependencies for d in dep.artifacts.values()} | set(recipe_pins))
+    dep_records = []
+    for dep in req.dependencies:
+        found = store.get_record(dep.build_key)
+        if found is None:
+            raise FarmError(
+                E.STORE_MISSING,
+                f"the dependency build {dep.recipe} ({dep.build_key[:16]}) has no record in {store.url}",
+                hint="rebuild the recipe set first ('mangos-farm rebuild')",
+            )
+        dep_records.append(found)
+    # The dependencies' records, signed provenance and logs travel too: the rebuilding side checks every
+    # dependency against its provenance and its keyring before use, exactly as for its own builds.
+    blobs = sorted(
+        {d for dep in req.dependencies for d in dep.artifacts.values()}
+        | set(recipe_pins)
+        | {d for r in dep_records for d in (r.provenance, r.log)}
+    )
     if with_env and record.source_url.startswith("dsc:"):
         blobs.append(record.environment)
     with step("bundle", log, recipe=record.recipe), tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
@@ -105,6 +123,9 @@ def make_bundle(
         (work / "provenance.intoto.json").write_bytes(store.get_bytes(record.provenance))
         for digest in blobs:
             store.fetch_blob(digest, work / "blobs" / digest)
+        for r in dep_records:
+            (work / "records").mkdir(exist_ok=True)
+            (work / "records" / f"{r.build_key}.json").write_bytes(r.to_bytes())
         output.parent.mkdir(parents=True, exist_ok=True)
         partial = output.with_name(output.name + ".partial")
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -112,6 +133,8 @@ def make_bundle(
                 _add(tar, work / name, name)
             for digest in blobs:
                 _add(tar, work / "blobs" / digest, f"blobs/{digest}")
+            for r in dep_records:
+                _add(tar, work / "records" / f"{r.build_key}.json", f"records/{r.build_key}.json")
         partial.replace(output)
     manifest["blobs"] = len(blobs)
     return manifest
@@ -157,6 +180,13 @@ def rebuild_bundle(bundle: Path, ctx: WorkerContext, unpack_dir: Path) -> Rebuil
         digest = ctx.store.put_file(path).digest
         if digest != path.name:
             raise _bad(f"blob {path.name} has sha256 {digest}: the bundle is damaged", bundle)
+    records = unpack_dir / "records"
+    for path in sorted(records.glob("*.json")) if records.is_dir() else []:
+        try:
+            dep_record = BuildRecord.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _bad(f"dependency record {path.name} is unreadable: {exc}", bundle) from None
+        ctx.store.put_record(dep_record)  # checked against its provenance and the keyring before use
     deps = tuple(DependencyInput(d["recipe"], d["build_key"], d["artifacts"]) for d in manifest["dependencies"])
     key = build_key(
         manifest["content"],
