@@ -239,10 +239,18 @@ def check_dsc_files(dsc_path: Path) -> list[str]:
         )
     names = []
     for entry in entries:
-        name = str(entry["name"])
+        try:  # a line that is not "SHA256 SIZE NAME" (hostile or damaged input) is an error, not a crash
+            name, sha256, size = str(entry["name"]), str(entry["sha256"]), int(entry["size"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FarmError(
+                E.DSC_CHECKSUM,
+                f"{dsc_path.name} has a malformed Checksums-Sha256 line ({exc})",
+                file=dsc_path,
+                hint="each line must be 'SHA256 SIZE NAME'; fetch the source package again",
+            ) from None
         if "/" in name or name in ("", ".", ".."):
             raise FarmError(E.DSC_CHECKSUM, f"{dsc_path.name} lists a bad file name '{name}'", file=dsc_path)
-        check_digest(dsc_path.parent / name, str(entry["sha256"]), int(entry["size"]))
+        check_digest(dsc_path.parent / name, sha256, size)
         names.append(name)
     return names
 
@@ -258,8 +266,16 @@ def index_entries(sources_text: str, name: str, version: str, archive: str) -> l
         if para.get("Package") != name or para.get("Version") != version:
             continue
         for entry in para.get("Checksums-Sha256") or []:
-            if str(entry["name"]).endswith(".dsc"):
-                found.append(IndexEntry(archive, str(entry["name"]), str(entry["sha256"]), int(entry["size"])))
+            try:
+                file, sha256, size = str(entry["name"]), str(entry["sha256"]), int(entry["size"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FarmError(
+                    E.DSC_UNKNOWN,
+                    f"the Sources index entry for {name} {version} has a malformed Checksums-Sha256 line ({exc})",
+                    hint="run 'apt-get update' to fetch the index again",
+                ) from None
+            if file.endswith(".dsc"):
+                found.append(IndexEntry(archive, file, sha256, size))
     return found
 
 
