@@ -2,9 +2,9 @@
 
 The image pipeline (``farm.image.assemble``) installs :data:`PACKAGES` from the pinned archive next to the farm's own
 .debs, then calls :func:`customize` on the unpacked tree before it is frozen into erofs. The files copied in live in
-``farm/image/payload/`` as plain files (units, a self-test script, repart and dracut configuration) so that they can be
-read and reviewed as what they are. :func:`cmdline` is the kernel command line the signed UKI carries: it is the one
-place the root hash enters the boot chain, which is why it must be inside a Secure Boot signed binary.
+``farm/image/payload/root/`` as plain files (units, a self-test script, repart and dracut configuration) so that they
+can be read and reviewed as what they are. :func:`cmdline` is the kernel command line the signed UKI carries: it
+is the one place the root hash enters the boot chain, which is why it must be inside a Secure Boot signed binary.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from farm.errors import E, FarmError
 
-PAYLOAD = Path(__file__).with_name("payload")
+PAYLOAD = Path(__file__).with_name("root")
 
 # Archive packages the bootable root needs, beyond the Essential set. Kept minimal: the image boots under TCG in CI.
 # systemd 252 ships systemd-veritysetup (+ generator), systemd-repart and systemd-bless-boot; dracut builds the

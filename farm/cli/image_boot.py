@@ -1,0 +1,73 @@
+"""``mangos-farm image boot RAW``: boot an image in QEMU/OVMF with our Secure Boot keys, report from the serial console.
+
+Kept apart from ``farm/cli/image.py`` (the assembly commands) because it is the boot-chain stream's command; that
+module calls :func:`add_boot_command` from its ``register``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from farm.errors import E, FarmError
+from farm.settings import Settings
+
+
+def cmd_image_boot(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.image import boot, firmware
+
+    image = Path(args.image)
+    if not image.is_file():
+        raise FarmError(E.IMAGE_INPUT, f"no image at {image}", hint="build one with 'mangos-farm image build'")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mangos-boot-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.no_secure_boot:
+        fw = firmware.setup_mode_firmware(work / "OVMF_VARS.fd")
+    else:
+        certs = tuple(Path(c) for c in args.db_cert) if args.db_cert else (_default_db_cert(args, settings),)
+        for cert in certs:
+            if not cert.is_file():
+                raise FarmError(
+                    E.IMAGE_INPUT,
+                    f"no Secure Boot db certificate at {cert}",
+                    hint="pass --db-cert, or generate release keys with 'mangos-farm keys generate --release'",
+                )
+        fw = firmware.enrolled_firmware(work / "OVMF_VARS.fd", db_certs=certs)
+    result = boot.boot(image, fw, timeout=args.timeout, workdir=work)
+    expected = boot.Outcome.REFUSED_INSECURE if args.no_secure_boot else boot.Outcome.BOOTED
+    if args.json:
+        print(json.dumps({**result.to_json(), "expected": str(expected)}, indent=2, sort_keys=True))
+    else:
+        sb = "off" if args.no_secure_boot else "on"
+        print(f"outcome   {result.outcome} after {result.seconds:.1f}s (Secure Boot {sb})")
+        print(f"evidence  {result.evidence}")
+        print(f"serial    {result.serial_log}")
+        if result.outcome != expected:
+            print("--- end of the serial console ---")
+            print(result.serial_tail[-2000:])
+    return 0 if result.outcome == expected else 1
+
+
+def _default_db_cert(args: argparse.Namespace, settings: Settings) -> Path:
+    from farm import release_keys
+
+    directory = Path(args.release_keys) if args.release_keys else release_keys.default_dir(settings.home)
+    return release_keys.ReleaseKeys(directory).db_cert
+
+
+def add_boot_command(image: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``image boot`` on the ``image`` subparsers with the caller's ``add(name, handler, help, parent)``."""
+    from farm.cli.main import json_flag
+
+    sp = add("boot", cmd_image_boot, "boot an image in QEMU/OVMF with our Secure Boot keys enrolled", image)
+    sp.add_argument("image", help="mangos_VERSION.raw (attached read-only: a boot never changes it)")
+    sp.add_argument("--release-keys", metavar="DIR", help="whose db.crt to enroll (default HOME/release)")
+    sp.add_argument("--db-cert", action="append", help="enroll this db certificate instead (PEM); repeatable")
+    sp.add_argument("--no-secure-boot", action="store_true", help="boot with Secure Boot off (the image must refuse)")
+    sp.add_argument("--timeout", type=float, default=240.0, help="seconds before giving up (default 240; TCG is slow)")
+    sp.add_argument("--keep", metavar="DIR", help="keep the serial log and firmware vars here")
+    json_flag(sp)
