@@ -2,8 +2,201 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
+
+from farm.settings import Settings
+
+
+def _out(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _release_dir(value: str | None, settings: Settings) -> Path:
+    from farm.release_keys import default_dir
+
+    return Path(value) if value else default_dir(settings.home)
+
+
+def cmd_keys_generate_release(args: argparse.Namespace, settings: Settings) -> int:
+    from farm import release_keys
+
+    keys = release_keys.generate(_release_dir(args.release, settings), force=args.force)
+    print(f"release keys written to {keys.dir} (private keys mode 0600; keep them off the workers):")
+    for name in release_keys.NAMES:
+        cert = release_keys.load_cert(keys.cert(name))
+        print(f"  {name}: {keys.key(name)}  {keys.cert(name)}  sha256:{release_keys.fingerprint(cert)}")
+    return 0
+
+
+def _request(args: argparse.Namespace, settings: Settings) -> Any:
+    from farm.image.assemble import Request, source_date_epoch
+
+    return Request(
+        out=Path(args.output),
+        release_keys=_release_dir(args.release_keys, settings),
+        recipes=Path(args.recipes),
+        profile=args.profile or "",
+        debs=tuple(Path(d) for d in args.deb or ()),
+        sde=source_date_epoch(),
+        version=args.image_version or "",
+        require_agreement=args.require_agreement or 0,
+        trust=Path(args.trust) if args.trust else None,
+    )
+
+
+def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.image import assemble
+
+    req = _request(args, settings)
+    if args.check_inputs:
+        got = assemble.check_inputs(req, settings)
+        if args.json:
+            _out(got.to_json())
+            return 0
+        for p in got.packages:
+            origin = f"farm {p.recipe}@{p.commit[:12]}" if p.origin == "farm" else "archive"
+            print(f"{p.name:40} {p.version:32} {origin}")
+        farm = len(got.farm())
+        print(f"{len(got.packages)} packages verified: {farm} farm-built (signed provenance), "
+              f"{len(got.packages) - farm} pinned from the archive")  # fmt: skip
+        return 0
+    result = assemble.build(req, settings)
+    if args.json:
+        _out(result.to_json())
+        return 0
+    print(f"image {result.raw}")
+    print(f"  version   {result.version}")
+    print(f"  root hash {result.root_hash}")
+    for path in (result.root, result.verity, result.signature, result.uki, result.sbom, result.sums, result.sums_sig):
+        if path is not None:
+            print(f"  {path}")
+    print("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items()))
+    return 0
+
+
+def cmd_image_sysext(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.image import sysext
+    from farm.image.assemble import source_date_epoch
+    from farm.release_keys import ReleaseKeys
+
+    keys = ReleaseKeys(_release_dir(args.release_keys, settings)).check()
+    result = sysext.build(
+        args.name, Path(args.dir), Path(args.output), keys=keys, kind=args.type, sde=source_date_epoch()
+    )
+    if args.json:
+        _out(result.to_json())
+    else:
+        print(f"{args.type} {result.raw}  root hash {result.root_hash}")
+    return 0
+
+
+def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.image.verify import verify_image
+
+    report = verify_image(Path(args.image), cert=Path(args.cert), db_cert=Path(args.db_cert) if args.db_cert else None)
+    if args.json:
+        _out(report.to_json())
+    else:
+        print(f"{report.image}: root hash {report.root_hash}")
+        for c in report.checks:
+            print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:24} {c.detail.splitlines()[0] if c.detail else ''}")
+        print("verified" if report.ok else "NOT verified")
+    return 0 if report.ok else 1
+
+
+def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.image.trace import trace
+    from farm.keys import trusted_keys
+
+    trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir, [Path(k) for k in args.key or ()])
+    result = trace(Path(args.image), args.path, trusted)
+    if args.json:
+        _out(result)
+        return 0
+    print(f"{result['path']}")
+    print(f"  package  {result['package']} {result['version']} ({result['deb']}, sha256 {result['deb_sha256']})")
+    print(f"  file matches the package's md5sums: {result['file_matches_package']}")
+    if result["origin"] != "farm":
+        print(f"  origin   {result['note']}")
+        return 0
+    print(f"  recipe   {result['recipe']} (build {result['build_key'][:16]}...)")
+    print(f"  source   {result['source']} @ {result['commit']}")
+    print(f"  signed   by builder key {result['signed_by'][:16]}... ({result['builder']}): verified")
+    return 0
+
+
+def _wrap_keys_generate(groups: dict[str, Any]) -> None:
+    """Add ``--release [DIR]`` to the existing ``keys generate``; without it, the builder-key handler runs."""
+    sp = groups["keys"].choices["generate"]
+    builder_handler = sp.get_default("handler")
+    sp.add_argument(
+        "--release",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="make the release keys (verity signing, Secure Boot db) instead; DIR defaults to HOME/release",
+    )
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        if args.release is not None:
+            return cmd_keys_generate_release(args, settings)
+        rc: int = builder_handler(args, settings)
+        return rc
+
+    sp.set_defaults(handler=handler)
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
     """Add this module's commands to the ``mangos-farm`` parser."""
+    from farm.cli.main import json_flag
+
+    _wrap_keys_generate(groups)
+    image = sub.add_parser("image", help="assemble, sign and check MANGOS images").add_subparsers(
+        dest="image_cmd", required=True
+    )
+
+    def add(name: str, handler: Any, help: str, parent: Any = image) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    sp = add("build", cmd_image_build, "assemble the signed MANGOS disk image from verified farm artifacts")
+    sp.add_argument("-o", "--output", default="out", help="output directory (default out/)")
+    sp.add_argument("--release-keys", metavar="DIR", help="release keys (default HOME/release)")
+    sp.add_argument("--profile", choices=["docker"], help="also build this profile's sysext")
+    sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
+    sp.add_argument("--deb", action="append", help="a fetched farm .deb (its .intoto.json beside it); repeatable")
+    sp.add_argument("--image-version", help="version string (default DATE.INPUTDIGEST)")
+    sp.add_argument("--check-inputs", action="store_true", help="only verify the inputs, list them and stop")
+    sp.add_argument("--require-agreement", type=int, metavar="K", help="admit only builds K trusted peers attest")
+    sp.add_argument("--trust", metavar="PEERS_TOML", help="the peers for --require-agreement")
+    json_flag(sp)
+
+    sp = add("sysext", cmd_image_sysext, "a signed system/configuration extension image from a directory")
+    sp.add_argument("name", help="extension name (extension-release.NAME)")
+    sp.add_argument("dir", help="tree to ship (usr/... for a sysext, etc/... for a confext)")
+    sp.add_argument("-o", "--output", default="out", help="output directory (default out/)")
+    sp.add_argument("--type", choices=["sysext", "confext"], default="sysext", help="extension kind")
+    sp.add_argument("--release-keys", metavar="DIR", help="release keys (default HOME/release)")
+    json_flag(sp)
+
+    sp = add("verify", cmd_image_verify, "check an image: verity tree, root hash signature, UKI")
+    sp.add_argument("image", help="mangos_VERSION.raw")
+    sp.add_argument("--cert", required=True, help="the release verity certificate (verity.crt)")
+    sp.add_argument("--db-cert", help="the Secure Boot db certificate (db.crt): also check the UKI signature")
+    json_flag(sp)
+
+    # image boot: added by the boot-chain stream (5B) below this line
+    # ---------------------------------------------------------------
+    from farm.cli.image_boot import add_boot_command
+
+    add_boot_command(image, add)
+
+    sp = add("trace", cmd_trace, "trace a file in an image to the source commit it was built from", parent=sub)
+    sp.add_argument("image", help="mangos_VERSION.raw")
+    sp.add_argument("path", help="absolute path inside the image, e.g. /usr/bin/hello")
+    sp.add_argument("--key", action="append", help="extra trusted builder public key (PEM); repeatable")
+    json_flag(sp)

@@ -1,0 +1,297 @@
+"""``image build``: verified inputs -> root tree -> erofs + verity + signature -> UKI + ESP -> GPT disk.
+
+Each stage is timed with :func:`farm.log.step` and its duration recorded in ``build.json`` next to the image
+(``bench/bench_image.py`` reads it). Nothing here mounts anything or needs a loop device: every file system and
+the partition table are made on plain files. Same inputs and ``SOURCE_DATE_EPOCH`` give the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from farm.errors import E, FarmError
+from farm.fsutil import atomic_write
+from farm.image import erofs, esp, gpt, inputs, rootfs, signature, verity
+from farm.keys import trusted_keys
+from farm.log import step
+from farm.release_keys import ReleaseKeys, load_cert, load_key
+from farm.settings import Settings
+from farm.store import open_store
+from farm.verify import ENVELOPE_SUFFIX
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SDE = 1700000000  # 2023-11-14: used when SOURCE_DATE_EPOCH is not set, so builds stay reproducible
+MANIFEST_DIR = "usr/lib/mangos"  # inside the root: manifest, SBOM and the farm packages' provenance
+
+
+@dataclass
+class Artifacts:
+    """What one build wrote, by role."""
+
+    version: str
+    root_hash: str
+    raw: Path
+    root: Path
+    verity: Path
+    signature: Path
+    uki: Path | None
+    sbom: Path
+    manifest: Path
+    sums: Path
+    sums_sig: Path
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "root_hash": self.root_hash,
+            "raw": str(self.raw),
+            "root": str(self.root),
+            "verity": str(self.verity),
+            "signature": str(self.signature),
+            "uki": str(self.uki) if self.uki else None,
+            "sbom": str(self.sbom),
+            "manifest": str(self.manifest),
+            "sha256sums": str(self.sums),
+            "sha256sums_signature": str(self.sums_sig),
+            "stages": self.stages,
+            "sizes": {
+                p.name: p.stat().st_size
+                for p in (self.raw, self.root, self.verity, self.signature, self.uki)
+                if p is not None and p.exists()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    out: Path
+    release_keys: Path
+    recipes: Path = Path("recipes")
+    profile: str = ""
+    debs: tuple[Path, ...] = ()
+    sde: int = DEFAULT_SDE
+    version: str = ""
+    require_agreement: int = 0
+    trust: Path | None = None
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, **fields: object) -> Iterator[None]:
+        start = time.monotonic()
+        with step(name, log, **fields):
+            yield
+        self.times[name] = round(time.monotonic() - start, 2)
+
+
+def source_date_epoch(environ: dict[str, str] | None = None) -> int:
+    value = (os.environ if environ is None else environ).get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return DEFAULT_SDE
+    if not value.isdigit():
+        raise FarmError(E.SETTINGS, f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint="unset it")
+    return int(value)
+
+
+def image_version(inputs_digest: str, sde: int) -> str:
+    day = datetime.datetime.fromtimestamp(sde, datetime.UTC).strftime("%Y%m%d")
+    return f"{day}.{inputs_digest[:12]}"
+
+
+def machine_id(root_seed: str) -> str:
+    return hashlib.sha256(b"mangos-machine-id\0" + root_seed.encode()).hexdigest()[:32]
+
+
+def _payload_packages() -> tuple[str, ...]:
+    from farm.image import payload
+
+    return tuple(payload.PACKAGES)
+
+
+def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Inputs:
+    store = open_store(settings.store_url)
+    trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
+    extra = inputs.PROFILES.get(req.profile, ()) if req.profile else ()
+    got = inputs.gather(
+        store=store,
+        recipes_dir=req.recipes,
+        trusted=trusted,
+        work=work / "inputs",
+        payload=_payload_packages(),
+        extra=extra,
+        local_debs=req.debs,
+    )
+    if req.require_agreement:
+        admit(got, req, settings)
+    return got
+
+
+def admit(got: inputs.Inputs, req: Request, settings: Settings) -> None:
+    """Cross-validation: every farm-built .deb must be attested by K trusted peers (issue #7's admission)."""
+    if req.trust is None:
+        raise FarmError(
+            E.IMAGE_INPUT,
+            "--require-agreement needs --trust peers.toml",
+            field="--trust",
+            hint="name the peers whose attestations count",
+        )
+    from farm.crossval import admission
+
+    subjects = [admission.Subject(p.recipe, p.filename, p.sha256, p.statement) for p in got.farm()]
+    admission.check_agreement(subjects, require=req.require_agreement, trust=req.trust, settings=settings)
+
+
+def write_manifest(root: Path, got: inputs.Inputs, sbom: dict[str, Any]) -> None:
+    """The image describes itself: ``trace`` reads these from the verity-protected root."""
+    target = root / MANIFEST_DIR
+    (target / "provenance").mkdir(parents=True, exist_ok=True)
+    (target / "manifest.json").write_text(json.dumps(got.to_json(), indent=1, sort_keys=True) + "\n")
+    (target / "sbom.spdx.json").write_text(json.dumps(sbom, indent=1, sort_keys=True) + "\n")
+    for p in got.farm():
+        envelope = p.path.with_name(p.filename + ENVELOPE_SUFFIX)
+        shutil.copyfile(envelope, target / "provenance" / (p.filename + ENVELOPE_SUFFIX))
+
+
+def sign_detached(data: bytes, keys: ReleaseKeys) -> bytes:
+    return (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(data)
+        .add_signer(load_cert(keys.verity_cert), load_key(keys.verity_key), hashes.SHA256())
+        .sign(
+            serialization.Encoding.DER,
+            [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.NoAttributes, pkcs7.PKCS7Options.Binary],
+        )
+    )
+
+
+def sha256sums(paths: Sequence[Path]) -> str:
+    from farm.verify import file_sha256
+
+    return "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(paths, key=lambda p: p.name))
+
+
+def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: Path, hashes: Path, sig: Path) -> None:
+    """ESP, root A (data, verity, signature), root B (the same three, empty, labelled ``_empty``)."""
+    data_uuid, verity_uuid = gpt.root_uuids(root_hash)
+    seed = root_hash
+    root_slot = gpt.slot_size(root.stat().st_size)
+    verity_slot = gpt.slot_size(hashes.stat().st_size)
+    sig_slot = 16 * 1024
+    parts = [
+        gpt.Partition("esp", gpt.ESP, gpt.derived_uuid(seed, "esp"), esp_img.stat().st_size, esp_img),
+        gpt.Partition(f"root-{version}", gpt.ROOT_X86_64, data_uuid, root_slot, root),
+        gpt.Partition(f"verity-{version}", gpt.ROOT_X86_64_VERITY, verity_uuid, verity_slot, hashes),
+        gpt.Partition(
+            f"verity-sig-{version}", gpt.ROOT_X86_64_VERITY_SIG, gpt.derived_uuid(seed, "sig"), sig_slot, sig
+        ),
+        gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64, gpt.derived_uuid(seed, "root-b"), root_slot),
+        gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64_VERITY, gpt.derived_uuid(seed, "verity-b"), verity_slot),
+        gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64_VERITY_SIG, gpt.derived_uuid(seed, "sig-b"), sig_slot),
+    ]
+    gpt.write_disk(raw, parts, label_id=gpt.derived_uuid(seed, "disk"))
+
+
+def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the stages in order, on purpose)
+    keys = ReleaseKeys(req.release_keys).check()
+    stages = Stages()
+    work = settings.work_dir / "image"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    with stages("inputs"):
+        got = collect_inputs(req, settings, work)
+    version = req.version or image_version(got.digest, req.sde)
+    name = f"mangos_{version}"
+    created = datetime.datetime.fromtimestamp(req.sde, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sbom = inputs.spdx(got, name=name, created=created)
+    with stages("rootfs", packages=len(got.packages)):
+        tar = rootfs.build_tar(got, sde=req.sde, cache=settings.cache_dir, work=work)
+    with stages("unpack"):
+        root = rootfs.unpack(tar, work / "root")
+    with stages("customize"):
+        from farm.image import payload
+
+        payload.customize(root, machine_id=machine_id(got.digest), sde=req.sde)
+        write_manifest(root, got, sbom)
+    req.out.mkdir(parents=True, exist_ok=True)
+    out = req.out
+    root_img, verity_img, sig_img = (
+        out / f"{name}.root.erofs",
+        out / f"{name}.root.verity",
+        out / f"{name}.root.verity.sig",
+    )
+    with stages("erofs"):
+        erofs.make(root, root_img, sde=req.sde, seed=got.digest)
+    with stages("verity"):
+        v = verity.format_file(root_img, verity_img, seed=got.digest)
+    with stages("signature"):
+        signature.write_partition(sig_img, v.root_hash, load_key(keys.verity_key), load_cert(keys.verity_cert))
+    uki_path = out / f"{name}.efi"
+    esp_dir = work / "esp"
+    with stages("uki"):
+        from farm.image import payload, uki
+
+        uki.build_uki(
+            root, cmdline=payload.cmdline(v.root_hash), db_key=keys.db_key, db_cert=keys.db_cert, sde=req.sde,
+            out=uki_path,
+        )  # fmt: skip
+    with stages("esp"):
+        from farm.image import bootloader
+
+        esp_dir.mkdir()
+        bootloader.populate_esp(
+            esp_dir, uki=uki_path, version=version, db_key=keys.db_key, db_cert=keys.db_cert, sde=req.sde
+        )
+        esp_img = esp.make(esp_dir, work / "esp.img", sde=req.sde)
+    raw = out / f"{name}.raw"
+    with stages("gpt"):
+        write_disk(raw, version=version, root_hash=v.root_hash, esp_img=esp_img, root=root_img, hashes=verity_img,
+                   sig=sig_img)  # fmt: skip
+    with stages("sums"):
+        sbom_path = out / f"{name}.spdx.json"
+        manifest_path = out / f"{name}.manifest.json"
+        atomic_write(sbom_path, (json.dumps(sbom, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(manifest_path, (json.dumps(got.to_json(), indent=1, sort_keys=True) + "\n").encode())
+        sums = out / "SHA256SUMS"
+        listed = [raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path]
+        atomic_write(sums, sha256sums(listed).encode())
+        sums_sig = out / "SHA256SUMS.p7s"
+        atomic_write(sums_sig, sign_detached(sums.read_bytes(), keys))
+    shutil.rmtree(work, ignore_errors=True)
+    result = Artifacts(
+        version, v.root_hash, raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path, sums, sums_sig,
+        stages.times,
+    )  # fmt: skip
+    atomic_write(out / "build.json", (json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n").encode())
+    return result
+
+
+def check_inputs(req: Request, settings: Settings) -> inputs.Inputs:
+    """Only verify the inputs (and admission) and return them: fast, for ``image build --check-inputs``."""
+    work = settings.work_dir / "image-inputs"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        return collect_inputs(req, settings, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
