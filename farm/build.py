@@ -456,6 +456,7 @@ def _build(
                 jobs=ctx.jobs,
                 logfh=logfh,
                 timeout=max(1.0, deadline - time.monotonic()),
+                variation=ctx.variation,
             )
     else:
         v = ctx.variation

@@ -16,13 +16,14 @@ the fastest isolation in FIELD-NOTES. It needs root on the worker.)
 from __future__ import annotations
 
 import fcntl
+import glob
 import logging
 import os
 import shlex
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from farm.errors import E, FarmError
 from farm.log import step
@@ -30,10 +31,15 @@ from farm.recipes import Recipe
 from farm.run import require_tool, run
 from farm.store import Store
 
+if TYPE_CHECKING:
+    from farm.crossval.variation import Variation
+
 log = logging.getLogger(__name__)
 
 BUILD_UID = 1000
 HOSTNAME = "mangos-buildd"
+# The host's libfaketime (package libfaketime), for a recheck's shifted clock inside the build root.
+FAKETIME_LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), "libfaketime.so.1")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
@@ -75,8 +81,12 @@ def stage_repo(repo: Path, recipe: Recipe, store: Store, dependency_debs: Iterab
     return count
 
 
-def inner_script(epoch: int, jobs: int) -> str:
-    """What runs inside the build root: offline build-deps, then dpkg-buildpackage as uid 1000."""
+def inner_script(epoch: int, jobs: int, variation: Variation | None = None) -> str:
+    """What runs inside the build root: offline build-deps, then dpkg-buildpackage as uid 1000.
+
+    A recheck's ``variation`` changes TZ, locale, umask, uid and parallelism, and shifts the build's clock with the
+    host's libfaketime (bind-mounted by :func:`outer_script`)."""
+    uid = variation.uid if variation else BUILD_UID
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOME": "/build/home",
@@ -86,11 +96,16 @@ def inner_script(epoch: int, jobs: int) -> str:
         "LANG": "C.UTF-8",
         "DEB_BUILD_OPTIONS": f"parallel={jobs}",
     }
+    if variation is not None:
+        env |= {k: v for k, v in variation.env().items() if k != "JOBS"}
+        env["DEB_BUILD_OPTIONS"] = f"parallel={variation.jobs}"
+        if variation.clock_shift_days:
+            env |= {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"+{variation.clock_shift_days}d"}
     build_env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
     return "\n".join(
         [
             "set -eu",
-            "umask 022",  # never the worker's: file modes end up in the .debs
+            f"umask {variation.umask:03o}" if variation else "umask 022",  # never the worker's: modes end up in .debs
             "rm -f /etc/apt/sources.list.d/* /etc/apt/sources.list",
             'echo "deb [trusted=yes] file:/build/repo ./" > /etc/apt/sources.list',
             "export DEBIAN_FRONTEND=noninteractive",
@@ -99,9 +114,9 @@ def inner_script(epoch: int, jobs: int) -> str:
             "cd /build/src",
             "apt-get -q -y --no-install-recommends build-dep ./",
             'echo "==> phase dpkg-buildpackage $(date +%s.%N)"',
-            f"mkdir -p /build/home && chown -R {BUILD_UID}:{BUILD_UID} /build/src /build/home /build/out",
-            f"chown {BUILD_UID}:{BUILD_UID} /build",
-            f"setpriv --reuid={BUILD_UID} --regid={BUILD_UID} --clear-groups --inh-caps=-all "
+            f"mkdir -p /build/home && chown -R {uid}:{uid} /build/src /build/home /build/out",
+            f"chown {uid}:{uid} /build",
+            f"setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all "
             f"env -i {build_env} sh -c 'cd /build/src && dpkg-buildpackage -b -us -uc'",
             "cp /build/*.deb /build/*.buildinfo /build/out/",
             'echo "==> phase done $(date +%s.%N)"',
@@ -109,7 +124,17 @@ def inner_script(epoch: int, jobs: int) -> str:
     )
 
 
-def outer_script(*, lower: Path, layer: Path, src: Path, repo: Path, out: Path, inner: str) -> str:
+def outer_script(
+    *,
+    lower: Path,
+    layer: Path,
+    src: Path,
+    repo: Path,
+    out: Path,
+    inner: str,
+    hostname: str = HOSTNAME,
+    faketime: bool = False,
+) -> str:
     """Host side, inside the new mount namespace: overlay, /proc, a minimal /dev, binds, then chroot."""
     merged, upper, work = layer / "merged", layer / "upper", layer / "work"
     q = shlex.quote
@@ -136,7 +161,10 @@ def outer_script(*, lower: Path, layer: Path, src: Path, repo: Path, out: Path, 
         lines += [f"mkdir -p {target}", f"mount --bind {q(str(host))} {target}"]
         if ro:
             lines.append(f"mount -o remount,bind,ro {target}")
-    lines += [f"hostname {HOSTNAME}", f"exec chroot {q(str(merged))} /bin/sh -c {q(inner)}"]
+    if faketime:  # a recheck's shifted clock: the host's libfaketime, read-only at the same path
+        target = q(str(merged) + FAKETIME_LIB)
+        lines += [f"mkdir -p $(dirname {target})", f"touch {target}", f"mount --bind -o ro {FAKETIME_LIB} {target}"]
+    lines += [f"hostname {q(hostname)}", f"exec chroot {q(str(merged))} /bin/sh -c {q(inner)}"]
     return "\n".join(lines)
 
 
@@ -169,6 +197,7 @@ def run_debian_build(
     jobs: int,
     logfh: IO[bytes],
     timeout: float,
+    variation: Variation | None = None,
 ) -> None:
     if os.geteuid() != 0:
         raise FarmError(
@@ -178,7 +207,16 @@ def run_debian_build(
         )
     require_tool("unshare", "util-linux")
     layer = workdir / "layer"
-    script = outer_script(lower=env_lower, layer=layer, src=src, repo=repo, out=out, inner=inner_script(epoch, jobs))
+    script = outer_script(
+        lower=env_lower,
+        layer=layer,
+        src=src,
+        repo=repo,
+        out=out,
+        inner=inner_script(epoch, jobs, variation),
+        hostname=variation.hostname if variation else HOSTNAME,
+        faketime=bool(variation and variation.clock_shift_days),
+    )
     logfh.write(f"==> dpkg-buildpackage -b in environment {env_lower.parent.name[:16]}\n".encode())
     logfh.flush()
     result = run(unshare_argv(script), stdout=logfh, stderr_to_stdout=True, check=False, timeout=timeout)

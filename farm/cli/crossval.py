@@ -75,6 +75,8 @@ def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"    (store blobs: text {rep['text']}, html {rep.get('html', '-')})")
                 if rep.get("note"):
                     print(f"    {rep['note']}")
+            if result.ignored:
+                print(f"  (differs by design, not compared: {', '.join(result.ignored)})")
             if result.causes and not result.reproducible:
                 print(f"  likely cause: {', '.join(result.causes)}")
     table = update_metrics(settings)

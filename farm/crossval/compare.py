@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.crossval import remote
-from farm.crossval.log import ENTRIES, HEAD, Entry, Head, InputsKey, check_consistent, read_verified
+from farm.crossval.log import ENTRIES, HEAD, Entry, Head, InputsKey, check_consistent, comparable, read_verified
 from farm.crossval.peers import SELF, Peer
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
@@ -108,7 +108,7 @@ def compare(settings: Settings, peers: Sequence[Peer]) -> dict[str, Any]:
             entry = p.entries.get(key)
             if own is None or entry is None:
                 verdict = MISSING
-            elif entry.outputs == own.outputs:
+            elif comparable(entry.outputs) == comparable(own.outputs):
                 verdict = AGREE
             else:
                 verdict = DISAGREE

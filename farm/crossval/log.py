@@ -14,6 +14,7 @@ Files (in a log directory, published as is): ``log.jsonl`` (one canonical JSON e
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,15 @@ HEAD_TYPE = "application/vnd.mangos.attestation-log-head+json"
 HEAD_SCHEMA = "https://mangos.dev/farm/attestation-log-head/v1"
 ENTRY_SCHEMA = "https://mangos.dev/farm/attestation-log-entry/v1"
 GENESIS = "0" * 64
+# Outputs that describe the build environment rather than being built from the inputs (Debian's .buildinfo records
+# the build date, locale and parallelism): they differ between any two builds by design, so agreement and
+# reproducibility are judged on the other outputs (the .debs). They are still logged and signed.
+RECORD_ONLY = ("*.buildinfo",)
+
+
+def comparable(outputs: Mapping[str, str]) -> dict[str, str]:
+    """The outputs that must be bit-identical between two builds of the same inputs."""
+    return {n: d for n, d in outputs.items() if not any(fnmatch.fnmatchcase(n, p) for p in RECORD_ONLY)}
 
 
 @dataclass(frozen=True, order=True)

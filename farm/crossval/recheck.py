@@ -17,13 +17,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from farm import metrics
 from farm.build import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.crossval.log import comparable
 from farm.crossval.variation import Variation
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
@@ -119,6 +120,7 @@ class RecheckResult:
     variation: dict[str, Any]
     checked: str
     error: str = ""
+    ignored: list[str] = field(default_factory=list)  # differing outputs that record the environment (.buildinfo)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -225,7 +227,10 @@ def recheck_one(
         _save(settings, result)
         return result
     varied = BuildRecord.from_json(outcome.record).outputs()
-    differing = sorted(n for n in set(varied) | set(record.outputs()) if varied.get(n) != record.outputs().get(n))
+    changed = sorted(n for n in set(varied) | set(record.outputs()) if varied.get(n) != record.outputs().get(n))
+    must_match = comparable({n: "" for n in changed})
+    differing = [n for n in changed if n in must_match]
+    ignored = [n for n in changed if n not in must_match]  # .buildinfo: records the environment by design
     causes: list[str] = []
     reports: dict[str, dict[str, str]] = {}
     dest = results_dir(settings) / record.build_key
@@ -244,6 +249,7 @@ def recheck_one(
         differing=differing,
         causes=sorted(set(causes), key=CAUSES.index),
         reports=reports,
+        ignored=ignored,
     )
     _save(settings, result)
     return result

@@ -62,3 +62,10 @@ def test_rates_per_recipe_and_overall() -> None:
     assert table["a"] == {"checked": 2, "reproducible": 2, "rate": 1.0}
     assert table["b"]["rate"] == 0.0
     assert table["all"] == {"checked": 4, "reproducible": 3, "rate": 0.75}
+
+
+def test_buildinfo_records_the_environment_and_is_not_compared() -> None:
+    from farm.crossval.log import comparable
+
+    outputs = {"hello_2.10-3_amd64.deb": "a", "hello_2.10-3_amd64.buildinfo": "b", "share.tar": "c"}
+    assert comparable(outputs) == {"hello_2.10-3_amd64.deb": "a", "share.tar": "c"}
