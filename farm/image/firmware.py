@@ -77,4 +77,4 @@ def setup_mode_firmware(out_vars: Path) -> Firmware:
 
 def enrolled_certs(vars_file: Path) -> str:
     """virt-fw-vars' printout of a vars store (for checks and diagnostics)."""
-    return run([virt_fw_vars(), "--input", str(vars_file), "--print"]).text
+    return run([virt_fw_vars(), "--input", str(vars_file), "--print", "--verbose"]).text
