@@ -43,12 +43,14 @@ class Outcome(StrEnum):
     EXITED = "exited"  # QEMU ended without any recognizable outcome
 
 
+ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")  # firmware and systemd colour their console output
+
 # Checked in this order; the first pattern found in the serial output decides.
 PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
     (Outcome.BOOTED, re.compile(re.escape(SELFTEST_OK))),
     (Outcome.SELFTEST_FAILED, re.compile(r"MANGOS-BOOT-FAIL[^\r\n]*")),
     (Outcome.REFUSED_INSECURE, re.compile(re.escape(REFUSE_MARKER) + r"[^\r\n]*")),
-    (Outcome.FIRMWARE_REFUSED, re.compile(r"Access Denied|Security Violation|[Vv]erification failed")),
+    (Outcome.FIRMWARE_REFUSED, re.compile(r"[^\r\n]*(?:Access Denied|Security Violation)[^\r\n]*")),
     (
         Outcome.VERITY_CORRUPTION,
         re.compile(r"device-mapper: verity: [^\r\n]*corrupt[^\r\n]*|dm-verity device corrupted"),
@@ -73,8 +75,9 @@ class BootResult:
 
 def classify(serial: str) -> tuple[Outcome, str] | None:
     """The outcome the serial output shows so far, with the line that shows it; None while undecided."""
+    text = ANSI.sub("", serial)
     for outcome, pattern in PATTERNS:
-        match = pattern.search(serial)
+        match = pattern.search(text)
         if match:
             return outcome, match.group(0)
     return None
@@ -212,5 +215,5 @@ def boot(
         seconds=round(seconds, 1),
         evidence=evidence.strip(),
         serial_log=str(serial_log),
-        serial_tail=serial[-SERIAL_TAIL:],
+        serial_tail=ANSI.sub("", serial)[-SERIAL_TAIL:],
     )

@@ -47,12 +47,17 @@ def test_qemu_argv_is_secure_boot_tcg_and_never_writes_the_image() -> None:
         ),
         ("[ 3.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n", boot.Outcome.PANIC),
         ("MANGOS-REFUSE: Secure Boot is off, refusing to start; powering off\r\n", boot.Outcome.REFUSED_INSECURE),
+        (
+            "\x1b[1m\x1b[31m\x1b[40mError loading \\EFI\\Linux\\mangos_1.0+2-1.efi: Access Denied\r\n\x1b[0m",
+            boot.Outcome.FIRMWARE_REFUSED,
+        ),
     ],
 )
 def test_classify(serial: str, outcome: boot.Outcome) -> None:
     decided = boot.classify(serial)
     assert decided is not None and decided[0] == outcome
-    assert decided[1] in serial
+    assert decided[1] in boot.ANSI.sub("", serial)
+    assert "\x1b" not in decided[1]
 
 
 @pytest.mark.unit
