@@ -75,7 +75,7 @@ def verify_file(path: Path, trusted: Sequence[PublicKey]) -> VerifiedArtifact:
         raise FarmError(
             E.VERIFY_ENVELOPE, f"envelope is not JSON: {exc}", file=envelope_path, hint="fetch it again"
         ) from None
-    if not trusted:
+    if not trusted and not getattr(trusted, "revoked", None):  # with revocations: say which key was revoked
         raise FarmError(
             E.VERIFY_UNTRUSTED,
             "no trusted builder keys",

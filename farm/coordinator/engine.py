@@ -109,6 +109,17 @@ class Coordinator:
     # -- commands ---------------------------------------------------------------------------------------------
     def submit(self, plan: Plan, *, lane: Lane, arch: str, force: bool, run_id: str | None = None) -> Run:
         run = self.runs.create(plan, lane=lane, arch=arch, force=force, run_id=run_id)
+        # The plan takes a build as cached when the store has a record for its key; it is only accepted as such
+        # when that record's signed provenance checks out against the keyring (a rogue worker's record does not).
+        jobs = self.runs.jobs(run.id)
+        refused = []
+        for job in jobs.values():
+            if job.state is State.CACHED and job.key and (error := self._untrusted(job, "the store", job.key)):
+                job.error, job.outputs = error.to_json(), None
+                self._finish(run, job, State.FAILED, error.message, time.time())
+                refused.append(job)
+        if refused:
+            self.runs.save_jobs(run.id, refused)
         log.info("run %s submitted: %d builds, lane %s, arch %s", run.id, len(run.order), lane, arch)
         return run
 
@@ -284,6 +295,11 @@ class Coordinator:
             changed = True
             record = self.store.get_record(job.key)
             metrics.cache_lookups.labels("hit" if record is not None else "miss").inc()
+            refused = self._untrusted(job, "the store", job.key) if record is not None else None
+            if refused is not None:  # a record nobody trusted wrote (a rogue worker, a poisoned index): not cached
+                job.error = refused.to_json()
+                self._finish(run, job, State.FAILED, refused.message, now)
+                return True
             if record is not None:
                 job.outputs = record.outputs()
                 state = State.CACHED if job.attempts == 0 else State.BUILT
@@ -374,28 +390,31 @@ class Coordinator:
     def _refusal(self, job: Job, outcome: BuildOutcome) -> BuildOutcome:
         """``outcome`` unless it claims a build whose published provenance is not signed by a trusted, unrevoked
         builder key for exactly the artifacts the store's record lists: then a failed outcome (audited, counted)."""
-        if not outcome.ok or self.config.trusted is None:
+        if not outcome.ok:
             return outcome
-        try:
-            keyring.check_published(self.store, job.key or outcome.build_key, self.config.trusted())
-        except FarmError as exc:
-            event = audit.REVOKED_KEY_USED if exc.code == E.KEY_REVOKED else audit.REFUSED_RESULT
-            audit.record(
-                self.config.audit_log,
-                event,
-                who=outcome.worker or job.worker or "",
-                what=f"result for {job.name} ({job.key})",
-                error=exc.code,
-                message=exc.message,
-            )
-            metrics.signature_failures.inc()
-            refused = FarmError(
-                E.RESULT_REFUSED,
-                f"result from {outcome.worker or 'a worker'} refused: {exc.message}",
-                hint="the worker's builder key is not in the keyring (or was revoked); see 'mangos-farm audit'",
-            )
+        refused = self._untrusted(job, outcome.worker or job.worker or "a worker", job.key or outcome.build_key)
+        if refused is not None:
             return replace(outcome, ok=False, record=None, error=refused.to_json())
         return outcome
+
+    def _untrusted(self, job: Job, who: str, key: str) -> FarmError | None:
+        """Why the store's record of ``key`` must not be accepted (audited and counted), or None when it may."""
+        if self.config.trusted is None:
+            return None
+        try:
+            keyring.check_published(self.store, key, self.config.trusted())
+        except FarmError as exc:
+            event = audit.REVOKED_KEY_USED if exc.code == E.KEY_REVOKED else audit.REFUSED_RESULT
+            what = f"result for {job.name} ({key})"
+            audit.record(self.config.audit_log, event, who=who, what=what, error=exc.code, message=exc.message)
+            metrics.signature_failures.inc()
+            return FarmError(
+                E.RESULT_REFUSED,
+                f"result from {who} refused: {exc.message}",
+                hint="its builder key is not in the keyring (or was revoked); see 'mangos-farm audit'. The record "
+                f"stays in the store (records are immutable): remove records/{key}.json there to rebuild it",
+            )
+        return None
 
     def _record_outcome(self, run: Run, job: Job, jobs: dict[str, Job], outcome: BuildOutcome, now: float) -> None:
         job.worker = outcome.worker or job.worker
