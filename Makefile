@@ -13,7 +13,7 @@ export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg dpkg-dev redis-server \
 	chromium chromium-driver prometheus mmdebstrap \
 	erofs-utils cryptsetup-bin fdisk dosfstools mtools sbsigntool binutils systemd-boot-efi systemd-container \
-	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal
+	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs
 
 # Debian source packages (farm/sources/dsc.py) come from a deb-src entry mirroring the system's own 'deb' entry for
 # $(DEBIAN_SUITE): same URIs, Suites, Components and Signed-By, so sources come from the very archive (or snapshot)
