@@ -331,6 +331,15 @@ def _run_steps(
             )
 
 
+def _source_view(src: Path, ctx: WorkerContext) -> contextlib.AbstractContextManager[Path]:
+    """The source tree as the build sees it (a recheck may shuffle its directory order)."""
+    if ctx.variation is None:
+        return contextlib.nullcontext(src)
+    from farm.crossval.variation import source_view
+
+    return source_view(src, ctx.variation)
+
+
 def _step_command(script: str, ctx: WorkerContext) -> list[str]:
     command = sandbox.step_command(script)
     return ctx.variation.wrap(command) if ctx.variation else command
@@ -444,12 +453,12 @@ def _build(
             repo = workdir / "repo"
             count = debian_build.stage_repo(repo, recipe, ctx.store, debian_build.dependency_debs(deps))
             logfh.write(f"==> local repository: {count} pinned and dependency packages\n".encode())
-        with step("dpkg-buildpackage", log), _timed("build", ctx.arch):
+        with step("dpkg-buildpackage", log), _timed("build", ctx.arch), _source_view(src, ctx) as build_src:
             debian_build.run_debian_build(
                 recipe,
                 env_lower=lower,
                 workdir=workdir,
-                src=src,
+                src=build_src,
                 repo=repo,
                 out=out,
                 epoch=resolved.commit_time,
@@ -463,9 +472,9 @@ def _build(
         env = sandbox.base_env(resolved.commit_time, v.jobs if v else ctx.jobs) | dict(recipe.env)
         env |= v.env() if v else {}
         spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env, limits=ctx.limits)
-        if v is not None:
-            spec = replace(spec, hostname=v.hostname, uid=v.uid)
-        with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch):
+        with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch), _source_view(src, ctx) as view:
+            if v is not None:
+                spec = replace(spec, src=view, hostname=v.hostname, uid=v.uid)
             _run_steps(recipe, spec, logfh, deadline, ctx)
     with step("pack", log), _timed("upload", ctx.arch):
         files = _collect_outputs(recipe, out, arts, resolved.commit_time)

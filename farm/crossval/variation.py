@@ -8,8 +8,14 @@ and a clock shifted by more than a year (libfaketime, inside the sandbox).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 FAKETIME = "faketime"
 
@@ -24,6 +30,7 @@ class Variation:
     jobs: int = 2
     clock_shift_days: int = 400
     build_path: str = "recheck/a/much/deeper/build/path"  # under the work directory on the host
+    file_order: bool = True  # the source tree seen through disorderfs: directory entries in shuffled order
 
     @classmethod
     def unvaried(cls) -> Variation:
@@ -39,6 +46,7 @@ class Variation:
             jobs=1,
             clock_shift_days=0,
             build_path="recheck",
+            file_order=False,
         )
 
     def env(self) -> dict[str, str]:
@@ -55,3 +63,30 @@ class Variation:
         data = asdict(self)
         data["umask"] = f"{self.umask:04o}"
         return data
+
+
+def disorderfs_argv(src: Path, mountpoint: Path) -> list[str]:
+    """Mount ``src`` at ``mountpoint`` with every directory listing shuffled (pure, unit-tested)."""
+    return ["disorderfs", "--shuffle-dirents=yes", "--multi-user=yes", "--quiet", str(src), str(mountpoint)]
+
+
+@contextmanager
+def source_view(src: Path, variation: Variation | None) -> Iterator[Path]:
+    """The source directory a build sees: ``src`` itself, or (file-order variation) a disorderfs view of it."""
+    if variation is None or not variation.file_order:
+        yield src
+        return
+    from farm.run import require_tool, run
+
+    require_tool("disorderfs", "disorderfs")
+    mountpoint = src.with_name(src.name + "-disordered")
+    mountpoint.mkdir()
+    run(disorderfs_argv(src, mountpoint))
+    try:
+        yield mountpoint
+    finally:
+        result = run(["fusermount", "-u", "-z", str(mountpoint)], check=False)
+        if result.returncode != 0:
+            log.warning("cannot unmount %s: %s", mountpoint, result.stderr.decode(errors="replace").strip())
+        else:
+            mountpoint.rmdir()

@@ -40,7 +40,10 @@ def test_date_embedding_build_is_caught_with_a_diffoscope_report(tmp_path: Path)
         ['cc -O2 -o "$OUT/prog" main.c', 'echo "host $(hostname) uid $(id -u) jobs $JOBS" > /tmp/x'],
         ["prog"],
     )
-    stamp, steady = org.build(stamp_req), org.build(steady_req)
+    order_req = request(
+        repo, commit, "order", ['for i in $(seq 1 30); do touch "f$i"; done; ls -f > "$OUT/listing"'], ["listing"]
+    )
+    stamp, steady, order = org.build(stamp_req), org.build(steady_req), org.build(order_req)
     ctx = replace(org.context(), variation=Variation())
 
     bad = recheck_one(stamp_req, stamp, ctx, org.settings)
@@ -53,12 +56,19 @@ def test_date_embedding_build_is_caught_with_a_diffoscope_report(tmp_path: Path)
     assert b"<html" in store.get_bytes(report["html"]).lower()
     assert (results_dir(org.settings) / stamp.build_key / "share.tar.diffoscope.txt").read_text() == text
 
+    shuffled = recheck_one(order_req, order, ctx, org.settings)
+    assert not shuffled.reproducible and shuffled.causes == ["file order"], shuffled
+
     good = recheck_one(steady_req, steady, ctx, org.settings)
     assert good.reproducible and good.causes == [] and good.varied == steady.outputs()
     # Nothing a recheck built was published: the store still holds exactly the original records.
     assert store.get_record(stamp.build_key) == stamp
-    assert {r.recipe: r.reproducible for r in load_results(org.settings)} == {"stamp": False, "steady": True}
-    assert metrics.reproducibility.labels("all")._value.get() == 0.5
+    assert {r.recipe: r.reproducible for r in load_results(org.settings)} == {
+        "order": False,
+        "stamp": False,
+        "steady": True,
+    }
+    assert metrics.reproducibility.labels("all")._value.get() == pytest.approx(1 / 3)
     assert metrics.reproducibility.labels("steady")._value.get() == 1.0
 
 

@@ -43,3 +43,11 @@ def test_debian_scripts_carry_the_variation() -> None:
     assert f"hostname {V.hostname}" in outer and f"mount --bind -o ro {debian_build.FAKETIME_LIB}" in outer
     plain = outer_script()
     assert f"hostname {debian_build.HOSTNAME}" in plain and "faketime" not in plain
+
+
+def test_file_order_variation_mounts_a_shuffled_view() -> None:
+    from farm.crossval.variation import disorderfs_argv
+
+    argv = disorderfs_argv(Path("/w/src"), Path("/w/src-disordered"))
+    assert argv[0] == "disorderfs" and "--shuffle-dirents=yes" in argv and argv[-2:] == ["/w/src", "/w/src-disordered"]
+    assert V.file_order and not Variation.unvaried().file_order
