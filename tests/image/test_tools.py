@@ -1,0 +1,181 @@
+"""The image pipeline's stages with the real tools on small trees: mkfs.erofs, veritysetup, openssl, sfdisk,
+mkfs.vfat/mtools, systemd-dissect, dpkg-deb. Each is reproducible and each check fails on a flipped byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from farm.errors import FarmError
+from farm.image import erofs, esp, gpt, inputs, signature, sysext, verity
+from farm.keys import BuilderKey, generate
+from farm.provenance import sign, statement
+from farm.release_keys import ReleaseKeys, load_cert, load_key
+from farm.release_keys import generate as generate_release
+from tests.conftest import require
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> ReleaseKeys:
+    return generate_release(tmp_path_factory.mktemp("release") / "keys")
+
+
+def _tree(root: Path) -> Path:
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho tool\n" + bytes(range(256)) * 64)
+    (root / "usr/share/doc").mkdir(parents=True)
+    (root / "usr/share/doc/README").write_text("hello\n" * 2000)
+    return root
+
+
+def test_erofs_verity_pure_python_and_veritysetup_agree(tmp_path: Path) -> None:
+    require("mkfs.erofs")
+    require("veritysetup")
+    tree = _tree(tmp_path / "tree")
+    a = erofs.make(tree, tmp_path / "a.erofs", sde=1700000000, seed="s")
+    b = erofs.make(tree, tmp_path / "b.erofs", sde=1700000000, seed="s")
+    assert a.read_bytes() == b.read_bytes() and a.stat().st_size % 4096 == 0
+    v = verity.format_file(a, tmp_path / "a.verity", seed="s")
+    v2 = verity.format_file(b, tmp_path / "b.verity", seed="s")
+    assert (tmp_path / "a.verity").read_bytes() == (tmp_path / "b.verity").read_bytes() and v == v2
+    assert verity.root_hash(a.read_bytes(), v.salt) == v.root_hash
+    sb = verity.read_superblock((tmp_path / "a.verity").read_bytes())
+    assert sb["salt"] == v.salt and sb["data_blocks"] == v.data_blocks and sb["uuid"] == v.uuid
+    subprocess.run(verity.verify_argv(a, tmp_path / "a.verity", v.root_hash), check=True, capture_output=True)
+    data = bytearray(a.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    a.write_bytes(bytes(data))
+    bad = subprocess.run(verity.verify_argv(a, tmp_path / "a.verity", v.root_hash), check=False, capture_output=True)
+    assert bad.returncode != 0
+    assert verity.root_hash(bytes(data), v.salt) != v.root_hash
+
+
+def test_openssl_accepts_the_signature_partition(release: ReleaseKeys, tmp_path: Path) -> None:
+    require("openssl")
+    root_hash = hashlib.sha256(b"root").hexdigest()
+    der = signature.write_partition(
+        tmp_path / "sig", root_hash, load_key(release.verity_key), load_cert(release.verity_cert)
+    )
+    (tmp_path / "sig.der").write_bytes(der)
+    (tmp_path / "roothash").write_text(root_hash)
+    argv = ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(tmp_path / "sig.der"),
+            "-content", str(tmp_path / "roothash"), "-CAfile", str(release.verity_cert), "-purpose", "any",
+            "-out", "/dev/null"]  # fmt: skip
+    ok = subprocess.run(argv, check=False, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "roothash").write_text(hashlib.sha256(b"other").hexdigest())
+    assert subprocess.run(argv, check=False, capture_output=True).returncode != 0
+
+
+def test_gpt_written_on_a_file_reads_back(tmp_path: Path) -> None:
+    require("sfdisk")
+    content = tmp_path / "data"
+    content.write_bytes(b"D" * 8192)
+    parts = [
+        gpt.Partition("root-1", gpt.ROOT_X86_64, "00112233-4455-6677-8899-aabbccddeeff", gpt.MIB, content),
+        gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64, gpt.derived_uuid("s", "b"), gpt.MIB),
+    ]
+    disk = tmp_path / "disk.raw"
+    gpt.write_disk(disk, parts, label_id=gpt.derived_uuid("s", "disk"))
+    first = disk.read_bytes()
+    gpt.write_disk(disk, parts, label_id=gpt.derived_uuid("s", "disk"))
+    assert disk.read_bytes() == first
+    table = gpt.read_table(disk)
+    assert [(e.name, e.type, e.uuid) for e in table] == [(p.name, p.type, p.uuid) for p in parts]
+    assert gpt.read_partition(disk, table[0], limit=8192) == b"D" * 8192
+    assert gpt.read_partition(disk, table[1], limit=16) == b"\0" * 16
+    with pytest.raises(FarmError) as exc:
+        gpt.read_table(content)
+    assert exc.value.code == "E-IMAGE-VERIFY"
+
+
+def test_esp_image_is_reproducible_and_readable_with_mtools(tmp_path: Path) -> None:
+    require("mkfs.vfat")
+    require("mcopy")
+    tree = tmp_path / "esp"
+    (tree / "EFI/Linux").mkdir(parents=True)
+    (tree / "EFI/Linux/mangos_1+3.efi").write_bytes(b"MZ" + b"x" * 5000)
+    (tree / "loader").mkdir()
+    (tree / "loader/loader.conf").write_text("timeout 0\n")
+    a = esp.make(tree, tmp_path / "a.img", sde=1700000000).read_bytes()
+    b = esp.make(tree, tmp_path / "b.img", sde=1700000000).read_bytes()
+    assert a == b
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    argv = ["mtype", "-i", str(tmp_path / "a.img"), "::/loader/loader.conf"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
+    assert out.stdout == "timeout 0\n"
+
+
+def test_sysext_is_reproducible_and_systemd_dissect_recognises_it(release: ReleaseKeys, tmp_path: Path) -> None:
+    require("systemd-dissect")
+    tree = _tree(tmp_path / "ext")
+    a = sysext.build("tools", tree, tmp_path / "a", keys=release, sde=1700000000)
+    b = sysext.build("tools", tree, tmp_path / "b", keys=release, sde=1700000000)
+    assert a.raw.read_bytes() == b.raw.read_bytes() and a.root_hash == b.root_hash
+    assert not (tree / "usr/lib/extension-release.d").exists()  # the caller's tree is not modified
+    out = subprocess.run(["systemd-dissect", "--json=short", str(a.raw)], check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    designators = {m["designator"] for m in info["mounts"]}
+    assert {"root", "root-verity", "root-verity-sig"} <= designators
+    root = next(m for m in info["mounts"] if m["designator"] == "root")
+    assert root["verity"] == "signed" and root["fstype"] == "erofs", info
+    assert info["useSystemExtension"] is True and "ID=_any" in info["extensionRelease"], info
+
+
+def _deb(root: Path, name: str) -> Path:
+    pkg = root / name
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: t <t@x>\nDescription: test\n"
+    )
+    (pkg / "usr/bin").mkdir(parents=True)
+    (pkg / "usr/bin" / name).write_text("#!/bin/sh\n")
+    out = root / f"{name}_1.0-1_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(pkg), str(out)], check=True,
+                   capture_output=True, env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    shutil.rmtree(pkg)
+    return out
+
+
+def _sign(deb: Path, key: BuilderKey) -> None:
+    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    stmt = statement(
+        subjects=[(deb.name, digest)], recipe={"name": "demo"}, recipe_digest="r" * 64, source_url="dsc:demo=1.0-1",
+        commit="c" * 40, tree="t" * 40, environment="e" * 64, dependencies=[], builder_id="test", build_key="k" * 64,
+        started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
+    )  # fmt: skip
+    (deb.parent / f"{deb.name}.intoto.json").write_text(json.dumps(sign(stmt, key)))
+
+
+def test_farm_debs_are_verified_and_a_tampered_one_stops_the_build(tmp_path: Path) -> None:
+    require("dpkg-deb")
+    key = generate(tmp_path / "keys")
+    deb = _deb(tmp_path, "demo")
+    _sign(deb, key)
+    got = inputs.verify_local([deb], [key.public])
+    assert got["demo"].origin == inputs.FARM and got["demo"].commit == "c" * 40 and got["demo"].version == "1.0-1"
+    assert got["demo"].statement["subject"][0]["name"] == deb.name
+    # signed by a key we do not trust
+    with pytest.raises(FarmError) as exc:
+        inputs.verify_local([deb], [generate(tmp_path / "other").public])
+    assert exc.value.code == "E-VERIFY-UNTRUSTED-KEY"
+    # one flipped byte
+    data = bytearray(deb.read_bytes())
+    data[-10] ^= 1
+    deb.write_bytes(bytes(data))
+    with pytest.raises(FarmError) as exc:
+        inputs.verify_local([deb], [key.public])
+    assert exc.value.code == "E-VERIFY-DIGEST"
+    # no provenance at all
+    unsigned = _deb(tmp_path / "u", "plain")
+    with pytest.raises(FarmError) as exc:
+        inputs.verify_local([unsigned], [key.public])
+    assert exc.value.code == "E-VERIFY-NO-ENVELOPE"
