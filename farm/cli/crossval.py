@@ -64,9 +64,9 @@ def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
         results.append(result)
         if not args.json:
             verdict = "reproducible" if result.reproducible else "NOT reproducible"
-            print(f"{result.recipe:<20} {verdict}")
+            print(f"{result.recipe:<20} {verdict if not result.error else 'FAILED to build when varied'}")
             if result.error:
-                print(f"  the varied build failed: {result.error}")
+                print(f"  {result.error} (build log: store blob {result.log})")
             for name in result.differing:
                 print(f"  {name}: {result.outputs.get(name, '-')[:16]} != {result.varied.get(name, '-')[:16]}")
                 rep = result.reports.get(name, {})
@@ -85,7 +85,12 @@ def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _out({"results": [r.to_json() for r in checked], "reproducibility": table, "variation": variation.to_json()})
     else:
-        print(f"{ok} of {len(checked)} reproducible under {'the varied' if args.vary else 'the same'} environment")
+        failed = sum(1 for r in checked if r.error)
+        mode = "the varied" if args.vary else "the same"
+        print(
+            f"{ok} of {len(checked) - failed} reproducible under {mode} environment"
+            + (f"; {failed} failed to build in it" if failed else "")
+        )
     return 0 if ok == len(checked) else 1
 
 

@@ -334,7 +334,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if reproducibility:
         print(
             "reproducibility (recheck): "
-            + ", ".join(f"{n} {r['reproducible']}/{r['checked']} ({r['rate']:.0%})" for n, r in reproducibility.items())
+            + ", ".join(
+                f"{n} {r['reproducible']}/{r['checked']}"
+                + (f" ({r['rate']:.0%})" if r["rate"] is not None else "")
+                + (f", {r['failed']} failed to build" if r["failed"] else "")
+                for n, r in reproducibility.items()
+            )
         )
     return 0
 

@@ -120,6 +120,7 @@ class RecheckResult:
     variation: dict[str, Any]
     checked: str
     error: str = ""
+    log: str = ""  # the varied build's log (a blob in the store)
     ignored: list[str] = field(default_factory=list)  # differing outputs that record the environment (.buildinfo)
 
     def to_json(self) -> dict[str, Any]:
@@ -213,6 +214,7 @@ def recheck_one(
         outcome: BuildOutcome = execute_build(req, ctx)
     checked = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     base: dict[str, Any] = {
+        "log": outcome.log_digest or "",
         "recipe": record.recipe,
         "build_key": record.build_key,
         "outputs": record.outputs(),
@@ -222,7 +224,7 @@ def recheck_one(
     if not outcome.ok or outcome.record is None:
         why = (outcome.error or {}).get("message", "the build failed")
         result = RecheckResult(
-            **base, reproducible=False, varied={}, differing=[], causes=["other"], reports={}, error=str(why)
+            **base, reproducible=False, varied={}, differing=[], causes=[], reports={}, error=str(why)
         )
         _save(settings, result)
         return result
@@ -274,21 +276,28 @@ def load_results(settings: Settings) -> list[RecheckResult]:
 
 
 def rates(results: Iterable[RecheckResult]) -> dict[str, dict[str, Any]]:
-    """Reproducibility per recipe and overall ('all'): rechecked builds, reproducible ones, their ratio."""
+    """Reproducibility per recipe and overall ('all'): compared builds, reproducible ones, their ratio.
+
+    A varied build that failed to build at all (a test suite that trips over the shifted clock, say) compared
+    nothing: it is counted as failed, outside the ratio (None when nothing was compared)."""
     table: dict[str, list[int]] = {}
     for r in results:
         for name in (r.recipe, "all"):
-            row = table.setdefault(name, [0, 0])
-            row[0] += 1
+            row = table.setdefault(name, [0, 0, 0])
+            row[0 if not r.error else 2] += 1
             row[1] += int(r.reproducible)
-    return {n: {"checked": c, "reproducible": ok, "rate": ok / c} for n, (c, ok) in sorted(table.items())}
+    return {
+        n: {"checked": c, "reproducible": ok, "failed": failed, "rate": ok / c if c else None}
+        for n, (c, ok, failed) in sorted(table.items())
+    }
 
 
 def update_metrics(settings: Settings) -> dict[str, dict[str, Any]]:
     """Set the reproducibility gauge (per recipe, and 'all') from the stored results."""
     table = rates(load_results(settings))
     for name, row in table.items():
-        metrics.reproducibility.labels(name).set(row["rate"])
+        if row["rate"] is not None:
+            metrics.reproducibility.labels(name).set(row["rate"])
     return table
 
 

@@ -53,15 +53,18 @@ def test_variation_wraps_the_step_under_a_shifted_clock() -> None:
     assert V.to_json()["umask"] == "0002"
 
 
-def _result(recipe: str, ok: bool) -> RecheckResult:
-    return RecheckResult(recipe, recipe + "k", ok, {}, {}, [], [], {}, {}, "")
+def _result(recipe: str, ok: bool, error: str = "") -> RecheckResult:
+    return RecheckResult(recipe, recipe + "k", ok, {}, {}, [], [], {}, {}, "", error)
 
 
 def test_rates_per_recipe_and_overall() -> None:
-    table = rates([_result("a", True), _result("b", False), _result("a", True), _result("c", True)])
-    assert table["a"] == {"checked": 2, "reproducible": 2, "rate": 1.0}
+    table = rates(
+        [_result("a", True), _result("b", False), _result("a", True), _result("c", True), _result("d", False, "x")]
+    )
+    assert table["a"] == {"checked": 2, "reproducible": 2, "failed": 0, "rate": 1.0}
     assert table["b"]["rate"] == 0.0
-    assert table["all"] == {"checked": 4, "reproducible": 3, "rate": 0.75}
+    assert table["d"] == {"checked": 0, "reproducible": 0, "failed": 1, "rate": None}
+    assert table["all"] == {"checked": 4, "reproducible": 3, "failed": 1, "rate": 0.75}
 
 
 def test_buildinfo_records_the_environment_and_is_not_compared() -> None:

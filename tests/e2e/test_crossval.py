@@ -185,7 +185,7 @@ def test_demo_set_rechecks_clean_under_variation(orgs: Orgs) -> None:
         ("greet", True),
         ("welcome", True),
     ]
-    assert out["reproducibility"]["all"] == {"checked": 3, "reproducible": 3, "rate": 1.0}
+    assert out["reproducibility"]["all"] == {"checked": 3, "reproducible": 3, "failed": 0, "rate": 1.0}
     assert out["variation"]["clock_shift_days"] >= 366
     status = beta.run("status").stdout
     assert "reproducibility (recheck): all 3/3 (100%)" in status
