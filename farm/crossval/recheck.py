@@ -39,16 +39,33 @@ CAUSES = ("timestamps", "build-id", "paths", "file order", "locale", "other")
 DEFAULT_MAX_REPORT = 2 * 1024 * 1024
 DEFAULT_DIFF_TIMEOUT = 300.0
 
-_DATE = re.compile(
-    r"\b(19|20)\d\d-\d\d-\d\d\b|\b\d\d:\d\d:\d\d\b|\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\b|\b(19|20)\d\d\b"
-)
 _BOX = re.compile(r"^[\s│├└┄─╎]*")
-_NAMES = re.compile(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\b")
+_TOKEN = re.compile(r"0x[0-9a-fA-F]+|\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d(?:\.\d+)?|[+-]\d{4}\b|\w+")
+_NAME = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*")
+_CLOCKISH = re.compile(r"\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d(?:\.\d+)?|[+-]\d{4}")
 
 
-def _shape(line: str) -> str:
-    """A line with its digits and month/day names blanked: equal shapes differ only in a date or time."""
-    return re.sub(r"\d", "0", _NAMES.sub("M", line))
+def _timey(token: str) -> bool:
+    """A token that reads as a date, a time, a year (decimal or hex, as compilers embed it) or an epoch."""
+    if _CLOCKISH.fullmatch(token) or _NAME.fullmatch(token):
+        return True
+    try:
+        value = int(token, 16) if token.startswith("0x") else int(token)
+    except ValueError:
+        return False
+    return 1970 <= value <= 2100 or 10**9 <= value < 5 * 10**9
+
+
+def _time_change(minus: str, plus: str) -> bool:
+    """Two versions of a line that differ only in date/time tokens (and the day/month numbers beside them)."""
+    a, b = _TOKEN.findall(minus), _TOKEN.findall(plus)
+    if len(a) != len(b):
+        return False
+    changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    small = re.compile(r"\d{1,2}")
+    return any(_timey(x) and _timey(y) for x, y in changed) and all(
+        (_timey(x) and _timey(y)) or (small.fullmatch(x) and small.fullmatch(y)) for x, y in changed
+    )
 
 
 def results_dir(settings: Settings) -> Path:
@@ -92,9 +109,7 @@ def classify(report: str, variation: Variation) -> list[str]:
     minus, plus = _changed_lines(report)
     changed = minus + plus
     causes: list[str] = []
-    if any(_DATE.search(line) for line in changed) and any(
-        _shape(m) == _shape(p) for m, p in zip(minus, plus, strict=False)
-    ):
+    if any(_time_change(m, p) for m, p in zip(minus, plus, strict=False)):
         causes.append("timestamps")
     if re.search(r"build.?id", report, re.IGNORECASE):
         causes.append("build-id")

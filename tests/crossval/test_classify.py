@@ -31,6 +31,11 @@ def test_diffoscope_argv_bounds_both_reports() -> None:
     [
         (("├── built-on", "│ @@ -1 +1 @@", "│ -2026-11-27", "│ +2028-01-01"), "timestamps"),
         (("│ -Built on Nov 27 2026 04:18:41", "│ +Built on Jan 01 2028 18:17:32"), "timestamps"),
+        (
+            ("│ -Build-Date: Fri, 27 Nov 2026 03:30:24 +0000", "│ +Build-Date: Sat, 01 Jan 2028 18:22:41 +1400"),
+            "timestamps",
+        ),
+        (("│ │ -\tmov    $0x7ea,%edx", "│ │ +\tmov    $0x7ec,%edx"), "timestamps"),  # hello 2.10: the year, in hex
         (("├── readelf --wide --notes {}", "│ -    Build ID: 0123abcd", "│ +    Build ID: 89ef4567"), "build-id"),
         (("│ -compiled in /build/src", "│ +compiled in /w/recheck/a/much/deeper/build/path/x"), "paths"),
         (("├── file list", "│ -a", "│ -b", "│ +b", "│ +a"), "file order"),
@@ -44,6 +49,11 @@ def test_classify(body: tuple[str, ...], cause: str) -> None:
 
 def test_only_digits_that_are_dates_count_as_timestamps() -> None:
     assert classify(_report("│ -count 1", "│ +count 2"), V) == ["other"]
+    sizes = (
+        "│ --rw-r--r-- 0 0 0 1868 2022-12-26 15:30:00.000000 x",
+        "│ +-rw-r--r-- 0 0 0 1872 2022-12-26 15:30:00.000000 x",
+    )
+    assert classify(_report(*sizes), V) == ["other"]  # a date on the line, but only the size changed
 
 
 def test_variation_wraps_the_step_under_a_shifted_clock() -> None:
