@@ -7,6 +7,7 @@ different build of an inputs key already logged is not logged either (the first 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 from pathlib import Path
@@ -47,7 +48,14 @@ def sync(settings: Settings, store: Store | None = None, key: BuilderKey | None 
     """Append every build record not yet logged (with its verified provenance) and re-sign the head."""
     store = store or open_store(settings.store_url)
     key = key or load_builder(settings.keys_dir)
-    own = Log.open(log_dir(settings))
+    root = log_dir(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:  # one writer at a time: concurrent publishes must not interleave
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _sync_locked(settings, store, key, Log.open(root))
+
+
+def _sync_locked(settings: Settings, store: Store, key: BuilderKey, own: Log) -> Log:
     logged_builds = own.build_keys()
     logged_inputs = set(own.by_key())
     added = 0
@@ -56,7 +64,12 @@ def sync(settings: Settings, store: Store | None = None, key: BuilderKey | None 
             if record.build_key in logged_builds:
                 continue
             envelope = json.loads(store.get_bytes(record.provenance))
-            verified = verify_envelope(envelope, [key.public])
+            try:
+                # Peers check every entry against this organization's one published key: log only what it signed.
+                verified = verify_envelope(envelope, [key.public])
+            except FarmError as exc:
+                log.warning("not logging %s (%s): %s", record.recipe, record.build_key[:16], exc.message)
+                continue
             inputs = InputsKey.from_statement(verified.statement, settings.build_arch)
             if inputs in logged_inputs:
                 continue
