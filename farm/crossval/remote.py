@@ -34,6 +34,8 @@ def read(location: str, name: str) -> bytes:
                 data: bytes = resp.read(MAX_LOG_BYTES + 1)
         except (urllib.error.URLError, OSError) as exc:
             raise FarmError(E.LOG_FETCH, f"cannot fetch {url}: {exc}", hint=hint) from None
+        if len(data) > MAX_LOG_BYTES:
+            raise FarmError(E.LOG_FETCH, f"{url} is larger than {MAX_LOG_BYTES} bytes", hint="is this a log?")
         return data
     if location.startswith("s3://"):
         from botocore.exceptions import BotoCoreError, ClientError
