@@ -89,6 +89,8 @@ class Settings:
     def state_url(self) -> str:
         if self.state:
             return self.state
+        if self.broker.startswith("rediss://"):
+            return self.broker + _tls_query(self)
         if self.broker.startswith(("redis://", "rediss://")):
             return self.broker
         return f"sqlite:///{(self.home / 'state.sqlite').resolve()}"
@@ -152,6 +154,16 @@ class Settings:
 
     def with_home(self, home: Path) -> Settings:
         return replace(self, home=home)
+
+
+def _tls_query(s: Settings) -> str:
+    """The broker's TLS settings as redis-py URL parameters, for the coordinator state on a ``rediss://`` broker."""
+    from urllib.parse import urlencode
+
+    params = {"ssl_cert_reqs": "required", "ssl_ca_certs": s.broker_tls_ca, "ssl_certfile": s.broker_tls_cert,
+              "ssl_keyfile": s.broker_tls_key}  # fmt: skip
+    query = urlencode({k: v for k, v in params.items() if v})
+    return ("&" if "?" in s.broker else "?") + query
 
 
 def host_arch() -> str:
