@@ -117,6 +117,10 @@ def image_version(inputs_digest: str, sde: int) -> str:
     return f"{day}.{inputs_digest[:12]}"
 
 
+def created_at(sde: int) -> str:
+    return datetime.datetime.fromtimestamp(sde, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def machine_id(root_seed: str) -> str:
     return hashlib.sha256(b"mangos-machine-id\0" + root_seed.encode()).hexdigest()[:32]
 
@@ -130,14 +134,12 @@ def _payload_packages() -> tuple[str, ...]:
 def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Inputs:
     store = open_store(settings.store_url)
     trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
-    extra = inputs.PROFILES.get(req.profile, ()) if req.profile else ()
     got = inputs.gather(
         store=store,
         recipes_dir=req.recipes,
         trusted=trusted,
         work=work / "inputs",
         payload=_payload_packages(),
-        extra=extra,
         local_debs=req.debs,
     )
     if req.require_agreement:
@@ -221,8 +223,7 @@ def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the 
         got = collect_inputs(req, settings, work)
     version = req.version or image_version(got.digest, req.sde)
     name = f"mangos_{version}"
-    created = datetime.datetime.fromtimestamp(req.sde, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    sbom = inputs.spdx(got, name=name, created=created)
+    sbom = inputs.spdx(got, name=name, created=created_at(req.sde))
     with stages("rootfs", packages=len(got.packages)):
         tar = rootfs.build_tar(got, sde=req.sde, cache=settings.cache_dir, work=work)
     with stages("unpack"):
@@ -266,6 +267,10 @@ def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the 
     with stages("gpt"):
         write_disk(raw, version=version, root_hash=v.root_hash, esp_img=esp_img, root=root_img, hashes=verity_img,
                    sig=sig_img)  # fmt: skip
+    profile_raw: Path | None = None
+    if req.profile:
+        with stages("profile", profile=req.profile):
+            profile_raw = build_profile(req, settings, got, keys, work / "profile")
     with stages("sums"):
         sbom_path = out / f"{name}.spdx.json"
         manifest_path = out / f"{name}.manifest.json"
@@ -273,6 +278,7 @@ def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the 
         atomic_write(manifest_path, (json.dumps(got.to_json(), indent=1, sort_keys=True) + "\n").encode())
         sums = out / "SHA256SUMS"
         listed = [raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path]
+        listed += [profile_raw] if profile_raw else []
         atomic_write(sums, sha256sums(listed).encode())
         sums_sig = out / "SHA256SUMS.p7s"
         atomic_write(sums_sig, sign_detached(sums.read_bytes(), keys))
@@ -283,6 +289,32 @@ def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the 
     )  # fmt: skip
     atomic_write(out / "build.json", (json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n").encode())
     return result
+
+
+def build_profile(req: Request, settings: Settings, base: inputs.Inputs, keys: ReleaseKeys, work: Path) -> Path:
+    """A profile (e.g. ``docker``) as a signed sysext: the archive packages its closure adds to the base image."""
+    from farm.image import sysext
+
+    names = inputs.PROFILES.get(req.profile)
+    if names is None:
+        raise FarmError(E.IMAGE_INPUT, f"unknown profile {req.profile!r}", hint=f"one of {sorted(inputs.PROFILES)}")
+    work.mkdir(parents=True)
+    pins = inputs.closure([*base.requested, *names], work)
+    have = {p.name for p in base.packages}
+    extra = inputs.archive_debs(
+        [p for p in pins if p.package not in have], open_store(settings.store_url), work / "debs"
+    )
+    tree = work / "tree"
+    tree.mkdir()
+    dropped = sysext.unpack_debs([p.path for p in extra], tree)
+    if dropped:
+        log.info("profile %s: left out of the sysext (not /usr or /opt): %s", req.profile, ", ".join(dropped))
+    ext = sysext.build(req.profile, tree, req.out, keys=keys, sde=req.sde)
+    sbom = inputs.spdx(
+        inputs.Inputs(tuple(extra), tuple(names)), name=f"{req.profile}-sysext", created=created_at(req.sde)
+    )
+    atomic_write(req.out / f"{req.profile}.spdx.json", (json.dumps(sbom, indent=1, sort_keys=True) + "\n").encode())
+    return ext.raw
 
 
 def check_inputs(req: Request, settings: Settings) -> inputs.Inputs:

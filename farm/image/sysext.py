@@ -93,3 +93,27 @@ def build(name: str, tree: Path, out_dir: Path, *, keys: ReleaseKeys, kind: str 
         raw = out_dir / f"{name}.{'raw' if kind == 'sysext' else 'confext.raw'}"
         gpt.write_disk(raw, parts, label_id=gpt.derived_uuid(v.root_hash, "disk"))
     return Extension(name, kind, raw, v.root_hash)
+
+
+# merged-/usr: a .deb may still ship /lib, /bin, /sbin paths; in the image they live under /usr
+MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+
+
+def unpack_debs(debs: list[Path], tree: Path) -> list[str]:
+    """Unpack .debs (data only: a sysext cannot run maintainer scripts) into a sysext tree; returns what was
+    left out (anything outside /usr and /opt, e.g. /etc, which belongs in a confext)."""
+    from farm.run import run
+
+    staging = tree.parent / (tree.name + ".unpack")
+    for deb in debs:
+        run(["dpkg-deb", "--extract", str(deb), str(staging)])
+    dropped = []
+    for top in sorted(staging.iterdir()):
+        if top.name in TOP["sysext"] or top.name in MERGED:
+            dest = tree / MERGED.get(top.name, top.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(top, dest, symlinks=True, dirs_exist_ok=True)
+        else:
+            dropped.append(top.name)
+    shutil.rmtree(staging)
+    return dropped
