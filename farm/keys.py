@@ -73,8 +73,9 @@ def _write_private(private: Path, key: Ed25519PrivateKey) -> None:
     os.replace(tmp, private)
 
 
-def generate(keys_dir: Path, force: bool = False) -> BuilderKey:
-    """The builder key pair; the coordinator's task-signing key pair is made alongside when there is none yet."""
+def generate(keys_dir: Path, force: bool = False, coordinator_dir: Path | None = None) -> BuilderKey:
+    """The builder key pair; the coordinator's task-signing key pair is made too when there is none yet
+    (see :func:`ensure_coordinator_key`)."""
     private = keys_dir / PRIVATE_NAME
     if private.exists() and not force:
         raise FarmError(
@@ -88,9 +89,19 @@ def generate(keys_dir: Path, force: bool = False) -> BuilderKey:
     _write_private(private, key)
     builder = BuilderKey(key)
     (keys_dir / PUBLIC_NAME).write_bytes(builder.public.pem())
-    if not (keys_dir / COORDINATOR_PRIVATE).exists():
-        coordinator_key(keys_dir)
+    ensure_coordinator_key(coordinator_dir or keys_dir, keys_dir)
     return builder
+
+
+def ensure_coordinator_key(coordinator_dir: Path, keys_dir: Path) -> BuilderKey:
+    """The coordinator's key in ``coordinator_dir`` (made if missing), its public half also in ``keys_dir``, where
+    workers look for it. Deployments keep the two apart: only the coordinator mounts ``coordinator_dir``."""
+    key = coordinator_key(coordinator_dir)
+    public = keys_dir / COORDINATOR_PUBLIC
+    if not public.is_file() or public.read_bytes() != key.public.pem():
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        public.write_bytes(key.public.pem())
+    return key
 
 
 def coordinator_key(keys_dir: Path) -> BuilderKey:

@@ -60,6 +60,11 @@ class Settings:
         default=8192, metadata={"help": "disk a build may fill: its directory and any single file (MiB)"}
     )
     build_output_mb: int = field(default=2048, metadata={"help": "total size of a build's packed outputs (MiB)"})
+    coordinator_key_dir: str = field(
+        default="",
+        metadata={"help": "where the coordinator's task-signing key lives (default HOME/keys; workers need only "
+                  "its coordinator.pub, in HOME/keys)"},
+    )  # fmt: skip
     broker_tls_ca: str = field(
         default="", metadata={"help": "rediss:// broker: CA bundle to verify the server (default: system CAs)"}
     )
@@ -102,6 +107,10 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def coordinator_keys_dir(self) -> Path:
+        return Path(self.coordinator_key_dir) if self.coordinator_key_dir else self.keys_dir
 
     @property
     def trusted_keys_dir(self) -> Path:

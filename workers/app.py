@@ -82,7 +82,7 @@ def make_app(settings: Settings) -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.update(include=["workers.tasks"])
     # Where the coordinator's task-signing key lives (workers.dispatch signs every build message with it).
-    app.conf.update(mangos_keys_dir=str(settings.keys_dir))
+    app.conf.update(mangos_keys_dir=str(settings.coordinator_keys_dir))
     return app
 
 

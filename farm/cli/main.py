@@ -487,9 +487,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
     if args.if_missing and (settings.keys_dir / keymod.PRIVATE_NAME).exists():
         key = keymod.load_builder(settings.keys_dir)
+        keymod.ensure_coordinator_key(settings.coordinator_keys_dir, settings.keys_dir)  # farms made before it
         print(f"builder key {key.public.keyid} already in {settings.keys_dir}")
         return 0
-    key = keymod.generate(settings.keys_dir, force=args.force)
+    key = keymod.generate(settings.keys_dir, force=args.force, coordinator_dir=settings.coordinator_keys_dir)
     print(f"builder key {key.public.keyid} written to {settings.keys_dir}/{keymod.PRIVATE_NAME} (mode 0600)")
     print(f"public key: {settings.keys_dir}/{keymod.PUBLIC_NAME}  (share it: mangos-farm keys export-public)")
     return 0

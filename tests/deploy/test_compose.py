@@ -150,6 +150,20 @@ def test_builder_key_reaches_only_the_services_that_sign_or_check() -> None:
         assert services[name]["depends_on"]["keys"]["condition"] == "service_completed_successfully"
 
 
+def test_coordinator_key_reaches_only_the_coordinator() -> None:
+    """Workers run only tasks signed by the coordinator's key; they hold its public half (in builder-keys)."""
+    services = compose()["services"]
+    holders = {
+        name for name, s in services.items() if any(str(v).startswith("coordinator-key:") for v in s.get("volumes", []))
+    }
+    assert holders == {"keys", "coordinator"}
+    coordinator = services["coordinator"]
+    assert "coordinator-key:/var/lib/mangos/coordinator:ro" in coordinator["volumes"]
+    assert coordinator["environment"]["MANGOS_FARM_COORDINATOR_KEY_DIR"] == "/var/lib/mangos/coordinator"
+    assert services["keys"]["environment"]["MANGOS_FARM_COORDINATOR_KEY_DIR"] == "/var/lib/mangos/coordinator"
+    assert coordinator["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+
+
 def test_worker_runs_with_the_minimum_privileges() -> None:
     """The exceptions bwrap needs, and nothing more (tests/deploy/test_privileges.py measures why)."""
     worker = compose()["services"]["worker"]

@@ -190,10 +190,21 @@ def test_worker_has_exactly_the_exceptions_bwrap_needs() -> None:
     assert key_mount["readOnly"] is True
     (key_volume,) = (v for v in spec["volumes"] if v["name"] == key_mount["name"])
     assert key_volume["secret"]["secretName"] == "mangos-builder-key"
-    assert {i["path"] for i in key_volume["secret"]["items"]} == {"builder.key", "builder.pub"}
+    assert {i["path"] for i in key_volume["secret"]["items"]} == {"builder.key", "builder.pub", "coordinator.pub"}
     assert key_volume["secret"]["defaultMode"] == 0o440
     for name in ("mangos-coordinator", "mangos-web"):  # nobody else holds the builder key
-        assert all("secret" not in v for v in pod_specs()[name]["volumes"]), name
+        secrets = [v["secret"]["secretName"] for v in pod_specs()[name]["volumes"] if "secret" in v]
+        assert "mangos-builder-key" not in secrets, name
+    # The coordinator alone holds its task-signing key, where MANGOS_FARM_COORDINATOR_KEY_DIR points.
+    coordinator = pod_specs()["mangos-coordinator"]
+    (secret,) = (v["secret"] for v in coordinator["volumes"] if "secret" in v)
+    assert secret["secretName"] == "mangos-coordinator-key" and secret["defaultMode"] == 0o440
+    (c,) = coordinator["containers"]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/mangos/coordinator")
+    assert mount["readOnly"] is True
+    (config,) = objects("ConfigMap").values()
+    assert config["data"]["MANGOS_FARM_COORDINATOR_KEY_DIR"] == mount["mountPath"]
+    assert "mangos-coordinator-key" not in [v.get("secret", {}).get("secretName") for v in spec["volumes"]]
 
 
 def test_keda_scaled_object() -> None:

@@ -30,6 +30,7 @@ FULL_ENV = {
     "MANGOS_FARM_BUILD_PROCESSES": "256",
     "MANGOS_FARM_BUILD_SCRATCH_MB": "4096",
     "MANGOS_FARM_BUILD_OUTPUT_MB": "1024",
+    "MANGOS_FARM_COORDINATOR_KEY_DIR": "/etc/farm/coordinator",
     "MANGOS_FARM_BROKER_TLS_CA": "/etc/farm/ca.pem",
     "MANGOS_FARM_BROKER_TLS_CERT": "/etc/farm/client.pem",
     "MANGOS_FARM_BROKER_TLS_KEY": "/etc/farm/client.key",
