@@ -93,6 +93,21 @@ def _bad(message: str, hint: str = "the envelope is damaged; fetch it again from
     return FarmError(E.VERIFY_ENVELOPE, message, hint=hint)
 
 
+def _refuse_revoked(keyids: Sequence[str], trusted: Sequence[PublicKey]) -> None:
+    """Say "revoked" (not just "untrusted") when a signature's key id is one the keyring revoked
+    (``farm.keys.TrustedKeys`` carries the revocations it left out)."""
+    revoked = getattr(trusted, "revoked", None) or {}
+    for keyid in keyids:
+        if keyid in revoked:
+            rev = revoked[keyid]
+            raise FarmError(
+                E.KEY_REVOKED,
+                f"signed by revoked builder key {keyid[:16]}... (revoked {getattr(rev, 'time', '')}: "
+                f"{getattr(rev, 'reason', '')})",
+                hint="do not use this artifact; rebuild it on a builder whose key is trusted",
+            )
+
+
 def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -> Verified:
     """Check a DSSE envelope's signature against trusted keys and return its statement."""
     if not isinstance(envelope, Mapping):
@@ -134,16 +149,7 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
                 hint="do not use this artifact; fetch the envelope again and investigate the store",
             )
         untrusted.append(keyid)
-    revoked = getattr(trusted, "revoked", None) or {}
-    for keyid in untrusted:
-        if keyid in revoked:
-            rev = revoked[keyid]
-            raise FarmError(
-                E.KEY_REVOKED,
-                f"signed by revoked builder key {keyid[:16]}... (revoked {getattr(rev, 'time', '')}: "
-                f"{getattr(rev, 'reason', '')})",
-                hint="do not use this artifact; rebuild it on a builder whose key is trusted",
-            )
+    _refuse_revoked(untrusted, trusted)
     raise FarmError(
         E.VERIFY_UNTRUSTED,
         f"signed by a key that is not trusted ({', '.join(k[:16] + '...' for k in untrusted)})",
