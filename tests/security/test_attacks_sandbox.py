@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,3 +280,15 @@ def test_a_build_sees_only_its_own_uid_and_no_capabilities(ctx: WorkerContext, r
     text = ctx.store.get_bytes(outcome.record["artifacts"][0]["digest"]).decode()
     assert text.splitlines()[0] == "1000"
     assert "CapEff:\t0000000000000000" in text and "CapPrm:\t0000000000000000" in text
+
+
+def test_killing_everything_it_can_see_harms_only_itself(ctx: WorkerContext, repo: tuple[Path, str]) -> None:
+    sentinel = subprocess.Popen(["sleep", "60"])  # a process of the worker's, outside the sandbox
+    try:
+        outcome = execute_build(request(repo, "killer", ["kill -9 -1; kill -9 1; sleep 1"], ["x"]), ctx)
+        failed(outcome, E.BUILD_FAILED, "step 1")
+        assert sentinel.poll() is None, "a process outside the build was killed"
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+    still_healthy(ctx, repo)
