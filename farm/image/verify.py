@@ -70,10 +70,11 @@ def _find(table: list[gpt.TableEntry], type_: str) -> gpt.TableEntry:
 def tree_root_hash(data_path: Path, entry: gpt.TableEntry, hash_data: bytes) -> tuple[str, dict[str, Any]]:
     sb = verity.read_superblock(hash_data)
     blocks = int(sb["data_blocks"])
+    if blocks * verity.BLOCK > entry.size:
+        return "", sb  # the superblock claims more data than the partition holds
     with data_path.open("rb") as fh:
         fh.seek(entry.start)
-        data = fh.read(blocks * verity.BLOCK)
-    return verity.root_hash(data, str(sb["salt"])), sb
+        return verity.root_hash_stream(fh, blocks, str(sb["salt"])), sb
 
 
 CMDLINE_ROOTHASH = re.compile(r"(?:^|\s)roothash=([0-9a-f]{64})(?:\s|$)")

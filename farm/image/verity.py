@@ -12,6 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from farm.errors import E, FarmError
 from farm.run import require_tool, run
@@ -105,6 +106,26 @@ def root_hash(data: bytes, salt_hex: str) -> str:
     while len(level) > BLOCK:
         level = _hash_level([level[i : i + BLOCK] for i in range(0, len(level), BLOCK)], salt)
     return hashlib.sha256(salt + level).hexdigest()
+
+
+def root_hash_stream(fh: BinaryIO, blocks: int, salt_hex: str) -> str:
+    """:func:`root_hash` of ``blocks`` 4 KiB blocks read from ``fh`` at its position, without holding them all."""
+    if blocks < 1:
+        raise ValueError("no data blocks")
+    salt = bytes.fromhex(salt_hex)
+    per_block = BLOCK // DIGEST
+    level = bytearray()
+    left = blocks
+    while left:
+        n = min(left, per_block)
+        data = fh.read(n * BLOCK)
+        if len(data) != n * BLOCK:
+            raise ValueError("the data ends before the verity superblock's block count")
+        level += _hash_level([data[i : i + BLOCK] for i in range(0, len(data), BLOCK)], salt)
+        left -= n
+    while len(level) > BLOCK:
+        level = bytearray(_hash_level([bytes(level[i : i + BLOCK]) for i in range(0, len(level), BLOCK)], salt))
+    return hashlib.sha256(salt + bytes(level)).hexdigest()
 
 
 def read_superblock(hash_data: bytes) -> dict[str, str | int]:

@@ -156,3 +156,14 @@ def test_sysext_release_file_and_tree_rules(tmp_path: Path) -> None:
     with pytest.raises(FarmError) as exc:
         sysext.check_tree(tmp_path, "sysext")
     assert "var" in exc.value.message
+
+
+def test_streamed_verity_tree_equals_the_in_memory_one() -> None:
+    import io
+
+    data = bytes(range(256)) * 16 * 1000
+    salt = verity.derive_salt("z")
+    assert verity.root_hash_stream(io.BytesIO(data), 1000, salt) == verity.root_hash(data, salt)
+    assert verity.root_hash_stream(io.BytesIO(data[:4096]), 1, salt) == verity.root_hash(data[:4096], salt)
+    with pytest.raises(ValueError):
+        verity.root_hash_stream(io.BytesIO(data[:4096]), 2, salt)
