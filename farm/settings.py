@@ -175,6 +175,21 @@ def _tls_query(s: Settings) -> str:
     return ("&" if "?" in s.broker else "?") + query
 
 
+def redact(value: str) -> str:
+    """A URL's password replaced by ``***`` (``redis://farm:***@host:6379/0``): for display, never for use."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def host_arch() -> str:
     """The Debian name of this machine's architecture."""
     machine = platform.machine()

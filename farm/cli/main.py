@@ -16,7 +16,7 @@ from typing import Any
 from farm import keys as keymod
 from farm.errors import E, ErrorGroup, FarmError
 from farm.log import configure
-from farm.settings import Settings, describe
+from farm.settings import Settings, describe, redact
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +506,7 @@ def cmd_keys_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    rows = [r | {"value": str(getattr(settings, r["name"]))} for r in describe()]
+    rows = [r | {"value": redact(str(getattr(settings, r["name"])))} for r in describe()]
     if args.json:
         _out(rows)
     else:

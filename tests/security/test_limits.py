@@ -68,3 +68,18 @@ def test_rediss_broker_verifies_the_server_and_sends_a_client_certificate() -> N
     assert conf["broker_url"] == s.broker
     plain = celery_config(Settings(broker="redis://farm:pw@redis.example:6379/0"))
     assert "broker_use_ssl" not in plain
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("redis://farm:s3cret@redis:6379/0", "redis://farm:***@redis:6379/0"),
+        ("rediss://:s3cret@redis:6380/0", "rediss://:***@redis:6380/0"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("/var/lib/mangos", "/var/lib/mangos"),
+    ],
+)
+def test_config_never_shows_a_broker_password(value: str, shown: str) -> None:
+    from farm.settings import redact
+
+    assert redact(value) == shown
