@@ -268,6 +268,7 @@ def gather(
     local_debs: Sequence[Path] = (),
 ) -> Inputs:
     """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name."""
+    work.mkdir(parents=True, exist_ok=True)
     with step("verifying farm-built packages", log):
         farm = farm_debs(store, recipes_dir, trusted, work / "farm") if recipes_dir.is_dir() else {}
         farm |= verify_local(local_debs, trusted)

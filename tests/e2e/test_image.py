@@ -119,6 +119,16 @@ def test_inputs_are_checked_and_a_tampered_deb_stops_the_build(built_image: Buil
     assert origins["hello"] == "farm" and origins["libc6"] == "archive"
     assert next(p for p in listed["packages"] if p["name"] == "hello")["commit"] == img.commits["hello"]
 
+    # K-of-N admission (issue #7): this organization's own attestation is one vote; two cannot be met without peers
+    peers = tmp_path / "peers.toml"
+    peers.write_text("")
+    admitted = img.farm.run("image", "build", "--check-inputs", "--require-agreement", "1", "--trust", str(peers))
+    assert "hello" in admitted.stdout
+    refused = img.farm.run(
+        "image", "build", "--check-inputs", "--require-agreement", "2", "--trust", str(peers), check=False
+    )
+    assert refused.returncode == 2 and "E-ADMISSION-REFUSED" in refused.stderr, refused.stderr
+
     fetched = tmp_path / "debs"
     img.farm.run("fetch", "--commit", img.commits["hello"], "-o", str(fetched))
     deb = fetched / "hello_2.10-3_amd64.deb"
