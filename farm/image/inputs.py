@@ -237,7 +237,7 @@ def archive_debs(pins: Sequence[Pin], store: Store, dest: Path) -> list[Package]
     for pin in pins:
         candidates = sums.get((pin.package, pin.version, pin.arch), set())
         known = sorted(s for s in candidates if store.has_blob(s))
-        if len(candidates) >= 1 and known:
+        if known:
             pinned.append(Pin(pin.package, pin.version, pin.arch, known[0]))
         else:
             missing.append(pin)

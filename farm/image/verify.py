@@ -38,6 +38,7 @@ class Check:
 class Report:
     image: Path
     root_hash: str = ""
+    uki_sha256: str = ""
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -52,6 +53,7 @@ class Report:
             "image": str(self.image),
             "ok": self.ok,
             "root_hash": self.root_hash,
+            "uki_sha256": self.uki_sha256,
             "checks": [c.to_json() for c in self.checks],
         }
 
@@ -152,5 +154,5 @@ def verify_image(raw: Path, *, cert: Path, db_cert: Path | None = None) -> Repor
             require_tool("sbverify", "sbsigntool")
             result = run(["sbverify", "--cert", str(db_cert), str(uki)], check=False)
             report.add("uki-secure-boot", result.returncode == 0, (result.stdout + result.stderr).decode().strip())
-        report.add("uki-digest", True, hashlib.sha256(uki.read_bytes()).hexdigest())
+        report.uki_sha256 = hashlib.sha256(uki.read_bytes()).hexdigest()
     return report
