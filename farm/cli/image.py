@@ -112,11 +112,13 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     from farm.keys import trusted_keys
 
     trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir, [Path(k) for k in args.key or ()])
-    result = trace(Path(args.image), args.path, trusted)
+    result = trace(Path(args.image), args.path, trusted, cert=Path(args.cert) if args.cert else None)
     if args.json:
         _out(result)
         return 0
     print(f"{result['path']}")
+    if result.get("image_signature"):
+        print(f"  image    root hash {result['image_root_hash']} signed by the release key: verified")
     print(f"  package  {result['package']} {result['version']} ({result['deb']}, sha256 {result['deb_sha256']})")
     print(f"  file matches the package's md5sums: {result['file_matches_package']}")
     if result["origin"] != "farm":
@@ -199,4 +201,5 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     sp.add_argument("image", help="mangos_VERSION.raw")
     sp.add_argument("path", help="absolute path inside the image, e.g. /usr/bin/hello")
     sp.add_argument("--key", action="append", help="extra trusted builder public key (PEM); repeatable")
+    sp.add_argument("--cert", help="release verity certificate: first check the image's root is the signed one")
     json_flag(sp)

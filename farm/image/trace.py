@@ -91,12 +91,31 @@ def extract_root(raw: Path, dest: Path) -> Path:
     return tree
 
 
-def trace(raw: Path, path: str, trusted: Sequence[PublicKey]) -> dict[str, Any]:
+def trace(raw: Path, path: str, trusted: Sequence[PublicKey], cert: Path | None = None) -> dict[str, Any]:
+    """Trace ``path``; with the release ``cert``, first check that the root read is the one the release key signed
+    (so the manifest and provenance read from it are the image's own)."""
     if not raw.is_file():
         raise FarmError(E.IMAGE_TRACE, "no such image file", file=raw, hint="check the path")
+    image_root_hash = ""
+    if cert is not None:
+        from farm.image.verify import verify_image
+
+        report = verify_image(raw, cert=cert)
+        failed = [c.name for c in report.checks if not c.ok and c.name in ("verity-tree", "signature", "certificate")]
+        if failed:
+            raise FarmError(
+                E.IMAGE_TRACE,
+                f"the image's root does not verify with {cert.name} ({', '.join(failed)})",
+                hint="run 'mangos-farm image verify' for details; do not trust what this image says about itself",
+            )
+        image_root_hash = report.root_hash
     with tempfile.TemporaryDirectory(prefix="mangos-trace-") as tmp:
         root = extract_root(raw, Path(tmp))
-        return trace_tree(root, path, trusted)
+        result = trace_tree(root, path, trusted)
+    if image_root_hash:
+        result["image_root_hash"] = image_root_hash
+        result["image_signature"] = "verified"
+    return result
 
 
 def trace_tree(root: Path, path: str, trusted: Sequence[PublicKey]) -> dict[str, Any]:

@@ -94,7 +94,8 @@ def test_image_verify_checks_the_bytes_and_refuses_tampering(built_image: BuiltI
 
 def test_trace_reaches_the_source_commit(built_image: BuiltImage) -> None:  # noqa: F811
     img = built_image
-    hello = img.farm.json("trace", str(img.raw), "/usr/bin/hello")
+    hello = img.farm.json("trace", str(img.raw), "/usr/bin/hello", "--cert", str(img.verity_cert))
+    assert hello["image_signature"] == "verified" and hello["image_root_hash"] == img.root_hash
     assert hello["package"] == "hello" and hello["origin"] == "farm"
     assert hello["commit"] == img.commits["hello"] and hello["signature"] == "verified"
     assert hello["file_matches_package"] is True
