@@ -179,3 +179,41 @@ def test_farm_debs_are_verified_and_a_tampered_one_stops_the_build(tmp_path: Pat
     with pytest.raises(FarmError) as exc:
         inputs.verify_local([unsigned], [key.public])
     assert exc.value.code == "E-VERIFY-NO-ENVELOPE"
+
+
+def test_trace_follows_a_file_to_its_commit_and_refuses_a_mismatched_manifest(tmp_path: Path) -> None:
+    from farm.image import trace
+    from farm.image.assemble import MANIFEST_DIR
+
+    require("dpkg-deb")
+    key = generate(tmp_path / "keys")
+    deb = _deb(tmp_path, "demo")
+    _sign(deb, key)
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "--extract", str(deb), str(root)], check=True)
+    info = root / "var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    (info / "demo.list").write_text("/.\n/usr\n/usr/bin\n/usr/bin/demo\n")
+    md5 = hashlib.md5((root / "usr/bin/demo").read_bytes()).hexdigest()
+    (info / "demo.md5sums").write_text(f"{md5}  usr/bin/demo\n")
+    sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    entry = {"name": "demo", "version": "1.0-1", "arch": "amd64", "sha256": sha, "origin": "farm", "file": deb.name}
+    (root / MANIFEST_DIR / "provenance").mkdir(parents=True)
+    (root / MANIFEST_DIR / "manifest.json").write_text(json.dumps({"packages": [entry]}))
+    shutil.copy(deb.parent / f"{deb.name}.intoto.json", root / MANIFEST_DIR / "provenance")
+
+    got = trace.trace_tree(root, "/usr/bin/demo", [key.public])
+    assert got["commit"] == "c" * 40 and got["signature"] == "verified" and got["file_matches_package"] is True
+    (root / "usr/bin/demo").write_text("changed\n")
+    assert trace.trace_tree(root, "usr/bin/demo", [key.public])["file_matches_package"] is False
+    with pytest.raises(FarmError) as exc:
+        trace.trace_tree(root, "/usr/bin/other", [key.public])
+    assert exc.value.code == "E-IMAGE-TRACE"
+    entry["sha256"] = "0" * 64  # the manifest names other bytes than the farm signed
+    (root / MANIFEST_DIR / "manifest.json").write_text(json.dumps({"packages": [entry]}))
+    with pytest.raises(FarmError) as exc:
+        trace.trace_tree(root, "/usr/bin/demo", [key.public])
+    assert exc.value.code == "E-IMAGE-TRACE" and "signed provenance" in exc.value.message
+    with pytest.raises(FarmError) as exc:
+        trace.trace_tree(root, "/usr/bin/demo", [generate(tmp_path / "other").public])
+    assert exc.value.code == "E-VERIFY-UNTRUSTED-KEY"
