@@ -467,6 +467,7 @@ def _build(
                 logfh=logfh,
                 timeout=max(1.0, deadline - time.monotonic()),
                 variation=ctx.variation,
+                limits=ctx.limits,
             )
     else:
         v = ctx.variation

@@ -29,6 +29,7 @@ from farm.errors import E, FarmError
 from farm.log import step
 from farm.recipes import Recipe
 from farm.run import require_tool, run
+from farm.sandbox import Cgroup, Limits, launcher_env, limited_argv
 from farm.store import Store
 
 if TYPE_CHECKING:
@@ -198,6 +199,7 @@ def run_debian_build(
     logfh: IO[bytes],
     timeout: float,
     variation: Variation | None = None,
+    limits: Limits | None = None,
 ) -> None:
     if os.geteuid() != 0:
         raise FarmError(
@@ -219,14 +221,37 @@ def run_debian_build(
     )
     logfh.write(f"==> dpkg-buildpackage -b in environment {env_lower.parent.name[:16]}\n".encode())
     logfh.flush()
-    result = run(unshare_argv(script), stdout=logfh, stderr_to_stdout=True, check=False, timeout=timeout)
+    # The same limits as sandboxed steps (a cgroup for processes and memory, rlimits), and a clean environment:
+    # nothing of the worker's (AWS_*, broker URL, key paths) is inherited by the build root's processes.
+    limits = limits or Limits()
+    cgroup = Cgroup.create(limits)
+    try:
+        result = run(
+            limited_argv(limits, cgroup, unshare_argv(script)),
+            stdout=logfh,
+            stderr_to_stdout=True,
+            check=False,
+            timeout=timeout,
+            env=launcher_env() | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        hit = cgroup.hit() if cgroup is not None else []
+    finally:
+        if cgroup is not None:
+            cgroup.destroy()
     shutil.rmtree(layer, ignore_errors=True)
     if result.timed_out:
         raise FarmError(
-            E.BUILD_FAILED,
+            E.SANDBOX_LIMIT,
             "the debian build timed out and was killed",
             file=recipe.path,
             hint="raise MANGOS_FARM_BUILD_TIMEOUT",
+        )
+    if hit and result.returncode != 0:
+        raise FarmError(
+            E.SANDBOX_LIMIT,
+            f"the debian build exceeded its {' and '.join(hit)} limit",
+            file=recipe.path,
+            hint="raise MANGOS_FARM_BUILD_MEMORY_MB / MANGOS_FARM_BUILD_PROCESSES on the workers if it is legitimate",
         )
     if result.returncode != 0:
         raise FarmError(
