@@ -169,7 +169,19 @@ def _stage_dependencies(req: BuildRequest, ctx: WorkerContext, deps_dir: Path) -
         target.mkdir(parents=True, exist_ok=True)
         for name, digest in sorted(dep.artifacts.items()):
             blob = target / name
-            store.fetch_blob(digest, blob)  # verifies the sha256 on the way out
+            try:
+                store.fetch_blob(digest, blob)  # verifies the sha256 on the way out
+            except FarmError as exc:
+                if exc.code == E.STORE_CORRUPT:  # the bytes under a signed digest were swapped: an attack or rot
+                    audit.record(
+                        ctx.audit_log,
+                        audit.REFUSED_ARTIFACT,
+                        who=ctx.builder_id,
+                        what=f"dependency {dep.recipe}/{name} ({digest})",
+                        error=exc.code,
+                        message=exc.message,
+                    )
+                raise
             metrics.store_bytes.labels("down").inc(blob.stat().st_size)
             if name.endswith(".tar"):
                 with tarfile.open(blob) as tar:

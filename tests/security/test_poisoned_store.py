@@ -139,6 +139,8 @@ def test_a_swapped_blob_is_refused(ctx: WorkerContext, built: Built) -> None:
     outcome = dependent(ctx, built, dep)
     assert not outcome.ok and outcome.error is not None
     assert outcome.error["code"] == E.STORE_CORRUPT and "corrupt" in outcome.error["message"]
+    assert ctx.audit_log is not None
+    assert [e["event"] for e in audit.read(ctx.audit_log)] == [audit.REFUSED_ARTIFACT]
 
 
 def test_a_revoked_builder_key_is_refused_from_then_on(ctx: WorkerContext, built: Built, keys_dir: Path) -> None:
