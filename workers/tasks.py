@@ -176,6 +176,15 @@ def _announce_worker(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _check_coordinator_key(**_: Any) -> None:
+    """Say at start, not at each refused task, that this worker cannot authenticate its tasks."""
+    try:
+        coordinator_public(settings.keys_dir)
+    except FarmError as exc:
+        log.error("%s; every build task will be refused (%s)", exc.message, exc.hint)
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _serve_metrics(**_: Any) -> None:
     port = int(os.environ.get("MANGOS_FARM_METRICS_PORT", "0") or 0)
     if port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
