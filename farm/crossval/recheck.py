@@ -39,7 +39,7 @@ CAUSES = ("timestamps", "build-id", "paths", "file order", "locale", "other")
 DEFAULT_MAX_REPORT = 2 * 1024 * 1024
 DEFAULT_DIFF_TIMEOUT = 300.0
 
-_BOX = re.compile(r"^[\s│├└┄─╎]*")
+_BOX = re.compile(r"^(?:[│├└┄─╎]+ ?)*")  # diffoscope's tree prefix; what follows is a unified diff line
 _TOKEN = re.compile(r"0x[0-9a-fA-F]+|\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d(?:\.\d+)?|[+-]\d{4}\b|\w+")
 _NAME = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*")
 _CLOCKISH = re.compile(r"\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d(?:\.\d+)?|[+-]\d{4}")
@@ -91,17 +91,25 @@ def diffoscope_argv(a: Path, b: Path, text: Path, html: Path, max_report_size: i
     ]
 
 
-def _changed_lines(report: str) -> tuple[list[str], list[str]]:
-    minus, plus = [], []
+def _blocks(report: str) -> list[tuple[list[str], list[str]]]:
+    """The changed lines of a diffoscope text report, as (removed, added) per contiguous change."""
+    blocks: list[tuple[list[str], list[str]]] = []
+    current: tuple[list[str], list[str]] | None = None
     for raw in report.splitlines():
         line = _BOX.sub("", raw)
-        if line.startswith(("---", "+++")):
+        if line.startswith(("---", "+++")) or not line.startswith(("-", "+")):
+            current = None
             continue
-        if line.startswith("-"):
-            minus.append(line[1:])
-        elif line.startswith("+"):
-            plus.append(line[1:])
-    return minus, plus
+        if current is None:
+            current = ([], [])
+            blocks.append(current)
+        current[0 if line.startswith("-") else 1].append(line[1:])
+    return blocks
+
+
+def _changed_lines(report: str) -> tuple[list[str], list[str]]:
+    blocks = _blocks(report)
+    return [m for b in blocks for m in b[0]], [p for b in blocks for p in b[1]]
 
 
 def classify(report: str, variation: Variation) -> list[str]:
@@ -109,11 +117,12 @@ def classify(report: str, variation: Variation) -> list[str]:
     minus, plus = _changed_lines(report)
     changed = minus + plus
     causes: list[str] = []
-    if any(_time_change(m, p) for m, p in zip(minus, plus, strict=False)):
+    pairs = [pair for removed, added in _blocks(report) for pair in zip(removed, added, strict=False)]
+    if any(_time_change(m, p) for m, p in pairs):
         causes.append("timestamps")
     if re.search(r"build.?id", report, re.IGNORECASE):
         causes.append("build-id")
-    if any(variation.build_path in line or "/build/" in line for line in changed):
+    if any(variation.build_path in line for line in changed):  # inside the sandbox the paths are fixed
         causes.append("paths")
     if minus and sorted(minus) == sorted(plus) and minus != plus:  # the same lines (or members), reordered
         causes.append("file order")
