@@ -11,6 +11,7 @@ the mmdebstrap stage is measured too; otherwise the second and later builds reus
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -72,6 +73,11 @@ def main() -> int:
         total = round(time.monotonic() - t0, 2)
         build: dict[str, Any] = json.loads((out / "build.json").read_text())
         raw = Path(build["raw"])
+        same_tree = None
+        if args.cold and (aside / "image-rootfs").exists():  # the fresh root tarball vs the one cached before
+            fresh = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in cache.glob("*.tar")}
+            old = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (aside / "image-rootfs").glob("*.tar")}
+            same_tree = all(old.get(name) == digest for name, digest in fresh.items()) if fresh.keys() & old else None
         allocated = raw.stat().st_blocks * 512  # the disk file is sparse: slot B and slack are holes
         result = {
             "cold": args.cold,
@@ -79,6 +85,7 @@ def main() -> int:
             "stages": build["stages"],
             "sizes": build["sizes"],
             "raw_allocated": allocated,
+            "root_tree_identical_to_cached": same_tree,
             "verify_seconds": timed(home, "image", "verify", str(raw), "--cert", str(home / "release/verity.crt")),
             "trace_seconds": timed(home, "trace", str(raw), "/usr/bin/hello"),
         }
@@ -98,6 +105,10 @@ def main() -> int:
     for name, size in sorted(result["sizes"].items()):
         print(f"  {name:48} {size / 1e6:9.1f} MB")
     print(f"  (the .raw is sparse: {result['raw_allocated'] / 1e6:.1f} MB allocated)")
+    if same_tree is not None:
+        print(
+            f"  root tarball made again from scratch is {'identical to' if same_tree else 'DIFFERENT from'} the cached one"
+        )
     print(f"image verify {result['verify_seconds']:.1f}s, trace {result['trace_seconds']:.1f}s")
     return 0
 
