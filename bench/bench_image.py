@@ -106,9 +106,8 @@ def main() -> int:
         print(f"  {name:48} {size / 1e6:9.1f} MB")
     print(f"  (the .raw is sparse: {result['raw_allocated'] / 1e6:.1f} MB allocated)")
     if same_tree is not None:
-        print(
-            f"  root tarball made again from scratch is {'identical to' if same_tree else 'DIFFERENT from'} the cached one"
-        )
+        verdict = "identical to" if same_tree else "DIFFERENT from"
+        print(f"  root tarball made again from scratch is {verdict} the cached one")
     print(f"image verify {result['verify_seconds']:.1f}s, trace {result['trace_seconds']:.1f}s")
     return 0
 
