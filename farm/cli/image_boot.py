@@ -37,7 +37,11 @@ def cmd_image_boot(args: argparse.Namespace, settings: Settings) -> int:
                     hint="pass --db-cert, or generate release keys with 'mangos-farm keys generate --release'",
                 )
         fw = firmware.enrolled_firmware(work / "OVMF_VARS.fd", db_certs=certs)
-    result = boot.boot(image, fw, timeout=args.timeout, workdir=work)
+    if args.tpm:
+        with boot.software_tpm(work / "tpm") as tpm:
+            result = boot.boot(image, fw, timeout=args.timeout, workdir=work, tpm_socket=tpm)
+    else:
+        result = boot.boot(image, fw, timeout=args.timeout, workdir=work)
     expected = boot.Outcome.REFUSED_INSECURE if args.no_secure_boot else boot.Outcome.BOOTED
     if args.json:
         print(json.dumps({**result.to_json(), "expected": str(expected)}, indent=2, sort_keys=True))
@@ -70,4 +74,5 @@ def add_boot_command(image: Any, add: Callable[..., argparse.ArgumentParser]) ->
     sp.add_argument("--no-secure-boot", action="store_true", help="boot with Secure Boot off (the image must refuse)")
     sp.add_argument("--timeout", type=float, default=240.0, help="seconds before giving up (default 240; TCG is slow)")
     sp.add_argument("--keep", metavar="DIR", help="keep the serial log and firmware vars here")
+    sp.add_argument("--tpm", action="store_true", help="attach a software TPM (swtpm) for the Encrypt=tpm2 first boot")
     json_flag(sp)

@@ -10,11 +10,15 @@ QEMU to quit through its monitor socket; ``-no-reboot`` ends QEMU when the guest
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -135,6 +139,36 @@ def qemu_argv(
     return argv
 
 
+def swtpm_argv(state: Path) -> list[str]:
+    """A software TPM 2.0 for one boot: first-boot systemd-repart seals /var, /var/tmp and swap to it."""
+    return [
+        "swtpm",
+        "socket",
+        "--tpm2",
+        "--tpmstate",
+        f"dir={state}",
+        "--ctrl",
+        f"type=unixio,path={state / 'swtpm.sock'}",
+        "--pid",
+        f"file={state / 'swtpm.pid'}",
+        "--daemon",
+    ]
+
+
+@contextmanager
+def software_tpm(state: Path) -> Iterator[Path]:
+    """Run swtpm (daemonized; it also exits by itself when QEMU disconnects) and yield its socket."""
+    require_tool("swtpm", "swtpm")
+    state.mkdir(parents=True, exist_ok=True)
+    run(swtpm_argv(state))
+    try:
+        yield state / "swtpm.sock"
+    finally:
+        pidfile = state / "swtpm.pid"
+        with suppress(OSError, ValueError):  # already gone with QEMU
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
 def _quit(monitor: Path) -> None:
     """Ask QEMU to stop (HMP ``quit``); a QEMU that is already gone is fine."""
     try:
@@ -172,7 +206,12 @@ class _Watcher(threading.Thread):
 
 
 def boot(
-    image: Path, firmware: Firmware, *, timeout: float = DEFAULT_TIMEOUT, workdir: Path | None = None
+    image: Path,
+    firmware: Firmware,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    workdir: Path | None = None,
+    tpm_socket: Path | None = None,
 ) -> BootResult:
     """Boot ``image`` once and report the outcome; the serial log is kept in ``workdir`` (or a temp dir)."""
     require_tool("qemu-system-x86_64", "qemu-system-x86")
@@ -183,7 +222,7 @@ def boot(
     serial_log, monitor = work / "serial.log", work / "qemu-monitor.sock"
     serial_log.unlink(missing_ok=True)
     monitor.unlink(missing_ok=True)
-    argv = qemu_argv(image=image, firmware=firmware, serial_log=serial_log, monitor=monitor)
+    argv = qemu_argv(image=image, firmware=firmware, serial_log=serial_log, monitor=monitor, tpm_socket=tpm_socket)
     with step("qemu boot", logger=log, image=str(image), secure_boot=firmware.secure_boot):
         start = time.monotonic()
         watcher = _Watcher(serial_log, monitor, start)

@@ -63,3 +63,10 @@ def test_classify(serial: str, outcome: boot.Outcome) -> None:
 @pytest.mark.unit
 def test_classify_waits_while_undecided() -> None:
     assert boot.classify("BdsDxe: loading Boot0001\r\nEFI stub: UEFI Secure Boot is enabled.\r\n") is None
+
+
+@pytest.mark.unit
+def test_swtpm_argv_is_a_tpm2_socket_in_the_state_dir() -> None:
+    argv = boot.swtpm_argv(Path("/w/tpm"))
+    assert argv[:3] == ["swtpm", "socket", "--tpm2"] and "--daemon" in argv
+    assert "type=unixio,path=/w/tpm/swtpm.sock" in argv and "file=/w/tpm/swtpm.pid" in argv
