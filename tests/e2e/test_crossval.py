@@ -4,6 +4,7 @@ refused admission; a rewritten published log is detected; recheck --vary; an off
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -15,15 +16,17 @@ from pathlib import Path
 import pytest
 
 from farm.crossval.admission import Subject, check_agreement
-from farm.crossval.log import ENTRIES, HEAD, Entry, Log
+from farm.crossval.log import ENTRIES, HEAD, Entry, InputsKey, Log
+from farm.crossval.publish import all_records
 from farm.errors import E, FarmError
-from farm.keys import load_builder
-from farm.provenance import verify_envelope
+from farm.keys import generate, load_builder
+from farm.provenance import sign, verify_envelope
 from farm.settings import Settings
 from farm.store import BuildRecord, open_store
 from tests.conftest import require
 from tests.crossval.helpers import Org, log_tampered
 from tests.e2e.conftest import CLI, REPO, Farm
+from tests.e2e.image_fixtures import BuiltImage, built_image  # noqa: F401 - the image stream's session farm
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +41,6 @@ class Orgs:
 
     def records(self, name: str) -> dict[str, BuildRecord]:
         store = open_store(str(self.farms[name].home / "store"))
-        from farm.crossval.publish import all_records
-
         return {r.recipe: r for r in all_records(store)}
 
     def trust(self, *peers: str, logs: dict[str, Path] | None = None) -> Path:
@@ -235,3 +236,41 @@ def test_bundle_rebuilds_offline_in_a_fresh_store_with_the_same_digest(orgs: Org
     broken.write_bytes(bundle.read_bytes()[:2000])
     proc2 = fresh.run("rebuild-bundle", str(broken), check=False)
     assert proc2.returncode == 2 and "error[E-BUNDLE-INVALID]" in proc2.stderr
+
+
+def test_image_build_require_agreement_refuses_what_a_malicious_peer_contradicts(
+    built_image: BuiltImage,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The image stream's farm (a real hello .deb from source) against a peer whose builder signed another digest."""
+    farm = built_image.farm
+    settings = Settings(home=farm.home)
+    store = open_store(str(farm.home / "store"))
+    [hello] = [r for r in all_records(store) if r.recipe == "hello"]
+    deb = next(n for n in hello.outputs() if n.startswith("hello_") and n.endswith(".deb"))
+    evil_key = generate(tmp_path / "evil-keys")
+    stmt = json.loads(base64.b64decode(json.loads(store.get_bytes(hello.provenance))["payload"]))
+    for subject in stmt["subject"]:
+        if subject["name"] == deb:
+            subject["digest"]["sha256"] = "d" * 64
+    evil = Log.open(tmp_path / "evil-log")
+    evil.append(
+        key=InputsKey.from_statement(stmt, settings.build_arch),
+        recipe="hello",
+        version=hello.version,
+        build_key=hello.build_key,
+        outputs={s["name"]: s["digest"]["sha256"] for s in stmt["subject"]},
+        envelope=sign(stmt, evil_key),
+    )
+    evil.sign(evil_key)
+    trust = tmp_path / "peers.toml"
+    trust.write_text(
+        f'[peers.evil]\nkey = "{tmp_path / "evil-keys" / "builder.pub"}"\nlog = "{tmp_path / "evil-log"}"\n'
+    )
+    args = ("image", "build", "--check-inputs", "--recipes", "recipes", "--trust", str(trust))
+    refused = farm.run(*args, "--require-agreement", "2", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "error[E-ADMISSION-REFUSED]" in refused.stderr
+    assert f"hello/{deb}" in refused.stderr and "evil attested dddddddd" in refused.stderr
+    admitted = farm.run(*args, "--require-agreement", "1")
+    assert "packages verified" in admitted.stdout
