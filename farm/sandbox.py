@@ -231,7 +231,11 @@ class Cgroup:
         events = dict(line.split() for line in self._read("pids", "pids.events").splitlines() if line)
         if int(events.get("max", "0")):
             found.append("processes")
-        if self.has_memory and int(self._read("memory", "memory.failcnt").strip() or "0"):
+        # Not memory.failcnt: in v1 the page cache counts towards the limit, so an I/O-heavy build that the kernel
+        # reclaims from without trouble bumps it (a gzip test failure was reported as a memory limit). Only an OOM
+        # kill means the build really ran out.
+        oom = dict(line.split() for line in self._read("memory", "memory.oom_control").splitlines() if line)
+        if self.has_memory and int(oom.get("oom_kill", "0")):
             found.append("memory")
         return found
 
