@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from farm import keyring
 from farm.archive import Pin, archive_checksums, deb_name, download_pins, parse_simulation
 from farm.errors import E, FarmError
 from farm.keys import PublicKey
@@ -146,6 +147,9 @@ def farm_debs(store: Store, recipes_dir: Path, trusted: Sequence[PublicKey], des
         if record is None:
             log.info("recipe %s has no build at %s: its packages come from the archive", recipe, commit[:12])
             continue
+        # The index is not trusted by itself: the record must be the one its signed provenance is about, and that
+        # provenance must be about this recipe at its pinned commit (not some other trusted build's .debs).
+        keyring.check_published(store, record.build_key, trusted)
         envelope = store.get_bytes(record.provenance)
         for artifact in record.artifacts:
             if not is_image_deb(artifact.name):
@@ -155,6 +159,14 @@ def farm_debs(store: Store, recipes_dir: Path, trusted: Sequence[PublicKey], des
             envelope_path = dest / (artifact.name + ENVELOPE_SUFFIX)
             envelope_path.write_bytes(envelope)
             verified = verify_file(path, trusted)
+            if (verified.recipe, verified.commit) != (recipe, commit):
+                raise FarmError(
+                    E.ARTIFACT_REFUSED,
+                    f"{artifact.name} is signed as {verified.recipe} at {verified.commit[:12]}, but the store's "
+                    f"index lists it for {recipe} at {commit[:12]}",
+                    file=path,
+                    hint="the store's index was tampered with; investigate before building an image",
+                )
             name, version, arch = deb_fields(path)
             found[name] = Package(
                 name=name,

@@ -145,11 +145,11 @@ def _deb(root: Path, name: str) -> Path:
     return out
 
 
-def _sign(deb: Path, key: BuilderKey) -> None:
+def _sign(deb: Path, key: BuilderKey, build_key: str = "k" * 64) -> None:
     digest = hashlib.sha256(deb.read_bytes()).hexdigest()
     stmt = statement(
         subjects=[(deb.name, digest)], recipe={"name": "demo"}, recipe_digest="r" * 64, source_url="dsc:demo=1.0-1",
-        commit="c" * 40, tree="t" * 40, environment="e" * 64, dependencies=[], builder_id="test", build_key="k" * 64,
+        commit="c" * 40, tree="t" * 40, environment="e" * 64, dependencies=[], builder_id="test", build_key=build_key,
         started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
     )  # fmt: skip
     (deb.parent / f"{deb.name}.intoto.json").write_text(json.dumps(sign(stmt, key)))
@@ -217,3 +217,33 @@ def test_trace_follows_a_file_to_its_commit_and_refuses_a_mismatched_manifest(tm
     with pytest.raises(FarmError) as exc:
         trace.trace_tree(root, "/usr/bin/demo", [generate(tmp_path / "other").public])
     assert exc.value.code == "E-VERIFY-UNTRUSTED-KEY"
+
+
+def test_farm_debs_refuse_a_record_the_index_lists_under_another_commit(tmp_path: Path) -> None:
+    """A trusted build of other inputs, indexed as if it were this recipe's pinned commit, is not admitted."""
+    from farm.store import BuildRecord, open_store
+
+    require("dpkg-deb")
+    key = generate(tmp_path / "keys")
+    deb = _deb(tmp_path, "demo")
+    _sign(deb, key, build_key="b" * 64)  # provenance about commit c*40
+    store = open_store(f"file://{tmp_path / 'store'}")
+    artifact = store.put_file(deb)
+    envelope = store.put_bytes((deb.parent / f"{deb.name}.intoto.json").read_bytes())
+    log = store.put_bytes(b"log")
+
+    def record(commit: str) -> BuildRecord:
+        return BuildRecord(
+            build_key="b" * 64, recipe="demo", version="1.0-1", recipe_digest="r" * 64, source_url="dsc:demo=1.0-1",
+            commit=commit, tree="t" * 40, environment="e" * 64, artifacts=(artifact,), provenance=envelope, log=log,
+            builder="test", started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
+        )  # fmt: skip
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    pinned = "d" * 40
+    (recipes / "demo.toml").write_text(f'name = "demo"\n[source]\ncommit = "{pinned}"\n[build]\nkind = "debian"\n')
+    assert store.put_record(record(pinned))  # the index says: demo at the pinned commit
+    with pytest.raises(FarmError) as exc:
+        inputs.farm_debs(store, recipes, [key.public], tmp_path / "work")
+    assert exc.value.code == "E-ARTIFACT-REFUSED" and "index" in exc.value.message
