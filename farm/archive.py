@@ -252,7 +252,7 @@ def download_pins(pins: Sequence[Pin], store: Store, lists_dir: Path = APT_LISTS
     return sorted(out)
 
 
-def ensure_pins(pins: Sequence[Pin], store: Store) -> list[Pin]:
+def ensure_pins(pins: Sequence[Pin], store: Store, pinned_in: str = "the recipe") -> list[Pin]:
     """Make sure every pinned .deb is in the store: download the missing ones and check they hash as pinned.
 
     Returns the pins that had to be downloaded.
@@ -265,7 +265,7 @@ def ensure_pins(pins: Sequence[Pin], store: Store) -> list[Pin]:
         for pin, path in files.items():
             actual = sha256_file(path)
             if actual != pin.sha256:
-                raise _checksum_error(pin, pin.sha256 or "(no sha256 pinned)", actual, "pinned in the recipe")
+                raise _checksum_error(pin, pin.sha256 or "(no sha256 pinned)", actual, f"pinned in {pinned_in}")
         for path in files.values():
             store.put_file(path)
     return missing

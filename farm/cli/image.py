@@ -31,8 +31,20 @@ def cmd_keys_generate_release(args: argparse.Namespace, settings: Settings) -> i
     return 0
 
 
+def _sde(args: argparse.Namespace) -> int:
+    """SOURCE_DATE_EPOCH: with ``--lock``, the lock's (the environment may only repeat it)."""
+    import os
+
+    from farm.image import lock
+    from farm.image.assemble import source_date_epoch
+
+    if getattr(args, "lock", None):
+        return lock.load(Path(args.lock)).check_sde(os.environ.get("SOURCE_DATE_EPOCH", ""))
+    return source_date_epoch()
+
+
 def _request(args: argparse.Namespace, settings: Settings) -> Any:
-    from farm.image.assemble import Request, source_date_epoch
+    from farm.image.assemble import Request
 
     return Request(
         out=Path(args.output),
@@ -40,11 +52,48 @@ def _request(args: argparse.Namespace, settings: Settings) -> Any:
         recipes=Path(args.recipes),
         profile=args.profile or "",
         debs=tuple(Path(d) for d in args.deb or ()),
-        sde=source_date_epoch(),
+        sde=_sde(args),
         version=args.image_version or "",
         require_agreement=args.require_agreement or 0,
         trust=Path(args.trust) if args.trust else None,
+        lock=Path(args.lock) if args.lock else None,
     )
+
+
+def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+
+    from farm.fsutil import atomic_write
+    from farm.image import assemble, inputs, lock, payload
+    from farm.keys import trusted_keys
+    from farm.store import open_store
+
+    work = settings.work_dir / "image-lock"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        got = inputs.gather(
+            store=open_store(settings.store_url),
+            recipes_dir=Path(args.recipes),
+            trusted=trusted_keys(settings.keys_dir, settings.trusted_keys_dir),
+            work=work,
+            payload=tuple(payload.PACKAGES),
+            profile=args.profile or "",
+            fetch=False,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    locked = got.lock(assemble.source_date_epoch())
+    out = Path(args.output)
+    atomic_write(out, lock.dumps(locked).encode())
+    if args.json:
+        _out({"lock": str(out), "digest": got.digest} | locked.to_json())
+        return 0
+    farm = len(locked.farm())
+    print(f"{out}: {len(locked.packages)} packages locked ({farm} farm-built, {len(locked.packages) - farm} archive)"
+          + (f", profile {locked.profile}: {len(locked.profile_packages)} more" if locked.profile else "")
+          + f"; SOURCE_DATE_EPOCH {locked.source_date_epoch}")  # fmt: skip
+    print(f"build it with: mangos-farm image build --lock {out}")
+    return 0
 
 
 def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,6 +224,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     sp.add_argument("--check-inputs", action="store_true", help="only verify the inputs, list them and stop")
     sp.add_argument("--require-agreement", type=int, metavar="K", help="admit only builds K trusted peers attest")
     sp.add_argument("--trust", metavar="PEERS_TOML", help="the peers for --require-agreement")
+    sp.add_argument("--lock", metavar="FILE", help="install exactly the packages of this image lock (no apt resolving)")
+    json_flag(sp)
+
+    sp = add("lock", cmd_image_lock, "resolve the image's packages once and write an image lock (like Cargo.lock)")
+    sp.add_argument("-o", "--output", default="image.lock", help="the lock file to write (default image.lock)")
+    sp.add_argument("--profile", choices=["docker"], help="also lock this profile's sysext packages")
+    sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
     json_flag(sp)
 
     sp = add("sysext", cmd_image_sysext, "a signed system/configuration extension image from a directory")

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.image import erofs, esp, gpt, inputs, rootfs, signature, verity
+from farm.image import lock as image_lock
 from farm.keys import trusted_keys
 from farm.log import step
 from farm.release_keys import ReleaseKeys, load_cert, load_key
@@ -89,6 +90,7 @@ class Request:
     version: str = ""
     require_agreement: int = 0
     trust: Path | None = None
+    lock: Path | None = None  # image.lock: install exactly its pins, resolve nothing (farm.image.lock)
 
 
 class Stages:
@@ -141,6 +143,8 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
         work=work / "inputs",
         payload=_payload_packages(),
         local_debs=req.debs,
+        profile=req.profile,
+        lock=image_lock.load(req.lock) if req.lock else None,
     )
     if req.require_agreement:
         admit(got, req, settings)
@@ -276,6 +280,7 @@ def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the 
         manifest_path = out / f"{name}.manifest.json"
         atomic_write(sbom_path, (json.dumps(sbom, indent=1, sort_keys=True) + "\n").encode())
         atomic_write(manifest_path, (json.dumps(got.to_json(), indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(out / image_lock.DEFAULT_NAME, image_lock.dumps(got.lock(req.sde)).encode())  # to repeat it
         sums = out / "SHA256SUMS"
         listed = [raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path]
         listed += [profile_raw] if profile_raw else []
@@ -295,15 +300,9 @@ def build_profile(req: Request, settings: Settings, base: inputs.Inputs, keys: R
     """A profile (e.g. ``docker``) as a signed sysext: the archive packages its closure adds to the base image."""
     from farm.image import sysext
 
-    names = inputs.PROFILES.get(req.profile)
-    if names is None:
-        raise FarmError(E.IMAGE_INPUT, f"unknown profile {req.profile!r}", hint=f"one of {sorted(inputs.PROFILES)}")
+    names = inputs.profile_names(req.profile)
     work.mkdir(parents=True)
-    pins = inputs.closure([*base.requested, *names], work)
-    have = {p.name for p in base.packages}
-    extra = inputs.archive_debs(
-        [p for p in pins if p.package not in have], open_store(settings.store_url), work / "debs"
-    )
+    extra = list(base.profile_packages)  # resolved (or taken from the lock) with the base inputs
     tree = work / "tree"
     tree.mkdir()
     dropped = sysext.unpack_debs([p.path for p in extra], tree)

@@ -7,6 +7,9 @@ pinned by exact version and the sha256 that apt's signed Packages index gives (t
 build-dependencies, :mod:`farm.archive`). The closure is what ``apt-get -s`` installs on an empty system for the
 Essential set plus the requested packages; the result is one package per name, so the root tree built from it
 (:mod:`farm.image.rootfs`) cannot pick anything else. The SPDX document lists each package with its origin.
+
+Resolving from the host's current apt lists means an ``apt-get update`` can change the next image; with an image
+lock (:mod:`farm.image.lock`) the archive pins are taken from the lock instead and apt resolves nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from farm import keyring
-from farm.archive import Pin, archive_checksums, deb_name, download_pins, parse_simulation
+from farm.archive import Pin, archive_checksums, deb_name, ensure_pins, parse_simulation
 from farm.errors import E, FarmError
+from farm.image.lock import ImageLock, LockedPackage
 from farm.keys import PublicKey
 from farm.log import step
 from farm.run import run
@@ -84,6 +88,11 @@ class Package:
 class Inputs:
     packages: tuple[Package, ...]
     requested: tuple[str, ...]
+    # What else an image lock records (not part of the digest: the image itself does not change with them).
+    recipes: tuple[tuple[str, str], ...] = ()  # every Debian recipe -> pinned commit
+    profile: str = ""
+    profile_requested: tuple[str, ...] = ()
+    profile_packages: tuple[Package, ...] = ()  # the profile sysext's archive packages, beyond the base image
 
     @property
     def digest(self) -> str:
@@ -100,6 +109,22 @@ class Inputs:
             "requested": list(self.requested),
             "packages": [p.to_json() for p in self.packages],
         }
+
+    def lock(self, sde: int) -> ImageLock:
+        """The lock that repeats this resolution (``out/image.lock`` of a build, ``mangos-farm image lock``)."""
+
+        def locked(p: Package) -> LockedPackage:
+            return LockedPackage(p.name, p.arch, p.version, p.sha256, p.origin, p.recipe, p.commit)
+
+        return ImageLock(
+            source_date_epoch=sde,
+            requested=self.requested,
+            packages=tuple(sorted(locked(p) for p in self.packages)),
+            recipes=self.recipes,
+            profile=self.profile,
+            profile_requested=self.profile_requested,
+            profile_packages=tuple(sorted(locked(p) for p in self.profile_packages)),
+        )
 
 
 # -- farm-built .debs ---------------------------------------------------------------------------------------------
@@ -242,31 +267,75 @@ def closure(packages: Sequence[str], work: Path) -> list[Pin]:
     return parse_simulation(result.text)
 
 
-def archive_debs(pins: Sequence[Pin], store: Store, dest: Path) -> list[Package]:
-    """The pins' .debs from the store, downloading (and checking against the archive index) what is missing."""
+def pin_archive(pins: Sequence[Pin], store: Store) -> list[Pin]:
+    """Give each resolved pin its sha256 from the archive's Packages index (apt verified it against InRelease).
+
+    Nothing is downloaded. Should two indexes list different bytes for one version, the one already stored wins,
+    else the lowest digest: the download check (:func:`fetch_pinned`) holds the bytes to whichever is pinned."""
     sums = archive_checksums(pins)
-    pinned, missing = [], []
+    out = []
     for pin in pins:
-        candidates = sums.get((pin.package, pin.version, pin.arch), set())
-        known = sorted(s for s in candidates if store.has_blob(s))
-        if known:
-            pinned.append(Pin(pin.package, pin.version, pin.arch, known[0]))
-        else:
-            missing.append(pin)
+        candidates = sorted(sums.get((pin.package, pin.version, pin.arch), set()))
+        if not candidates:
+            raise FarmError(
+                E.ARCHIVE_UNKNOWN,
+                f"{pin.spec} ({pin.arch}) is in no Packages index apt holds",
+                hint="run 'apt-get update' and check 'apt-cache policy " + pin.package + "'",
+            )
+        known = [s for s in candidates if store.has_blob(s)]
+        out.append(Pin(pin.package, pin.version, pin.arch, (known or candidates)[0]))
+    return sorted(out)
+
+
+def fetch_pinned(pins: Sequence[Pin], store: Store, dest: Path, lock: ImageLock | None = None) -> list[Package]:
+    """The pins' .debs from the store; missing ones are downloaded by exact version and must hash as pinned.
+
+    With ``lock``, the pins are the lock's: a failure names the lock file and says how to refresh it."""
+    missing = [p for p in pins if not store.has_blob(p.sha256)]
     if missing:
         with step("downloading archive packages", log, count=len(missing)):
-            pinned.extend(download_pins(missing, store))
+            try:
+                ensure_pins(missing, store, pinned_in=lock.where if lock else "the archive's Packages index")
+            except FarmError as exc:
+                if lock is None:
+                    raise
+                raise FarmError(
+                    exc.code,
+                    f"a locked archive package cannot be had as locked: {exc.message}",
+                    file=lock.where,
+                    hint="the archive no longer serves the locked version with the locked sha256 (a point release, "
+                    "or the lock was edited): refresh it with 'mangos-farm image lock' and review the diff",
+                ) from None
     dest.mkdir(parents=True, exist_ok=True)
     out = []
-    for pin in sorted(pinned):
+    for pin in sorted(pins):
         path = dest / deb_name(pin).replace("%3a", "_")
         store.fetch_blob(pin.sha256, path)  # checks the bytes against the pinned sha256
+        if lock is not None and deb_fields(path) != (pin.package, pin.version, pin.arch):
+            # the bytes are the locked ones (by sha256) but not the package the lock names: an edited lock
+            name, version, arch = deb_fields(path)
+            raise lock.error(
+                f"the sha256 locked for {pin.spec} ({pin.arch}) is that of {name}={version} ({arch})",
+                field=f"package.{pin.package}",
+            )
         out.append(Package(pin.package, pin.version, pin.arch, pin.sha256, ARCHIVE, path))
     return out
 
 
+def archive_debs(pins: Sequence[Pin], store: Store, dest: Path) -> list[Package]:
+    """The pins' .debs from the store, downloading (and checking against the archive index) what is missing."""
+    return fetch_pinned(pin_archive(pins, store), store, dest)
+
+
 def requested_packages(extra: Sequence[str], payload: Sequence[str], lists_dir: Path = APT_LISTS) -> list[str]:
     return sorted({*essential_packages(lists_dir), *BASE_PACKAGES, *payload, *extra})
+
+
+def profile_names(profile: str) -> tuple[str, ...]:
+    names = PROFILES.get(profile)
+    if names is None:
+        raise FarmError(E.IMAGE_INPUT, f"unknown profile {profile!r}", hint=f"one of {sorted(PROFILES)}")
+    return names
 
 
 def gather(
@@ -278,20 +347,92 @@ def gather(
     payload: Sequence[str],
     extra: Sequence[str] = (),
     local_debs: Sequence[Path] = (),
+    profile: str = "",
+    lock: ImageLock | None = None,
+    fetch: bool = True,
 ) -> Inputs:
-    """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name."""
+    """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name.
+
+    With ``lock``, the archive packages are exactly the lock's and apt resolves nothing; the recipes and the farm's
+    verified builds must still be the locked ones. ``fetch=False`` (for ``image lock``) pins archive packages from
+    the index without downloading them. ``profile`` also gathers that profile's sysext packages."""
     work.mkdir(parents=True, exist_ok=True)
+    recipes = debian_recipes(recipes_dir) if recipes_dir.is_dir() else {}
     with step("verifying farm-built packages", log):
         farm = farm_debs(store, recipes_dir, trusted, work / "farm") if recipes_dir.is_dir() else {}
         farm |= verify_local(local_debs, trusted)
+    names = profile_names(profile) if profile else ()
+    if lock is not None:
+        return _locked(
+            lock,
+            store=store,
+            work=work,
+            farm=farm,
+            recipes=recipes,
+            required=[*BASE_PACKAGES, *payload, *extra],
+            profile=profile,
+            names=names,
+        )
     requested = requested_packages(extra, payload)
     with step("resolving the package closure", log, requested=len(requested)):
         pins = closure(requested, work)
     from_archive = [p for p in pins if p.package not in farm]
     packages = [farm[p.package] for p in pins if p.package in farm]
     with step("pinning archive packages", log, count=len(from_archive)):
-        packages += archive_debs(from_archive, store, work / "archive")
-    return Inputs(tuple(sorted(packages, key=lambda p: p.name)), tuple(requested))
+        packages += _archive(from_archive, store, work / "archive", fetch)
+    profile_packages: list[Package] = []
+    if names:
+        with step("resolving the profile's packages", log, profile=profile):
+            have = {p.name for p in packages}
+            more = [p for p in closure([*requested, *names], work) if p.package not in have]
+            profile_packages = _archive(more, store, work / "profile", fetch)
+    return Inputs(
+        tuple(sorted(packages, key=lambda p: p.name)), tuple(requested), tuple(sorted(recipes.items())), profile,
+        names, tuple(profile_packages),
+    )  # fmt: skip
+
+
+def _archive(pins: Sequence[Pin], store: Store, dest: Path, fetch: bool) -> list[Package]:
+    if fetch:
+        return archive_debs(pins, store, dest)
+    return [
+        Package(p.package, p.version, p.arch, p.sha256, ARCHIVE, dest / deb_name(p)) for p in pin_archive(pins, store)
+    ]
+
+
+def _locked(
+    lock: ImageLock,
+    *,
+    store: Store,
+    work: Path,
+    farm: dict[str, Package],
+    recipes: dict[str, str],
+    required: Sequence[str],
+    profile: str,
+    names: Sequence[str],
+) -> Inputs:
+    """The image's packages exactly as locked (see :func:`gather`)."""
+    lock.check_recipes(recipes)
+    lock.check_requested(required)
+    lock.check_farm({n: (p.sha256, p.recipe, p.commit) for n, p in farm.items()})
+    packages = [farm[p.name] for p in lock.farm()]
+    with step("fetching locked archive packages", log, lock=lock.where):
+        packages += fetch_pinned(lock.archive_pins(), store, work / "archive", lock)
+    profile_packages: list[Package] = []
+    if profile:
+        if lock.profile != profile or not set(names) <= set(lock.profile_requested):
+            raise lock.error(
+                f"the lock has no packages for profile {profile!r} (it was made with "
+                f"{'--profile ' + lock.profile if lock.profile else 'no profile'})",
+                field="profile",
+                hint=f"refresh it with 'mangos-farm image lock --profile {profile}'",
+            )
+        pins = sorted(p.pin for p in lock.profile_packages)
+        profile_packages = fetch_pinned(pins, store, work / "profile", lock)
+    return Inputs(
+        tuple(sorted(packages, key=lambda p: p.name)), lock.requested, lock.recipes, profile,
+        tuple(names), tuple(profile_packages),
+    )  # fmt: skip
 
 
 # -- SBOM -----------------------------------------------------------------------------------------------------------
