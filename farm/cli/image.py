@@ -78,6 +78,7 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
             work=work,
             payload=tuple(payload.PACKAGES),
             profile=args.profile or "",
+            local_debs=[Path(d) for d in args.deb or ()],
             fetch=False,
         )
     finally:
@@ -230,6 +231,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     sp = add("lock", cmd_image_lock, "resolve the image's packages once and write an image lock (like Cargo.lock)")
     sp.add_argument("-o", "--output", default="image.lock", help="the lock file to write (default image.lock)")
     sp.add_argument("--profile", choices=["docker"], help="also lock this profile's sysext packages")
+    sp.add_argument("--deb", action="append", help="a fetched farm .deb (its .intoto.json beside it); repeatable")
     sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
     json_flag(sp)
 

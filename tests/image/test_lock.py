@@ -265,3 +265,53 @@ def test_a_tampered_lock_is_refused(locked: tuple[Path, Path, dict[str, Any]]) -
     finally:
         (root / "recipes" / "hello.toml").unlink()
     assert proc.returncode == 2 and "E-IMAGE-LOCK" in proc.stderr and "recipe hello" in proc.stderr, proc.stderr
+
+
+def _signed_deb(home: Path, dest: Path, sha256: str, name: str, commit: str) -> Path:
+    """An archive .deb from the store, signed with the home's builder key as the farm's build of recipe hello."""
+    from farm.keys import load_builder
+    from farm.provenance import sign, statement
+    from farm.store import open_store
+    from farm.verify import ENVELOPE_SUFFIX
+
+    dest.mkdir(parents=True, exist_ok=True)
+    deb = dest / name
+    open_store(str(home / "store")).fetch_blob(sha256, deb)
+    stmt = statement(
+        subjects=[(name, sha256)], recipe={"name": "hello"}, recipe_digest="0" * 64, source_url="file:///src/hello",
+        commit=commit, tree="0" * 40, environment="0" * 64, dependencies=[], builder_id="test-lock",
+        build_key="lock-test", started="", finished="",
+    )  # fmt: skip
+    (dest / (name + ENVELOPE_SUFFIX)).write_text(json.dumps(sign(stmt, load_builder(home / "keys"))))
+    return deb
+
+
+@pytest.mark.integration
+def test_a_farm_package_is_locked_to_its_signed_recipe_commit_and_digest(
+    locked: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    root, home, data = locked
+    if not (home / "keys").exists():
+        _cli(home, root, "keys", "generate")
+    hello = next(p for p in data["package"] if p["name"] == "hello")
+    deb = _signed_deb(home, tmp_path / "debs", hello["sha256"], "hello_2.10-3_amd64.deb", COMMIT)
+    lock_path = tmp_path / "farm.lock"
+    made = json.loads(_cli(home, root, "image", "lock", "--deb", str(deb), "-o", str(lock_path), "--json").stdout)
+    entry = next(p for p in made["package"] if p["name"] == "hello")
+    assert entry == hello | {"origin": "farm", "recipe": "hello", "commit": COMMIT}
+
+    args = ("image", "build", "--check-inputs", "--lock", str(lock_path))
+    got = json.loads(_cli(home, root, *args, "--deb", str(deb), "--json").stdout)
+    assert _package_set(got["packages"]) == _package_set(made["package"])
+
+    proc = _cli(home, root, *args, check=False)  # the farm build is not there
+    assert proc.returncode == 2 and "farm package hello" in proc.stderr and "no verified build" in proc.stderr
+
+    other = _signed_deb(home, tmp_path / "other", hello["sha256"], "hello_2.10-3_amd64.deb", "2" * 40)
+    proc = _cli(home, root, *args, "--deb", str(other), check=False)  # signed for another commit than locked
+    assert proc.returncode == 2 and "E-IMAGE-LOCK" in proc.stderr and "222222222222" in proc.stderr, proc.stderr
+
+    lock_path.write_text(lock_path.read_text().replace(hello["sha256"], "f" * 64))
+    proc = _cli(home, root, *args, "--deb", str(deb), check=False)  # the lock's digest is not the signed one
+    assert proc.returncode == 2 and "E-IMAGE-LOCK" in proc.stderr and "farm.lock" in proc.stderr, proc.stderr
+    assert "the verified build's sha256 is " + hello["sha256"] in proc.stderr
