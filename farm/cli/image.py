@@ -112,6 +112,10 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         farm = len(got.farm())
         print(f"{len(got.packages)} packages verified: {farm} farm-built (signed provenance), "
               f"{len(got.packages) - farm} pinned from the archive")  # fmt: skip
+        if got.profile_packages:
+            print(f"profile {got.profile}: {len(got.profile_packages)} more archive packages for its sysext")
+        if args.lock:
+            print(f"exactly as locked in {args.lock} (apt resolved nothing)")
         return 0
     result = assemble.build(req, settings)
     if args.json:
