@@ -13,6 +13,7 @@ from celery.result import AsyncResult
 
 from farm import keys, tasksig
 from farm.build import BuildOutcome, BuildRequest
+from farm.crossval.recheck import RECHECK_TASK
 from farm.errors import E, FarmError
 from farm.keys import BuilderKey
 from workers.app import BUILD_TASK, build_queue
@@ -73,6 +74,28 @@ class CeleryDispatcher:
             BUILD_TASK, args=[body], kwargs={"signature": signature}, queue=build_queue(arch), task_id=task_id
         )
         return str(result.id)
+
+    def submit_recheck(self, payload: dict[str, Any], *, queue: str) -> str:
+        """Send a recheck (farm.crossval.recheck), signed like a build: workers refuse unsigned messages."""
+        task_id = str(uuid.uuid4())
+        signature = tasksig.sign(task_id, payload, self.signer())
+        self.app.send_task(RECHECK_TASK, args=[payload], kwargs={"signature": signature}, queue=queue, task_id=task_id)
+        return task_id
+
+    def recheck_outcome(self, task_id: str) -> dict[str, Any] | None:
+        """A recheck task's answer ({"result": ...} or {"error": ...}, with "worker"), or None while it runs."""
+        result: Any = AsyncResult(task_id, app=self.app)
+        try:
+            if not result.ready():
+                return None
+        except Exception as exc:
+            log.warning("cannot read the result of %s: %s", task_id, exc)
+            return None
+        if result.successful():
+            answer: dict[str, Any] = result.get(propagate=False)
+            return answer
+        error = FarmError(E.WORKER, f"the worker raised {result.result!r}", hint="see the worker log")
+        return {"error": error.to_json(), "worker": ""}
 
     def signer(self) -> BuilderKey:
         if self._signer is None:

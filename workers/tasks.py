@@ -19,6 +19,7 @@ from farm import audit, tasksig
 from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
 from farm.coordinator.kv import open_kv
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
+from farm.crossval.recheck import RECHECK_TASK, recheck_from_payload, recheck_queue
 from farm.envs.host import host_environment
 from farm.errors import E, FarmError
 from farm.keys import coordinator_public, load_builder, trusted_keys
@@ -67,8 +68,9 @@ def authenticate(task_id: str, request: Any, signature: Any, worker: str) -> Far
     try:
         tasksig.verify(task_id, request, signature, coordinator_public(settings.keys_dir))
     except FarmError as exc:
-        name = request.get("recipe", {}).get("name", "?") if isinstance(request, dict) else "?"
-        key = request.get("build_key", "?") if isinstance(request, dict) else "?"
+        inner = request.get("request", request) if isinstance(request, dict) else None  # a recheck nests it
+        name = inner.get("recipe", {}).get("name", "?") if isinstance(inner, dict) else "?"
+        key = inner.get("build_key", "?") if isinstance(inner, dict) else "?"
         audit.record(
             audit.audit_path(settings.home),
             audit.FORGED_TASK,
@@ -137,6 +139,32 @@ def _build(req: BuildRequest, worker: str) -> dict[str, Any]:
     with board.keep_alive(req.lease):
         outcome = execute_build(req, ctx)
     return BuildOutcome(**(outcome.to_json() | {"worker": worker})).to_json()
+
+
+@app.task(name=RECHECK_TASK, bind=True)  # type: ignore[untyped-decorator]
+def recheck(self: Any, payload: Any, signature: Any = None) -> dict[str, Any]:
+    """Rebuild a published build in a varied environment (farm.crossval.recheck) and return the result: the CLI
+    saves it in its own home. Signed like a build task and checked before anything else."""
+    worker = str(self.request.hostname or socket.gethostname())
+    refused = authenticate(str(self.request.id or ""), payload, signature, worker)
+    if refused is not None:
+        return {"error": refused.to_json(), "worker": worker}
+    try:
+        ctx = worker_context()
+        ctx.trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
+        return {"result": recheck_from_payload(payload, ctx, settings, worker).to_json(), "worker": worker}
+    except Exception as exc:  # a broken worker or a malformed (yet signed) payload: say who and why
+        log.exception("worker %s could not recheck", worker)
+        error = exc.to_json() if isinstance(exc, FarmError) else {"code": E.WORKER, "message": repr(exc)}
+        return {"error": error, "worker": worker}
+
+
+@signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
+def _consume_own_recheck_queue(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Each worker also consumes a queue of its own, so a recheck can be sent to a worker other than the one
+    that made the original build (farm.cli.crossval chooses it from the live workers)."""
+    if instance is not None and sender and not settings.embedded_broker:  # the embedded farm rechecks in-process
+        instance.app.amqp.queues.select_add(recheck_queue(str(sender)))
 
 
 # -- the worker's presence in the registry (main process) ------------------------------------------------------

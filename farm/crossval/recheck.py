@@ -16,14 +16,16 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from farm import metrics
 from farm.build import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.coordinator.runs import Job
+from farm.coordinator.runs import State as JobState
 from farm.crossval.log import comparable
 from farm.crossval.variation import Variation
 from farm.errors import E, FarmError
@@ -146,6 +148,8 @@ class RecheckResult:
     error: str = ""
     log: str = ""  # the varied build's log (a blob in the store)
     ignored: list[str] = field(default_factory=list)  # differing outputs that record the environment (.buildinfo)
+    worker: str = ""  # who rebuilt it: the fleet worker's name, or this host's builder id when rechecked in-process
+    original: str = ""  # who made the published build: the worker named in the run that built it, else its builder
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -232,7 +236,12 @@ def recheck_one(
     *,
     max_report_size: int = DEFAULT_MAX_REPORT,
     diff_timeout: float = DEFAULT_DIFF_TIMEOUT,
+    save: bool = True,
+    worker: str = "",
+    original: str = "",
 ) -> RecheckResult:
+    """Rebuild ``req`` in ``ctx``'s variation and compare with ``record``. ``save`` is False on a fleet worker: its
+    home is not the one the CLI reads, so the result travels back in the task's result and the CLI saves it."""
     variation = ctx.variation or Variation()
     with step("recheck", log, recipe=record.recipe, key=record.build_key[:16]):
         outcome: BuildOutcome = execute_build(req, ctx)
@@ -244,13 +253,16 @@ def recheck_one(
         "outputs": record.outputs(),
         "variation": variation.to_json(),
         "checked": checked,
+        "worker": worker or ctx.builder_id,
+        "original": original or record.builder,
     }
     if not outcome.ok or outcome.record is None:
         why = (outcome.error or {}).get("message", "the build failed")
         result = RecheckResult(
             **base, reproducible=False, varied={}, differing=[], causes=[], reports={}, error=str(why)
         )
-        _save(settings, result)
+        if save:
+            _save(settings, result)
         return result
     varied = BuildRecord.from_json(outcome.record).outputs()
     changed = sorted(n for n in set(varied) | set(record.outputs()) if varied.get(n) != record.outputs().get(n))
@@ -277,13 +289,26 @@ def recheck_one(
         reports=reports,
         ignored=ignored,
     )
-    _save(settings, result)
+    if save:
+        _save(settings, result)
     return result
 
 
 def _save(settings: Settings, result: RecheckResult) -> None:
     atomic_write(results_dir(settings) / f"{result.build_key}.json", json.dumps(result.to_json(), indent=1).encode())
     update_metrics(settings)
+
+
+def save_result(settings: Settings, store: Store, result: RecheckResult) -> Path:
+    """Save a result that a fleet worker computed, with its diffoscope reports copied from the store next to it
+    (where the in-process recheck writes them), so the CLI, ``status`` and the metric read it like a local one."""
+    dest = results_dir(settings) / result.build_key
+    for name, stored in result.reports.items():
+        for kind, suffix in (("text", "txt"), ("html", "html")):
+            if stored.get(kind):
+                store.fetch_blob(stored[kind], dest / f"{name}.diffoscope.{suffix}")
+    _save(settings, result)
+    return dest
 
 
 def load_results(settings: Settings) -> list[RecheckResult]:
@@ -344,3 +369,82 @@ def watch_metrics(settings: Settings, interval: float = 30.0) -> threading.Threa
     thread = threading.Thread(target=loop, name="reproducibility-metrics", daemon=True)
     thread.start()
     return thread
+
+
+# -- rechecks on the fleet -------------------------------------------------------------------------------------
+RECHECK_TASK = "mangos.recheck"
+
+
+def recheck_queue(worker: str) -> str:
+    """The queue only ``worker`` consumes (workers.tasks adds it at start): a recheck is sent to a chosen worker."""
+    return f"mangos.recheck.{worker}"
+
+
+def variation_from_json(data: Mapping[str, Any]) -> Variation:
+    """The inverse of :meth:`Variation.to_json` (the umask travels as an octal string)."""
+    values = dict(data)
+    umask = values.get("umask", "0022")
+    values["umask"] = int(umask, 8) if isinstance(umask, str) else int(umask)
+    return Variation(**values)
+
+
+def recheck_payload(
+    req: BuildRequest,
+    record: BuildRecord,
+    variation: Variation,
+    *,
+    original: str,
+    max_report_size: int = DEFAULT_MAX_REPORT,
+    diff_timeout: float = DEFAULT_DIFF_TIMEOUT,
+) -> dict[str, Any]:
+    """What a recheck task carries (all of it covered by the coordinator's signature, farm.tasksig)."""
+    return {
+        "request": req.to_json(),
+        "record": record.to_json(),
+        "variation": variation.to_json(),
+        "original": original,
+        "max_report_size": max_report_size,
+        "diff_timeout": diff_timeout,
+    }
+
+
+def recheck_from_payload(
+    payload: Mapping[str, Any], ctx: WorkerContext, settings: Settings, worker: str
+) -> RecheckResult:
+    """A fleet worker's side of a recheck: the payload's build, varied, compared; not saved (the CLI saves it)."""
+    variation = variation_from_json(payload["variation"])
+    varied_ctx = replace(ctx, variation=variation)
+    try:
+        return recheck_one(
+            BuildRequest.from_json(payload["request"]),
+            BuildRecord.from_json(payload["record"]),
+            varied_ctx,
+            settings,
+            max_report_size=int(payload["max_report_size"]),
+            diff_timeout=float(payload["diff_timeout"]),
+            save=False,
+            worker=worker,
+            original=str(payload["original"]),
+        )
+    finally:
+        clean_workdirs(varied_ctx)
+
+
+def original_workers(jobs: Iterable[Job]) -> dict[str, str]:
+    """Build key -> the worker that built it, from the coordinator's runs (the latest build wins). A cached job
+    names no worker; a key built by no run here (another farm's, or an embedded build) is absent."""
+    found: dict[str, tuple[float, str]] = {}
+    for job in jobs:
+        if job.state is not JobState.BUILT or not job.key or not job.worker:
+            continue
+        when = job.finished_at or 0.0
+        if job.key not in found or when >= found[job.key][0]:
+            found[job.key] = (when, job.worker)
+    return {key: worker for key, (_, worker) in found.items()}
+
+
+def choose_worker(original: str, live: Sequence[str], assigned: Mapping[str, int]) -> str | None:
+    """The worker to recheck on: a live one other than the original builder, the least loaded by this recheck
+    (then by name, for a stable choice). None when no other worker is alive: then any worker will do."""
+    others = sorted((w for w in live if w != original), key=lambda w: (assigned.get(w, 0), w))
+    return others[0] if others else None
