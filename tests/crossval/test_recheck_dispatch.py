@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,13 +12,16 @@ from farm.coordinator.runs import Job, State
 from farm.crossval.recheck import (
     RecheckResult,
     choose_worker,
+    load_results,
     original_workers,
     recheck_payload,
     recheck_queue,
+    save_result,
     variation_from_json,
 )
 from farm.crossval.variation import Variation
-from farm.store import BuildRecord
+from farm.settings import Settings
+from farm.store import BuildRecord, open_store
 from farm.store.base import Artifact
 
 pytestmark = pytest.mark.unit
@@ -73,3 +77,21 @@ def test_results_saved_before_fleet_rechecks_still_load() -> None:
     result = RecheckResult.from_json(old)
     assert (result.worker, result.original) == ("", "")
     assert RecheckResult.from_json(result.to_json()) == result
+
+
+@pytest.mark.integration
+def test_a_fleet_result_is_saved_here_with_its_diffoscope_reports_from_the_store(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    (tmp_path / "r.txt").write_text("--- a\n+++ b\n-2026\n+2027\n")
+    (tmp_path / "r.html").write_text("<html>report</html>")
+    text, html = store.put_file(tmp_path / "r.txt").digest, store.put_file(tmp_path / "r.html").digest
+    result = RecheckResult(
+        "stamp", "k" * 64, False, {"a.tar": "sha256:1"}, {"a.tar": "sha256:2"}, ["a.tar"], ["timestamps"],
+        {"a.tar": {"text": text, "html": html, "note": ""}}, Variation().to_json(), "2026-01-01T00:00:00Z",
+        worker="w2@fleet", original="w1@fleet",
+    )  # fmt: skip
+    settings = Settings(home=tmp_path / "cli")
+    dest = save_result(settings, store, result)
+    assert (dest / "a.tar.diffoscope.txt").read_text() == (tmp_path / "r.txt").read_text()
+    assert (dest / "a.tar.diffoscope.html").read_text() == "<html>report</html>"
+    assert load_results(settings) == [result]
