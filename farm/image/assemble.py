@@ -213,7 +213,11 @@ def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: 
         gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64_VERITY, gpt.derived_uuid(seed, "verity-b"), verity_slot),
         gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64_VERITY_SIG, gpt.derived_uuid(seed, "sig-b"), sig_slot),
     ]
-    gpt.write_disk(raw, parts, label_id=gpt.derived_uuid(seed, "disk"))
+    from farm.image import payload
+
+    # Unpartitioned space after the last slot (sparse: costs no disk) for first-boot systemd-repart's swap, /var and
+    # /var/tmp; on a larger disk /var grows into all of it.
+    gpt.write_disk(raw, parts, label_id=gpt.derived_uuid(seed, "disk"), free=payload.FIRST_BOOT_SPACE)
 
 
 def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the stages in order, on purpose)

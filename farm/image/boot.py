@@ -1,7 +1,8 @@
 """Boot an image in QEMU/OVMF with Secure Boot and read what happened from the serial console.
 
 Used by ``mangos-farm image boot`` and the end-to-end boot tests. QEMU runs under TCG (this machine's KVM cannot run
-OVMF's SMM), the image is attached with ``snapshot=on`` so a boot never changes it, and the serial console goes to a
+OVMF's SMM), the image is attached with ``snapshot=on`` so a boot never changes it (unless booted ``writable``, for a
+copy whose first-boot partitions must persist), and the serial console goes to a
 file. A watcher reads that file while QEMU runs and, once the outcome is known (the image's self-test line, the
 firmware's "Access Denied", a dm-verity corruption panic, or the image's refusal to run without Secure Boot), asks
 QEMU to quit through its monitor socket; ``-no-reboot`` ends QEMU when the guest panics and reboots.
@@ -18,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -51,7 +52,7 @@ ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")  # firmware and systemd colour the
 
 # Checked in this order; the first pattern found in the serial output decides.
 PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
-    (Outcome.BOOTED, re.compile(re.escape(SELFTEST_OK))),
+    (Outcome.BOOTED, re.compile(re.escape(SELFTEST_OK) + r"[^\r\n]*")),
     (Outcome.SELFTEST_FAILED, re.compile(r"MANGOS-BOOT-FAIL[^\r\n]*")),
     (Outcome.REFUSED_INSECURE, re.compile(re.escape(REFUSE_MARKER) + r"[^\r\n]*")),
     (Outcome.FIRMWARE_REFUSED, re.compile(r"[^\r\n]*(?:Access Denied|Security Violation)[^\r\n]*")),
@@ -96,8 +97,11 @@ def qemu_argv(
     memory_mb: int = 1024,
     cpus: int = 2,
     tpm_socket: Path | None = None,
+    writable: bool = False,
 ) -> list[str]:
-    """QEMU for a Secure Boot q35 machine under TCG; the image is read through a snapshot (never modified)."""
+    """QEMU for a Secure Boot q35 machine under TCG; the image is read through a snapshot (never modified), unless
+    ``writable`` (then the guest writes to it: boot a copy, see :func:`farm.image.gpt.sparse_copy`)."""
+    snapshot = "" if writable else "snapshot=on,"
     argv = [
         "qemu-system-x86_64",
         "-accel",
@@ -117,7 +121,7 @@ def qemu_argv(
         "-drive",
         f"if=pflash,format=raw,unit=1,file={firmware.vars}",
         "-drive",
-        f"if=none,id=disk0,format=raw,snapshot=on,file={image}",
+        f"if=none,id=disk0,format=raw,{snapshot}file={image}",
         "-device",
         "virtio-blk-pci,drive=disk0,bootindex=1",
         "-nographic",
@@ -157,16 +161,38 @@ def swtpm_argv(state: Path) -> list[str]:
 
 @contextmanager
 def software_tpm(state: Path) -> Iterator[Path]:
-    """Run swtpm (daemonized; it also exits by itself when QEMU disconnects) and yield its socket."""
+    """Run swtpm (daemonized) on ``state`` and yield its socket; stopped (and waited for) on exit.
+
+    ``state`` persists the TPM (its seeds, hence what was sealed to it): reuse the directory for the next boot of the
+    same disk, as a machine keeps its TPM.
+    """
     require_tool("swtpm", "swtpm")
     state.mkdir(parents=True, exist_ok=True)
+    sock, pidfile = state / "swtpm.sock", state / "swtpm.pid"
+    sock.unlink(missing_ok=True)
+    pidfile.unlink(missing_ok=True)
     run(swtpm_argv(state))
     try:
-        yield state / "swtpm.sock"
+        yield sock
     finally:
-        pidfile = state / "swtpm.pid"
-        with suppress(OSError, ValueError):  # already gone with QEMU
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        _stop_swtpm(pidfile)
+
+
+def _stop_swtpm(pidfile: Path, wait: float = 10.0) -> None:
+    """SIGTERM swtpm and wait until it is gone, so its state is on disk before the next boot starts another."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):  # already gone with QEMU
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.1)
+    log.warning("swtpm %d did not stop within %gs", pid, wait)
 
 
 def _quit(monitor: Path) -> None:
@@ -212,8 +238,13 @@ def boot(
     timeout: float = DEFAULT_TIMEOUT,
     workdir: Path | None = None,
     tpm_socket: Path | None = None,
+    writable: bool = False,
 ) -> BootResult:
-    """Boot ``image`` once and report the outcome; the serial log is kept in ``workdir`` (or a temp dir)."""
+    """Boot ``image`` once and report the outcome; the serial log is kept in ``workdir`` (or a temp dir).
+
+    ``writable`` lets the guest write the image (first-boot repart's partitions persist for the next boot): pass a
+    copy, never a release artifact.
+    """
     require_tool("qemu-system-x86_64", "qemu-system-x86")
     if not image.is_file():
         raise FarmError(E.IMAGE_INPUT, f"no image at {image}", file=str(image))
@@ -222,8 +253,11 @@ def boot(
     serial_log, monitor = work / "serial.log", work / "qemu-monitor.sock"
     serial_log.unlink(missing_ok=True)
     monitor.unlink(missing_ok=True)
-    argv = qemu_argv(image=image, firmware=firmware, serial_log=serial_log, monitor=monitor, tpm_socket=tpm_socket)
-    with step("qemu boot", logger=log, image=str(image), secure_boot=firmware.secure_boot):
+    argv = qemu_argv(
+        image=image, firmware=firmware, serial_log=serial_log, monitor=monitor, tpm_socket=tpm_socket,
+        writable=writable,
+    )  # fmt: skip
+    with step("qemu boot", logger=log, image=str(image), secure_boot=firmware.secure_boot, writable=writable):
         start = time.monotonic()
         watcher = _Watcher(serial_log, monitor, start)
         watcher.start()

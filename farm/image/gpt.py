@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 ROOT_X86_64_VERITY = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
 ROOT_X86_64_VERITY_SIG = "41092b05-9fc8-4523-994f-2def0408b176"
+# made on the target by first-boot systemd-repart, not at assembly: named here so tools and tests can find them
+VAR = "4d21b016-b534-45c2-a9fb-5c16e091fd2d"
+SWAP = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"
+TMP = "7ec6f557-3bc5-4aca-b293-16ef5df639d1"
 EMPTY_LABEL = "_empty"
 
 
@@ -78,8 +83,10 @@ def layout(partitions: Sequence[Partition]) -> list[Placed]:
     return placed
 
 
-def disk_size(placed: Sequence[Placed]) -> int:
-    return align(placed[-1].end) + ALIGN  # room for the backup GPT
+def disk_size(placed: Sequence[Placed], free: int = 0) -> int:
+    """The partitions, then ``free`` bytes left unpartitioned (first-boot systemd-repart grows into them), then room
+    for the backup GPT."""
+    return align(placed[-1].end) + align(free) + ALIGN
 
 
 def sfdisk_script(placed: Sequence[Placed], label_id: str) -> str:
@@ -93,7 +100,8 @@ def sfdisk_script(placed: Sequence[Placed], label_id: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_disk(out: Path, partitions: Sequence[Partition], *, label_id: str) -> list[Placed]:
+def write_disk(out: Path, partitions: Sequence[Partition], *, label_id: str, free: int = 0) -> list[Placed]:
+    """Write the table and the contents; the file is sparse (``free`` and empty slots cost no disk)."""
     require_tool("sfdisk", "fdisk")
     for part in partitions:
         if part.size % SECTOR:
@@ -103,7 +111,7 @@ def write_disk(out: Path, partitions: Sequence[Partition], *, label_id: str) -> 
     placed = layout(partitions)
     out.unlink(missing_ok=True)
     with out.open("wb") as fh:
-        fh.truncate(disk_size(placed))
+        fh.truncate(disk_size(placed, free))
     run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(out)],
         input=sfdisk_script(placed, label_id).encode(),
@@ -147,6 +155,33 @@ def read_table(disk: Path) -> list[TableEntry]:
         )
         for p in table["partitions"]
     ]
+
+
+def sparse_copy(src: Path, dest: Path) -> Path:
+    """Copy a disk image keeping its holes (``cp --sparse``-like, via SEEK_DATA/SEEK_HOLE): a writable copy of an
+    image with gigabytes of free space to boot costs only the bytes actually written."""
+    size = src.stat().st_size
+    dest.unlink(missing_ok=True)
+    with src.open("rb") as fin, dest.open("wb") as fout:
+        fout.truncate(size)
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = fin.read(min(left, 4 * MIB))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                left -= len(chunk)
+            pos = end
+    return dest
 
 
 def read_partition(disk: Path, entry: TableEntry, limit: int | None = None) -> bytes:

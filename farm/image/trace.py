@@ -20,6 +20,7 @@ from farm.errors import E, FarmError
 from farm.image import gpt
 from farm.image.assemble import MANIFEST_DIR
 from farm.image.inputs import FARM
+from farm.image.payload import FACTORY_VAR
 from farm.keys import PublicKey
 from farm.provenance import verify_envelope
 from farm.run import require_tool, run
@@ -42,10 +43,24 @@ def candidates(path: str) -> list[str]:
     return sorted(names)
 
 
+def dpkg_info(root: Path) -> Path:
+    """The dpkg database's ``info`` directory in an unpacked root: the image keeps /var empty (a mount point for the
+    first-boot /var partition) and carries its content in /usr/share/factory/var; older images have it in /var."""
+    for base in (FACTORY_VAR, "var"):
+        info = root / base / "lib/dpkg/info"
+        if info.is_dir():
+            return info
+    raise FarmError(
+        E.IMAGE_TRACE,
+        f"the image has no dpkg database (neither /{FACTORY_VAR}/lib/dpkg nor /var/lib/dpkg)",
+        hint="is this a MANGOS image?",
+    )
+
+
 def owner(root: Path, path: str) -> tuple[str, str]:
     """(package, the name dpkg lists) owning ``path`` in the unpacked root."""
     wanted = set(candidates(path))
-    for lst in sorted((root / "var/lib/dpkg/info").glob("*.list")):
+    for lst in sorted(dpkg_info(root).glob("*.list")):
         for line in lst.read_text(errors="replace").splitlines():
             if line in wanted:
                 return lst.name[: -len(".list")].split(":")[0], line
@@ -57,7 +72,7 @@ def owner(root: Path, path: str) -> tuple[str, str]:
 
 
 def md5_matches(root: Path, package: str, listed: str) -> bool | None:
-    sums = root / "var/lib/dpkg/info" / f"{package}.md5sums"
+    sums = dpkg_info(root) / f"{package}.md5sums"
     if not sums.is_file():
         return None
     rel = listed.lstrip("/")

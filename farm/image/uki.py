@@ -10,6 +10,7 @@ PE header (patched to ``SOURCE_DATE_EPOCH``, with the PE checksum recomputed) an
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import shlex
@@ -72,6 +73,9 @@ def dracut_script(*, root: Path, layer: Path, out_dir: Path, kver: str, sde: int
         target = q(str(merged / "dev" / dev))
         lines += [f"touch {target}", f"mount --bind /dev/{dev} {target}"]
     lines += [
+        # /var is an empty mount point in the image (its content is in /usr/share/factory/var): make /var/tmp in
+        # the overlay's upper layer, never in the root.
+        f"mkdir -p {q(str(merged / 'tmp'))} {q(str(merged / 'var/tmp'))}",
         f"mount -t tmpfs tmpfs {q(str(merged / 'tmp'))}",
         f"mount -t tmpfs tmpfs {q(str(merged / 'var/tmp'))}",
         f"mkdir -p {q(str(merged / 'out'))}",
@@ -107,8 +111,16 @@ def objcopy_argv(*, stub: Path, osrel: Path, cmdline: Path, linux: Path, initrd:
 
 
 def sbsign_argv(*, key: Path, cert: Path, sde: int, src: Path, out: Path) -> list[str]:
-    """sbsign under faketime: the PKCS#7 signing time is the only varying input of an RSA PKCS#1 v1.5 signature."""
-    return ["faketime", f"@{sde}", "sbsign", "--key", str(key), "--cert", str(cert), "--output", str(out), str(src)]
+    """sbsign under faketime: the PKCS#7 signing time is the only varying input of an RSA PKCS#1 v1.5 signature.
+
+    The clock is frozen at ``sde`` (an absolute ``-f`` time, read as UTC), not started there (``@sde`` keeps it
+    running: hashing a 39 MB UKI on a loaded machine took over a second, and the signing time differed by one).
+    """
+    frozen = datetime.datetime.fromtimestamp(sde, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return [
+        "env", "TZ=UTC", "faketime", "-f", frozen,
+        "sbsign", "--key", str(key), "--cert", str(cert), "--output", str(out), str(src),
+    ]  # fmt: skip
 
 
 def pe_offsets(data: bytes | bytearray) -> tuple[int, int]:

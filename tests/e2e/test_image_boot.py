@@ -5,6 +5,8 @@ Four boots of the same image (each through a snapshot, or of a tampered copy), r
 - one flipped byte in the root (erofs) partition makes dm-verity report corruption and the kernel panic;
 - the UKI re-signed with another (valid) key is refused by the firmware, and systemd-boot counts the failed try;
 - with Secure Boot off (stock OVMF vars) the image refuses to run and powers off.
+And two boots of one writable copy with a persistent software TPM: the first boot's systemd-repart creates swap,
+/var and /var/tmp encrypted and sealed to the TPM, the second finds /var, unlocks it with the TPM and mounts it.
 TCG only (this machine's KVM cannot run OVMF's SMM): each boot takes 10-80 s.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,7 @@ def _partition(raw: Path, type_guid: str, *, not_name: str = "_empty") -> dict[s
 
 
 def _copy(raw: Path, dest: Path) -> Path:
-    shutil.copyfile(raw, dest)
-    return dest
+    return gpt.sparse_copy(raw, dest)  # the image's free tail for first-boot repart is a hole: keep it one
 
 
 def _boot(raw: Path, fw: firmware.Firmware, work: Path) -> boot.BootResult:
@@ -69,7 +69,7 @@ def test_boots_with_our_keys_to_the_self_test(
     result = built_image.farm.json("image", "boot", str(raw), "--keep", str(tmp_path))
     record_property("boot_seconds", result["seconds"])
     assert result["outcome"] == "booted", result["serial_tail"]
-    assert result["evidence"] == "MANGOS-BOOT-OK root=verity sb=on"
+    assert result["evidence"].startswith("MANGOS-BOOT-OK root=verity sb=on tpm=no var=root ")  # no TPM: no /var part
     serial = Path(result["serial_log"]).read_text(errors="replace")
     assert "UEFI Secure Boot is enabled" in serial  # the kernel's EFI stub saw the firmware's Secure Boot state
     assert "Verity Protection Setup for root" in serial  # systemd-veritysetup opened the root from the UKI's hash
@@ -129,3 +129,61 @@ def test_secure_boot_off_is_refused_by_the_image(built_image: BuiltImage, tmp_pa
     result = built_image.farm.json(*args)  # exit 0: the refusal is the expected outcome
     assert result["outcome"] == "refused-insecure", result["serial_tail"]
     assert "MANGOS-BOOT-OK" not in Path(result["serial_log"]).read_text(errors="replace")
+
+
+FIRST_BOOT_LABELS = {"swap", "var", "var-tmp"}
+LUKS_MAGIC = b"LUKS\xba\xbe"
+
+
+def _state(evidence: str) -> dict[str, str]:
+    """The self-test line's ``key=value`` fields."""
+    return dict(field.split("=", 1) for field in evidence.split()[1:])
+
+
+def test_first_boot_creates_tpm_sealed_partitions_and_the_second_boot_mounts_var(
+    built_image: BuiltImage,  # noqa: F811
+    enrolled: firmware.Firmware,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    """One machine (a writable copy of the disk, its OVMF vars, one swtpm state) booted twice."""
+    for tool in ("qemu-system-x86_64", "swtpm", "cryptsetup"):
+        require(tool)
+    raw = gpt.sparse_copy(built_image.raw, tmp_path / "machine.raw")
+    assert raw.read_bytes() == built_image.raw.read_bytes()
+    before = {p["name"] for p in _partitions(raw)}
+    assert not before & FIRST_BOOT_LABELS
+    tpm_state = tmp_path / "tpm"
+
+    with boot.software_tpm(tpm_state) as sock:
+        first = boot.boot(raw, enrolled, timeout=BOOT_TIMEOUT, workdir=tmp_path / "boot1", tpm_socket=sock,
+                          writable=True)  # fmt: skip
+    record_property("first_boot_seconds", first.seconds)
+    assert first.outcome == boot.Outcome.BOOTED, first.serial_tail
+    one = _state(first.evidence)
+    assert one["tpm"] == "yes" and set(one["parts"].split(",")) == FIRST_BOOT_LABELS, first.evidence
+    assert one["var"] == "root"  # created after this boot's mounts were set up: found from the next boot on
+
+    # On the disk itself: the three partitions, each a LUKS2 volume with a systemd-tpm2 token (sealed to the TPM).
+    created = {p["name"]: p for p in _partitions(raw) if p.get("name") in FIRST_BOOT_LABELS}
+    assert set(created) == FIRST_BOOT_LABELS, _partitions(raw)
+    types = {label: part["type"].lower() for label, part in created.items()}
+    assert types == {"swap": gpt.SWAP, "var": gpt.VAR, "var-tmp": gpt.TMP}
+    for label, part in created.items():
+        header = tmp_path / f"{label}.luks"
+        with raw.open("rb") as fh:
+            fh.seek(part["offset"])
+            header.write_bytes(fh.read(16 * 1024 * 1024))
+        assert header.read_bytes()[:6] == LUKS_MAGIC, label
+        dump = run(["cryptsetup", "luksDump", str(header)]).text
+        assert re.search(r"^Version:\s+2$", dump, re.M) and "systemd-tpm2" in dump, dump
+
+    with boot.software_tpm(tpm_state) as sock:
+        second = boot.boot(raw, enrolled, timeout=BOOT_TIMEOUT, workdir=tmp_path / "boot2", tpm_socket=sock,
+                           writable=True)  # fmt: skip
+    record_property("second_boot_seconds", second.seconds)
+    assert second.outcome == boot.Outcome.BOOTED, second.serial_tail
+    two = _state(second.evidence)
+    assert two["var"] == "luks", second.serial_tail  # gpt-auto found /var, the TPM unlocked it, it is mounted
+    assert two["machine-id"] == one["machine-id"]
+    assert {p["name"] for p in _partitions(raw)} == before | FIRST_BOOT_LABELS  # nothing more was created

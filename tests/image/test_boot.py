@@ -28,6 +28,11 @@ def test_qemu_argv_is_secure_boot_tcg_and_never_writes_the_image() -> None:
         image=Path("m.raw"), firmware=FW, serial_log=Path("s"), monitor=Path("m"), tpm_socket=Path("/t/sock")
     )
     assert "socket,id=chrtpm,path=/t/sock" in with_tpm
+    writable = boot.qemu_argv(
+        image=Path("/i/c.raw"), firmware=FW, serial_log=Path("s"), monitor=Path("m"), writable=True
+    )  # a copy whose first-boot partitions must persist to the next boot
+    assert "if=none,id=disk0,format=raw,file=/i/c.raw" in writable
+    assert not any("snapshot" in arg for arg in writable)
 
 
 @pytest.mark.unit
@@ -58,6 +63,13 @@ def test_classify(serial: str, outcome: boot.Outcome) -> None:
     assert decided is not None and decided[0] == outcome
     assert decided[1] in boot.ANSI.sub("", serial)
     assert "\x1b" not in decided[1]
+
+
+@pytest.mark.unit
+def test_classify_keeps_the_whole_self_test_line() -> None:
+    line = "MANGOS-BOOT-OK root=verity sb=on tpm=yes var=luks parts=swap,var,var-tmp machine-id=" + "ab" * 16
+    decided = boot.classify(f"[  OK  ] Reached target multi-user.target.\r\n{line}\r\n[  OK  ] Finished")
+    assert decided == (boot.Outcome.BOOTED, line)
 
 
 @pytest.mark.unit

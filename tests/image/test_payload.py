@@ -57,6 +57,8 @@ def test_selftest_unit_gates_boot_complete_and_secure_boot_unit_powers_off() -> 
     assert "ConditionSecurity=!uefi-secureboot" in refuse
     assert "SuccessAction=poweroff-force" in refuse
     assert payload.REFUSE_MARKER in refuse
+    # every repart.d partition is Encrypt=tpm2: without a TPM repart is skipped rather than failing every boot
+    assert "ConditionSecurity=tpm2" in (units / "systemd-repart.service.d/50-mangos-tpm2.conf").read_text()
 
 
 @pytest.mark.unit
@@ -77,3 +79,51 @@ def test_cmdline_carries_root_hash_and_panics_on_corruption() -> None:
         payload.cmdline("AB" * 32)
     with pytest.raises(FarmError):
         payload.cmdline("ab" * 31)
+
+
+def _size(value: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+@pytest.mark.unit
+def test_first_boot_space_holds_the_repart_minimums() -> None:
+    """The image's free tail must fit what repart.d asks for, plus a LUKS2 header and alignment per partition."""
+    defs = sorted((payload.PAYLOAD / "usr/lib/repart.d").glob("*.conf"))
+    minimums = [
+        _size(line.split("=", 1)[1]) for p in defs for line in p.read_text().splitlines() if line.startswith("SizeMin")
+    ]
+    assert len(minimums) == len(defs) == 3
+    assert sum(minimums) + len(defs) * (16 + 1) * 1024**2 <= payload.FIRST_BOOT_SPACE
+
+
+@pytest.mark.unit
+def test_var_moves_to_the_factory_and_tmpfiles_recreates_it(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    var = root / "var"
+    (var / "lib/dpkg/info").mkdir(parents=True)
+    (var / "lib/dpkg/status").write_text("Package: demo\n")
+    (var / "log").mkdir()
+    (var / "log/dpkg.log").write_text("")
+    (var / "mail").mkdir(mode=0o2775)
+    (var / "mail").chmod(0o2775)
+    (var / "tmp").mkdir()
+    (var / "run").symlink_to("/run")
+    payload.customize(root, machine_id=MID, sde=SDE)
+    assert var.is_dir() and not any(var.iterdir())  # an empty mount point for the /var partition
+    assert var.stat().st_mtime == SDE
+    factory = root / payload.FACTORY_VAR
+    assert (factory / "lib/dpkg/status").read_text() == "Package: demo\n"
+    lines = (root / payload.FACTORY_TMPFILES).read_text().splitlines()
+    entries = [line for line in lines if not line.startswith("#")]
+    assert entries == [
+        "d /var/lib 0755 - - -",
+        "C /var/lib/dpkg - - - - /usr/share/factory/var/lib/dpkg",
+        "d /var/log 0755 - - -",
+        "C /var/log/dpkg.log - - - - /usr/share/factory/var/log/dpkg.log",
+        "d /var/mail 2775 - - -",
+        "L /var/run - - - - /run",
+    ]  # /var/tmp is a partition of its own
+    with pytest.raises(FarmError):  # the move is not repeatable on the same tree
+        (var / "lib").mkdir()
+        payload.move_var_to_factory(root)

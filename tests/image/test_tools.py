@@ -17,6 +17,7 @@ from farm.keys import BuilderKey, generate
 from farm.provenance import sign, statement
 from farm.release_keys import ReleaseKeys, load_cert, load_key
 from farm.release_keys import generate as generate_release
+from farm.run import run
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration
@@ -94,6 +95,25 @@ def test_gpt_written_on_a_file_reads_back(tmp_path: Path) -> None:
     with pytest.raises(FarmError) as exc:
         gpt.read_table(content)
     assert exc.value.code == "E-IMAGE-VERIFY"
+
+
+def test_free_tail_is_sparse_and_sparse_copy_keeps_bytes_and_holes(tmp_path: Path) -> None:
+    """The free space first-boot repart grows into costs no disk, in the image or in a copy booted writable."""
+    require("sfdisk")
+    content = tmp_path / "data"
+    content.write_bytes(b"D" * 8192)
+    parts = [gpt.Partition("root-1", gpt.ROOT_X86_64, "00112233-4455-6677-8899-aabbccddeeff", gpt.MIB, content)]
+    disk = tmp_path / "disk.raw"
+    free = 256 * gpt.MIB
+    placed = gpt.write_disk(disk, parts, label_id=gpt.derived_uuid("s", "disk"), free=free)
+    assert disk.stat().st_size == gpt.align(placed[-1].end) + free + gpt.MIB
+    assert disk.stat().st_blocks * 512 < 8 * gpt.MIB
+    run(["sfdisk", "--verify", str(disk)])  # backup GPT at the very end: the free tail is inside the usable range
+    table = json.loads(run(["sfdisk", "--json", str(disk)]).text)["partitiontable"]
+    assert (table["lastlba"] + 1) * gpt.SECTOR >= gpt.align(placed[-1].end) + free
+    copy = gpt.sparse_copy(disk, tmp_path / "copy.raw")
+    assert copy.read_bytes() == disk.read_bytes()
+    assert copy.stat().st_blocks <= disk.stat().st_blocks + 16
 
 
 def test_esp_image_is_reproducible_and_readable_with_mtools(tmp_path: Path) -> None:
@@ -182,7 +202,7 @@ def test_farm_debs_are_verified_and_a_tampered_one_stops_the_build(tmp_path: Pat
 
 
 def test_trace_follows_a_file_to_its_commit_and_refuses_a_mismatched_manifest(tmp_path: Path) -> None:
-    from farm.image import trace
+    from farm.image import payload, trace
     from farm.image.assemble import MANIFEST_DIR
 
     require("dpkg-deb")
@@ -204,6 +224,9 @@ def test_trace_follows_a_file_to_its_commit_and_refuses_a_mismatched_manifest(tm
 
     got = trace.trace_tree(root, "/usr/bin/demo", [key.public])
     assert got["commit"] == "c" * 40 and got["signature"] == "verified" and got["file_matches_package"] is True
+    payload.move_var_to_factory(root)  # as assembly does: dpkg's state moves to usr/share/factory/var, /var is empty
+    assert not any((root / "var").iterdir())
+    assert trace.trace_tree(root, "/usr/bin/demo", [key.public]) == got
     (root / "usr/bin/demo").write_text("changed\n")
     assert trace.trace_tree(root, "usr/bin/demo", [key.public])["file_matches_package"] is False
     with pytest.raises(FarmError) as exc:

@@ -41,6 +41,18 @@ ENABLED_UNITS: tuple[tuple[str, str], ...] = (
     ("mangos-selftest.service", "multi-user.target"),
 )
 
+# Unpartitioned space left after the GPT's last slot for first-boot systemd-repart (repart.d: swap 64M + /var at
+# least 128M + /var/tmp 64M, each with a 16M LUKS2 header, 1M-aligned). Sparse in the .raw, so it costs no disk.
+FIRST_BOOT_SPACE = 512 * 1024 * 1024
+
+# The root's /var moves here at assembly so that /var is an empty mount point systemd-gpt-auto-generator will mount
+# the first-boot /var partition on (it skips a non-empty one); systemd-tmpfiles copies it back (FACTORY_TMPFILES).
+FACTORY_VAR = "usr/share/factory/var"
+FACTORY_TMPFILES = "usr/lib/tmpfiles.d/mangos-factory-var.conf"
+# Not copied: /var/tmp is a first-boot partition of its own (and systemd's tmp.conf sets it up).
+_VAR_SKIP = frozenset({"tmp"})
+_TMPFILES_UNSAFE = re.compile(r"[\s%\\\"']")
+
 SELFTEST_OK = "MANGOS-BOOT-OK root=verity sb=on"
 REFUSE_MARKER = "MANGOS-REFUSE"
 HOSTNAME = "mangos"
@@ -90,8 +102,55 @@ def customize(root: Path, *, machine_id: str, sde: int) -> None:
             link.unlink()
         link.symlink_to(f"/usr/lib/systemd/system/{unit}")
         touched += [wants, link]
+    touched += move_var_to_factory(root)
     for path in touched:
         os.utime(path, (sde, sde), follow_symlinks=False)
+
+
+def move_var_to_factory(root: Path) -> list[Path]:
+    """Move ``root/var``'s content to :data:`FACTORY_VAR` and write the tmpfiles.d lines that recreate it.
+
+    systemd-gpt-auto-generator mounts the /var partition only on an empty directory, and the read-only root's /var
+    would otherwise hold dpkg's state and friends. At boot systemd-tmpfiles recreates each top-level directory
+    (``d``, with its mode), copies each entry below it (``C``: only when missing, so a later boot's /var is kept),
+    and re-links symlinks (``L``). Returns the paths created, for the caller to pin their mtimes.
+    """
+    var, factory = root / "var", root / FACTORY_VAR
+    var.mkdir(mode=0o755, exist_ok=True)
+    factory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Generated at image assembly (farm.image.payload.move_var_to_factory): the image's /var is an empty mount",
+        "# point for the first-boot /var partition; these recreate what the packages put there.",
+    ]
+    for entry in sorted(var.iterdir()):
+        dest = factory / entry.name
+        if dest.exists() or dest.is_symlink():
+            raise FarmError(E.IMAGE_BUILD, f"{dest} exists already: customize ran twice on {root}?", file=str(dest))
+        os.rename(entry, dest)
+    for entry in sorted(factory.iterdir()):
+        if entry.name in _VAR_SKIP:
+            continue
+        lines += _tmpfiles_lines(entry, f"/var/{entry.name}", top=True)
+    var.chmod(0o755)
+    conf = root / FACTORY_TMPFILES
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("\n".join(lines) + "\n")
+    return [var, factory, factory.parent, conf.parent, conf]
+
+
+def _tmpfiles_lines(entry: Path, target: str, *, top: bool) -> list[str]:
+    if _TMPFILES_UNSAFE.search(target):
+        raise FarmError(E.IMAGE_BUILD, f"cannot express {target!r} in a tmpfiles.d line", file=str(entry))
+    source = f"/{FACTORY_VAR}{target[len('/var') :]}"
+    if entry.is_symlink():
+        return [f"L {target} - - - - {os.readlink(entry)}"]
+    if entry.is_dir() and top:
+        mode = entry.stat().st_mode & 0o7777
+        lines = [f"d {target} {mode:04o} - - -"]
+        for child in sorted(entry.iterdir()):
+            lines += _tmpfiles_lines(child, f"{target}/{child.name}", top=False)
+        return lines
+    return [f"C {target} - - - - {source}"]
 
 
 def cmdline(roothash: str) -> str:
