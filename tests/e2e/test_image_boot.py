@@ -69,7 +69,8 @@ def test_boots_with_our_keys_to_the_self_test(
     result = built_image.farm.json("image", "boot", str(raw), "--keep", str(tmp_path))
     record_property("boot_seconds", result["seconds"])
     assert result["outcome"] == "booted", result["serial_tail"]
-    assert result["evidence"].startswith("MANGOS-BOOT-OK root=verity sb=on tpm=no var=root ")  # no TPM: no /var part
+    # no TPM: repart is skipped, no /var partition
+    assert result["evidence"].startswith("MANGOS-BOOT-OK root=verity sb=on tpm=no var=root factory=no parts=none ")
     serial = Path(result["serial_log"]).read_text(errors="replace")
     assert "UEFI Secure Boot is enabled" in serial  # the kernel's EFI stub saw the firmware's Secure Boot state
     assert "Verity Protection Setup for root" in serial  # systemd-veritysetup opened the root from the UKI's hash
@@ -163,6 +164,7 @@ def test_first_boot_creates_tpm_sealed_partitions_and_the_second_boot_mounts_var
     one = _state(first.evidence)
     assert one["tpm"] == "yes" and set(one["parts"].split(",")) == FIRST_BOOT_LABELS, first.evidence
     assert one["var"] == "root"  # created after this boot's mounts were set up: found from the next boot on
+    assert one["factory"] == "no"  # the root's /var is an empty, read-only mount point
 
     # On the disk itself: the three partitions, each a LUKS2 volume with a systemd-tpm2 token (sealed to the TPM).
     created = {p["name"]: p for p in _partitions(raw) if p.get("name") in FIRST_BOOT_LABELS}
@@ -185,5 +187,6 @@ def test_first_boot_creates_tpm_sealed_partitions_and_the_second_boot_mounts_var
     assert second.outcome == boot.Outcome.BOOTED, second.serial_tail
     two = _state(second.evidence)
     assert two["var"] == "luks", second.serial_tail  # gpt-auto found /var, the TPM unlocked it, it is mounted
+    assert two["factory"] == "yes"  # systemd-tmpfiles copied /usr/share/factory/var's entries onto the new /var
     assert two["machine-id"] == one["machine-id"]
     assert {p["name"] for p in _partitions(raw)} == before | FIRST_BOOT_LABELS  # nothing more was created
