@@ -93,3 +93,8 @@ def fleet(tmp_path: Path, redis_server: RedisServer, moto_server: MotoServer) ->
     fleet.start_coordinator()
     yield fleet
     fleet.close()
+
+
+# One MANGOS image per session for the image, boot and cross-validation tests. Registered here, not imported into
+# each test module: a fixture imported into several modules is a separate fixture in each, built once per module.
+from tests.e2e.image_fixtures import built_image  # noqa: E402, F401

@@ -1,8 +1,8 @@
 """One MANGOS image per test session, built through the CLI as a user would (shared by the image and boot tests).
 
 A fresh farm home: builder key, the pinned bookworm environment, the farm's own ``hello`` .deb built from source,
-release keys, then ``image build``. Import the fixture into a test module with
-``from tests.e2e.image_fixtures import built_image  # noqa: F401``.
+release keys, then ``image build``. ``tests/e2e/conftest.py`` registers the fixture once for the whole directory
+(importing it into each test module would build the image once per module).
 """
 
 from __future__ import annotations

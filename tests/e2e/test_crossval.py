@@ -26,7 +26,7 @@ from farm.store import BuildRecord, open_store
 from tests.conftest import require
 from tests.crossval.helpers import Org, log_tampered
 from tests.e2e.conftest import CLI, REPO, Farm
-from tests.e2e.image_fixtures import BuiltImage, built_image  # noqa: F401 - the image stream's session farm
+from tests.e2e.image_fixtures import BuiltImage
 
 pytestmark = pytest.mark.e2e
 
@@ -239,7 +239,7 @@ def test_bundle_rebuilds_offline_in_a_fresh_store_with_the_same_digest(orgs: Org
 
 
 def test_image_build_require_agreement_refuses_what_a_malicious_peer_contradicts(
-    built_image: BuiltImage,  # noqa: F811
+    built_image: BuiltImage,
     tmp_path: Path,
 ) -> None:
     """The image stream's farm (a real hello .deb from source) against a peer whose builder signed another digest."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.e2e.image_fixtures import BuiltImage, build_image, built_image  # noqa: F401
+from tests.e2e.image_fixtures import BuiltImage, build_image
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False)
 
 
-def test_standard_tools_accept_the_image(built_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+def test_standard_tools_accept_the_image(built_image: BuiltImage, tmp_path: Path) -> None:
     img = built_image
     require("systemd-dissect")
     require("sbverify")
@@ -62,7 +62,7 @@ def test_standard_tools_accept_the_image(built_image: BuiltImage, tmp_path: Path
     assert _run(sums_sig).returncode == 0
 
 
-def test_image_verify_checks_the_bytes_and_refuses_tampering(built_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+def test_image_verify_checks_the_bytes_and_refuses_tampering(built_image: BuiltImage, tmp_path: Path) -> None:
     img = built_image
     good = img.farm.json("image", "verify", str(img.raw), "--cert", str(img.verity_cert), "--db-cert", str(img.db_cert))
     assert good["ok"] is True and good["root_hash"] == img.root_hash
@@ -92,7 +92,7 @@ def test_image_verify_checks_the_bytes_and_refuses_tampering(built_image: BuiltI
     assert proc.returncode == 1 and "FAIL signature" in proc.stdout
 
 
-def test_trace_reaches_the_source_commit(built_image: BuiltImage) -> None:  # noqa: F811
+def test_trace_reaches_the_source_commit(built_image: BuiltImage) -> None:
     img = built_image
     hello = img.farm.json("trace", str(img.raw), "/usr/bin/hello", "--cert", str(img.verity_cert))
     assert hello["image_signature"] == "verified" and hello["image_root_hash"] == img.root_hash
@@ -113,7 +113,7 @@ def test_trace_reaches_the_source_commit(built_image: BuiltImage) -> None:  # no
     assert all(len(p["checksums"][0]["checksumValue"]) == 64 for p in sbom["packages"])
 
 
-def test_inputs_are_checked_and_a_tampered_deb_stops_the_build(built_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+def test_inputs_are_checked_and_a_tampered_deb_stops_the_build(built_image: BuiltImage, tmp_path: Path) -> None:
     img = built_image
     listed = img.farm.json("image", "build", "--check-inputs")
     origins = {p["name"]: p["origin"] for p in listed["packages"]}
@@ -143,7 +143,7 @@ def test_inputs_are_checked_and_a_tampered_deb_stops_the_build(built_image: Buil
     assert proc.returncode == 2 and "E-VERIFY-DIGEST" in proc.stderr, proc.stderr
 
 
-def test_a_second_build_is_byte_identical(built_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+def test_a_second_build_is_byte_identical(built_image: BuiltImage, tmp_path: Path) -> None:
     img = built_image
     again = build_image(img.farm, tmp_path / "again")
     raw = Path(str(again["raw"]))
@@ -153,7 +153,7 @@ def test_a_second_build_is_byte_identical(built_image: BuiltImage, tmp_path: Pat
     assert (tmp_path / "again" / "SHA256SUMS").read_bytes() == (img.out / "SHA256SUMS").read_bytes()
 
 
-def test_image_sysext_cli_makes_a_signed_extension(built_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+def test_image_sysext_cli_makes_a_signed_extension(built_image: BuiltImage, tmp_path: Path) -> None:
     img = built_image
     tree = tmp_path / "tree"
     (tree / "usr/bin").mkdir(parents=True)

@@ -22,7 +22,7 @@ import pytest
 from farm.image import boot, firmware, gpt
 from farm.run import run
 from tests.conftest import require
-from tests.e2e.image_fixtures import BuiltImage, built_image  # noqa: F401 (the session fixture used below)
+from tests.e2e.image_fixtures import BuiltImage
 from tests.image.bootkeys import make_db_key
 
 pytestmark = pytest.mark.e2e
@@ -53,12 +53,12 @@ def _boot(raw: Path, fw: firmware.Firmware, work: Path) -> boot.BootResult:
 
 
 @pytest.fixture
-def enrolled(built_image: BuiltImage, tmp_path: Path) -> firmware.Firmware:  # noqa: F811
+def enrolled(built_image: BuiltImage, tmp_path: Path) -> firmware.Firmware:
     return firmware.enrolled_firmware(tmp_path / "OVMF_VARS.fd", db_certs=(built_image.db_cert,))
 
 
 def test_boots_with_our_keys_to_the_self_test(
-    built_image: BuiltImage,  # noqa: F811
+    built_image: BuiltImage,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
@@ -78,7 +78,7 @@ def test_boots_with_our_keys_to_the_self_test(
 
 
 def test_flipped_byte_in_root_stops_the_boot(
-    built_image: BuiltImage,  # noqa: F811
+    built_image: BuiltImage,
     enrolled: firmware.Firmware,
     tmp_path: Path,
 ) -> None:
@@ -97,7 +97,7 @@ def test_flipped_byte_in_root_stops_the_boot(
 
 
 def test_uki_signed_with_another_key_is_refused_by_the_firmware(
-    built_image: BuiltImage,  # noqa: F811
+    built_image: BuiltImage,
     enrolled: firmware.Firmware,
     tmp_path: Path,
 ) -> None:
@@ -123,7 +123,7 @@ def test_uki_signed_with_another_key_is_refused_by_the_firmware(
     assert re.search(r"mangos_\S+\+2-1\.efi", result.evidence), result.evidence
 
 
-def test_secure_boot_off_is_refused_by_the_image(built_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+def test_secure_boot_off_is_refused_by_the_image(built_image: BuiltImage, tmp_path: Path) -> None:
     """Stock OVMF vars (setup mode): the firmware runs anything, so the image itself must refuse."""
     require("qemu-system-x86_64")
     args = ("image", "boot", str(built_image.raw), "--no-secure-boot", "--keep", str(tmp_path))
@@ -142,7 +142,7 @@ def _state(evidence: str) -> dict[str, str]:
 
 
 def test_first_boot_creates_tpm_sealed_partitions_and_the_second_boot_mounts_var(
-    built_image: BuiltImage,  # noqa: F811
+    built_image: BuiltImage,
     enrolled: firmware.Firmware,
     tmp_path: Path,
     record_property: Any,
