@@ -37,6 +37,7 @@ from farm.store import BuildRecord, Store
 
 if TYPE_CHECKING:
     from farm.crossval.variation import Variation
+    from farm.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,36 @@ class WorkerContext:
 
     def keyring(self) -> Sequence[PublicKey]:
         return self.trusted if self.trusted is not None else [self.builder_key.public]
+
+    @classmethod
+    def from_settings(
+        cls, s: Settings, *, variation: Variation | None = None, extra_keys: Sequence[Path] = ()
+    ) -> WorkerContext:
+        """The context a worker builds with, from its settings: one definition for Celery workers and for builds
+        the CLI runs itself (recheck), so both get the same keyring, audit log and limits."""
+        from farm.envs.host import host_environment
+        from farm.keys import load_builder, trusted_keys
+        from farm.store import open_store
+
+        return cls(
+            store=open_store(s.store_url),
+            builder_key=load_builder(s.keys_dir),
+            sources=SourceCache(Path(s.cache_dir) / "git"),
+            work_root=Path(s.work_dir),
+            builder_id=s.builder,
+            environment=host_environment(),
+            timeout=float(s.build_timeout),
+            arch=s.build_arch,
+            trusted=trusted_keys(s.keys_dir, s.trusted_keys_dir, list(extra_keys)),
+            audit_log=audit.audit_path(s.home),
+            limits=sandbox.Limits(
+                memory=s.build_memory_mb * sandbox.MIB,
+                processes=s.build_processes,
+                scratch=s.build_scratch_mb * sandbox.MIB,
+                output=s.build_output_mb * sandbox.MIB,
+            ),
+            variation=variation,
+        )
 
 
 @contextmanager

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from celery import signals
@@ -20,13 +19,8 @@ from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
 from farm.coordinator.kv import open_kv
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
 from farm.crossval.recheck import RECHECK_TASK, recheck_from_payload, recheck_queue
-from farm.envs.host import host_environment
 from farm.errors import E, FarmError
-from farm.keys import coordinator_public, load_builder, trusted_keys
-from farm.sandbox import MIB, Limits
-from farm.settings import Settings
-from farm.sources.git import SourceCache
-from farm.store import open_store
+from farm.keys import coordinator_public, trusted_keys
 from workers.app import BUILD_TASK, app, settings
 from workers.metrics_setup import child_exited, serve_aggregated
 
@@ -36,25 +30,7 @@ log = logging.getLogger(__name__)
 @functools.cache
 def worker_context() -> WorkerContext:
     """Built once per worker process: the store client, the builder key, the source cache."""
-    s: Settings = settings
-    return WorkerContext(
-        store=open_store(s.store_url),
-        builder_key=load_builder(s.keys_dir),
-        sources=SourceCache(Path(s.cache_dir) / "git"),
-        work_root=Path(s.work_dir),
-        builder_id=s.builder,
-        environment=host_environment(),
-        timeout=float(s.build_timeout),
-        arch=s.build_arch,
-        trusted=trusted_keys(s.keys_dir, s.trusted_keys_dir),
-        audit_log=audit.audit_path(s.home),
-        limits=Limits(
-            memory=s.build_memory_mb * MIB,
-            processes=s.build_processes,
-            scratch=s.build_scratch_mb * MIB,
-            output=s.build_output_mb * MIB,
-        ),
-    )
+    return WorkerContext.from_settings(settings)
 
 
 @functools.cache

@@ -16,25 +16,10 @@ def _out(data: Any) -> None:
 
 
 def _context(settings: Settings, variation: Any = None, keys: list[str] | None = None) -> Any:
-    """A worker context in this process, as a worker would build it (``workers.tasks.worker_context``)."""
+    """A worker context in this process, exactly as a worker builds it."""
     from farm.build import WorkerContext
-    from farm.envs.host import host_environment
-    from farm.keys import load_builder, trusted_keys
-    from farm.sources.git import SourceCache
-    from farm.store import open_store
 
-    return WorkerContext(
-        store=open_store(settings.store_url),
-        builder_key=load_builder(settings.keys_dir),
-        sources=SourceCache(Path(settings.cache_dir) / "git"),
-        work_root=Path(settings.work_dir),
-        builder_id=settings.builder,
-        environment=host_environment(),
-        timeout=float(settings.build_timeout),
-        arch=settings.build_arch,
-        variation=variation,
-        trusted=trusted_keys(settings.keys_dir, settings.trusted_keys_dir, [Path(k) for k in keys or []]),
-    )
+    return WorkerContext.from_settings(settings, variation=variation, extra_keys=[Path(k) for k in keys or []])
 
 
 def _plan(recipes_dir: str, settings: Settings) -> Any:
