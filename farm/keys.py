@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from farm.errors import E, FarmError
+from farm.fsutil import atomic_write
 
 PRIVATE_NAME = "builder.key"
 PUBLIC_NAME = "builder.pub"
@@ -64,13 +65,7 @@ class BuilderKey:
 
 def _write_private(private: Path, key: Ed25519PrivateKey) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    tmp = private.with_suffix(".tmp")
-    # A fresh file (O_EXCL): reusing a stale temporary file would keep its mode, perhaps world-readable.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.replace(tmp, private)
+    atomic_write(private, pem, mode=0o600)  # mkstemp: a fresh 0600 file, never a stale one with a looser mode
 
 
 def generate(keys_dir: Path, force: bool = False, coordinator_dir: Path | None = None) -> BuilderKey:

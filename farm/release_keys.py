@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from farm.errors import E, FarmError
+from farm.fsutil import atomic_write
 
 VERITY = "verity"
 DB = "db"
@@ -96,15 +97,6 @@ def self_signed(key: rsa.RSAPrivateKey, common_name: str, *, code_signing: bool)
     return builder.sign(key, hashes.SHA256())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def generate(directory: Path, *, force: bool = False) -> ReleaseKeys:
     keys = ReleaseKeys(directory)
     existing = [p for n in NAMES for p in (keys.key(n),) if p.exists()]
@@ -122,7 +114,7 @@ def generate(directory: Path, *, force: bool = False) -> ReleaseKeys:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(keys.key(name), pem)
+        atomic_write(keys.key(name), pem, mode=0o600)
         keys.cert(name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return keys
 
