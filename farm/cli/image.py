@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from farm.settings import Settings
 
@@ -97,6 +100,21 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _stage_status(stream: TextIO) -> Callable[[str, float | None], None]:
+    """Live status of a long image build: each stage as it starts and ends, with the elapsed time."""
+    start = time.monotonic()
+
+    def show(stage: str, seconds: float | None) -> None:
+        elapsed = time.monotonic() - start
+        if seconds is None:
+            stream.write(f"[{elapsed:6.1f}s] {stage} ...\n")
+        else:
+            stream.write(f"[{elapsed:6.1f}s] {stage} done in {seconds:.1f}s\n")
+        stream.flush()
+
+    return show
+
+
 def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
     from farm.image import assemble
 
@@ -117,7 +135,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         if args.lock:
             print(f"exactly as locked in {args.lock} (apt resolved nothing)")
         return 0
-    result = assemble.build(req, settings)
+    result = assemble.build(req, settings, watcher=_stage_status(sys.stderr))
     if args.json:
         _out(result.to_json())
         return 0

@@ -8,13 +8,14 @@ the partition table are made on plain files. Same inputs and ``SOURCE_DATE_EPOCH
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,16 +94,41 @@ class Request:
     lock: Path | None = None  # image.lock: install exactly its pins, resolve nothing (farm.image.lock)
 
 
+# Called when a stage starts (seconds None) and when it ends (its seconds): the CLI's live status line.
+StageWatcher = Callable[[str, float | None], None]
+
+
 class Stages:
-    def __init__(self) -> None:
+    def __init__(self, watcher: StageWatcher | None = None) -> None:
         self.times: dict[str, float] = {}
+        self.watcher = watcher
 
     @contextmanager
     def __call__(self, name: str, **fields: object) -> Iterator[None]:
         start = time.monotonic()
+        if self.watcher:
+            self.watcher(name, None)
         with step(name, log, **fields):
             yield
         self.times[name] = round(time.monotonic() - start, 2)
+        if self.watcher:
+            self.watcher(name, self.times[name])
+
+
+@contextmanager
+def _exclusive(work: Path) -> Iterator[None]:
+    """One image build per home at a time: the work directory is wiped at the start of each build."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with (work.parent / ".image-build.flock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FarmError(
+                E.IMAGE_BUILD,
+                f"another image build is running in this home ({work})",
+                hint="wait for it, or build with another MANGOS_FARM_HOME",
+            ) from None
+        yield
 
 
 def source_date_epoch(environ: dict[str, str] | None = None) -> int:
@@ -220,9 +246,14 @@ def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: 
     gpt.write_disk(raw, parts, label_id=gpt.derived_uuid(seed, "disk"), free=payload.FIRST_BOOT_SPACE)
 
 
-def build(req: Request, settings: Settings) -> Artifacts:  # noqa: PLR0915 (the stages in order, on purpose)
+def build(req: Request, settings: Settings, watcher: StageWatcher | None = None) -> Artifacts:
+    with _exclusive(settings.work_dir / "image"):
+        return _build(req, settings, watcher)
+
+
+def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Artifacts:  # noqa: PLR0915 (the stages in order, on purpose)
     keys = ReleaseKeys(req.release_keys).check()
-    stages = Stages()
+    stages = Stages(watcher)
     work = settings.work_dir / "image"
     if work.exists():
         shutil.rmtree(work)
