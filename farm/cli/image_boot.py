@@ -23,26 +23,68 @@ def cmd_image_boot(args: argparse.Namespace, settings: Settings) -> int:
     image = Path(args.image)
     if not image.is_file():
         raise FarmError(E.IMAGE_INPUT, f"no image at {image}", hint="build one with 'mangos-farm image build'")
+    if args.machine:
+        return _boot_machine(args, settings, image)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mangos-boot-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.no_secure_boot:
         fw = firmware.setup_mode_firmware(work / "OVMF_VARS.fd")
     else:
-        certs = tuple(Path(c) for c in args.db_cert) if args.db_cert else (_default_db_cert(args, settings),)
-        for cert in certs:
-            if not cert.is_file():
-                raise FarmError(
-                    E.IMAGE_INPUT,
-                    f"no Secure Boot db certificate at {cert}",
-                    hint="pass --db-cert, or generate release keys with 'mangos-farm keys generate --release'",
-                )
-        fw = firmware.enrolled_firmware(work / "OVMF_VARS.fd", db_certs=certs)
+        fw = firmware.enrolled_firmware(work / "OVMF_VARS.fd", db_certs=_db_certs(args, settings))
     if args.tpm:
         with boot.software_tpm(work / "tpm") as tpm:
             result = boot.boot(image, fw, timeout=args.timeout, workdir=work, tpm_socket=tpm)
     else:
         result = boot.boot(image, fw, timeout=args.timeout, workdir=work)
     expected = boot.Outcome.REFUSED_INSECURE if args.no_secure_boot else boot.Outcome.BOOTED
+    return _report(args, result, expected)
+
+
+def prepare_machine(image: Path, machine: Path, db_certs: tuple[Path, ...]) -> tuple[Path, Any]:
+    """A persistent machine in ``machine``: its own writable (sparse) copy of the image's disk and its firmware
+    variables, both made on first use and reused after, so what first boot wrote (repart's partitions, sealed to the
+    machine's TPM in ``machine/tpm``) is there on the next boot. The image itself is never written."""
+    from farm.image import firmware, gpt
+
+    machine.mkdir(parents=True, exist_ok=True)
+    disk, vars_file = machine / "disk.raw", machine / "OVMF_VARS.fd"
+    if not disk.exists():
+        gpt.sparse_copy(image, disk)
+    if vars_file.exists():
+        fw = firmware.Firmware(code=firmware.OVMF_CODE, vars=vars_file, secure_boot=True)
+    else:
+        fw = firmware.enrolled_firmware(vars_file, db_certs=db_certs)
+    return disk, fw
+
+
+def _boot_machine(args: argparse.Namespace, settings: Settings, image: Path) -> int:
+    from farm.image import boot
+
+    if args.no_secure_boot:
+        raise FarmError(
+            E.IMAGE_INPUT, "--machine boots with Secure Boot on", hint="drop --no-secure-boot, or drop --machine"
+        )
+    machine = Path(args.machine)
+    disk, fw = prepare_machine(image, machine, _db_certs(args, settings))
+    n = len(list(machine.glob("boot-*"))) + 1
+    with boot.software_tpm(machine / "tpm") as tpm:
+        result = boot.boot(disk, fw, timeout=args.timeout, workdir=machine / f"boot-{n}", tpm_socket=tpm, writable=True)
+    return _report(args, result, boot.Outcome.BOOTED)
+
+
+def _db_certs(args: argparse.Namespace, settings: Settings) -> tuple[Path, ...]:
+    certs = tuple(Path(c) for c in args.db_cert) if args.db_cert else (_default_db_cert(args, settings),)
+    for cert in certs:
+        if not cert.is_file():
+            raise FarmError(
+                E.IMAGE_INPUT,
+                f"no Secure Boot db certificate at {cert}",
+                hint="pass --db-cert, or generate release keys with 'mangos-farm keys generate --release'",
+            )
+    return certs
+
+
+def _report(args: argparse.Namespace, result: Any, expected: Any) -> int:
     if args.json:
         print(json.dumps({**result.to_json(), "expected": str(expected)}, indent=2, sort_keys=True))
     else:
@@ -75,4 +117,10 @@ def add_boot_command(image: Any, add: Callable[..., argparse.ArgumentParser]) ->
     sp.add_argument("--timeout", type=float, default=240.0, help="seconds before giving up (default 240; TCG is slow)")
     sp.add_argument("--keep", metavar="DIR", help="keep the serial log and firmware vars here")
     sp.add_argument("--tpm", action="store_true", help="attach a software TPM (swtpm) for the Encrypt=tpm2 first boot")
+    sp.add_argument(
+        "--machine",
+        metavar="DIR",
+        help="a persistent machine: its own writable copy of the disk, firmware vars and TPM in DIR, made on first "
+        "use and kept, so first boot's encrypted swap, /var and /var/tmp are there on the next boot",
+    )
     json_flag(sp)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.conftest import IN_CI
 
 
 def make_db_key(directory: Path, common_name: str) -> tuple[Path, Path]:
@@ -34,3 +37,14 @@ def make_db_key(directory: Path, common_name: str) -> tuple[Path, Path]:
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
+
+
+def require_ovmf() -> None:
+    """OVMF's Secure Boot firmware (Debian's ovmf): skipped on a developer's machine without it, a failure in CI."""
+    from farm.image import firmware
+
+    if not (firmware.OVMF_VARS.exists() and firmware.OVMF_CODE.exists()):
+        message = f"ovmf is not installed ({firmware.OVMF_VARS}): run 'make setup'"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from farm.image import firmware
-from tests.image.bootkeys import make_db_key
+from tests.image.bootkeys import make_db_key, require_ovmf
 
 
 @pytest.mark.unit
@@ -24,8 +24,7 @@ def test_enroll_argv_sets_pk_kek_db_and_secure_boot() -> None:
 
 @pytest.mark.integration
 def test_enrolled_store_holds_our_cert_and_secure_boot_on(tmp_path: Path) -> None:
-    if not firmware.OVMF_VARS.exists():
-        pytest.skip("ovmf is not installed")
+    require_ovmf()
     _, cert = make_db_key(tmp_path / "keys", "MANGOS enrolled test db")
     fw = firmware.enrolled_firmware(tmp_path / "vars.fd", db_certs=(cert,))
     assert fw.secure_boot and fw.code == firmware.OVMF_CODE
