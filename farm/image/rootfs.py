@@ -24,7 +24,7 @@ from farm.run import CommandFailed, require_tool, run
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1  # bump when the way the tree is made changes (it is part of the cache key)
+RECIPE_VERSION = 2  # bump when the way the tree is made changes (it is part of the cache key)
 SUITE = "bookworm"
 HOSTNAME = "mangos"
 TIMEOUT = 1800.0
@@ -66,7 +66,7 @@ def mmdebstrap_argv(repo: Path, out_tar: Path, include: Sequence[str]) -> list[s
         "--format=tar",
         "--architectures=amd64",
         f"--include={','.join(include)}",
-        # no kernel postinst initrd: the UKI's initrd is made from the tree by the boot stage
+        # the UKI's initrd is made from the tree by the boot stage (INITRD=No in mmdebstrap_env)
         '--essential-hook=mkdir -p "$1/etc/initramfs-tools" "$1/etc/dracut.conf.d"',
         '--customize-hook=rm -f "$1"/boot/initrd.img* "$1"/var/cache/ldconfig/aux-cache',
         f"--customize-hook=printf '%s\\n' '{HOSTNAME}' > \"$1/etc/hostname\"",
@@ -85,6 +85,10 @@ def mmdebstrap_env(sde: int) -> dict[str, str]:
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
         "SOURCE_DATE_EPOCH": str(sde),
+        # The kernel's postinst would have dracut make an initrd we delete anyway (the boot stage makes the UKI's
+        # from the tree): /etc/kernel/postinst.d/dracut skips it for INITRD=No, and depmod still runs (the kernel's
+        # own postinst). Measured: mmdebstrap 20 s instead of 110-180 s, and no dangling /initrd.img links.
+        "INITRD": "No",
     }
 
 

@@ -140,6 +140,7 @@ def test_closure_and_mmdebstrap_argv_are_offline_and_pinned(tmp_path: Path) -> N
     assert mm[-1] == f"deb [trusted=yes] copy://{tmp_path / 'repo'} ./"
     assert "--include=hello" in mm
     assert rootfs.mmdebstrap_env(7)["SOURCE_DATE_EPOCH"] == "7"
+    assert rootfs.mmdebstrap_env(7)["INITRD"] == "No"  # no throwaway initrd from the kernel's postinst
     assert "Codename: bookworm" in rootfs.release_text(b"x")
     assert inputs.is_image_deb("hello_2.10-3_amd64.deb") and not inputs.is_image_deb("hello-dbgsym_2_amd64.deb")
 
