@@ -61,6 +61,10 @@ class ReleaseKeys:
     def db_cert(self) -> Path:
         return self.cert(DB)
 
+    def exists(self) -> bool:
+        """Any of the key files is there (a partial set is for :meth:`check` to explain, not to overwrite)."""
+        return any(p.exists() for n in NAMES for p in (self.key(n), self.cert(n)))
+
     def check(self) -> ReleaseKeys:
         missing = [p.name for n in NAMES for p in (self.key(n), self.cert(n)) if not p.is_file()]
         if missing:

@@ -26,8 +26,13 @@ def _release_dir(value: str | None, settings: Settings) -> Path:
 def cmd_keys_generate_release(args: argparse.Namespace, settings: Settings) -> int:
     from farm import release_keys
 
-    keys = release_keys.generate(_release_dir(args.release, settings), force=args.force)
-    print(f"release keys written to {keys.dir} (private keys mode 0600; keep them off the workers):")
+    directory = _release_dir(args.release, settings)
+    if args.if_missing and not args.force and release_keys.ReleaseKeys(directory).exists():
+        keys = release_keys.ReleaseKeys(directory).check()  # complete and loadable, or a clear error
+        print(f"release keys kept in {keys.dir}:")
+    else:
+        keys = release_keys.generate(directory, force=args.force)
+        print(f"release keys written to {keys.dir} (private keys mode 0600; keep them off the workers):")
     for name in release_keys.NAMES:
         cert = release_keys.load_cert(keys.cert(name))
         print(f"  {name}: {keys.key(name)}  {keys.cert(name)}  sha256:{release_keys.fingerprint(cert)}")
