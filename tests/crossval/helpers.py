@@ -94,3 +94,14 @@ def log_tampered(org: Org, record: BuildRecord, artifact: str, digest: str) -> N
         envelope=envelope,
     )
     own.sign(org.key)
+
+
+def source_repo(repo: Path, files: dict[str, str]) -> str:
+    """A real git repository at ``repo`` with ``files`` in one commit; returns the commit."""
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "src")
+    return git(repo, "rev-parse", "HEAD")

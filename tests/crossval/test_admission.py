@@ -13,8 +13,8 @@ from farm.crossval.publish import publish
 from farm.errors import E, FarmError
 from farm.provenance import verify_envelope
 from farm.store import BuildRecord, open_store
-from tests.conftest import git, require
-from tests.crossval.helpers import Org, log_tampered, make_org, request
+from tests.conftest import require
+from tests.crossval.helpers import Org, log_tampered, make_org, request, source_repo
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +47,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     require("bwrap")
     root = tmp_path_factory.mktemp("world")
     repo = root / "src"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "tool.c").write_text('#include <stdio.h>\nint main(void){puts("tool");return 0;}\n')
-    (repo / "data.txt").write_text("data\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "src")
-    commit = git(repo, "rev-parse", "HEAD")
+    tool = '#include <stdio.h>\nint main(void){puts("tool");return 0;}\n'
+    commit = source_repo(repo, {"tool.c": tool, "data.txt": "data\n"})
     reqs = [
         request(repo, commit, "tool", ['cc -O2 -o "$OUT/tool" tool.c'], ["tool"]),
         request(repo, commit, "data", ['cp data.txt "$OUT/data.txt"'], ["data.txt"]),

@@ -11,8 +11,8 @@ from farm import metrics
 from farm.crossval.recheck import load_results, recheck_one, results_dir
 from farm.crossval.variation import Variation
 from farm.store import open_store
-from tests.conftest import git, require
-from tests.crossval.helpers import make_org, request
+from tests.conftest import require
+from tests.crossval.helpers import make_org, request, source_repo
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +22,9 @@ def test_date_embedding_build_is_caught_with_a_diffoscope_report(tmp_path: Path)
     require("faketime")
     require("diffoscope")
     repo = tmp_path / "src"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README").write_text("readme\n")
-    (repo / "main.c").write_text('#include <stdio.h>\nint main(void){puts("same");return 0;}\n')
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "src")
-    commit = git(repo, "rev-parse", "HEAD")
+    commit = source_repo(
+        repo, {"README": "readme\n", "main.c": '#include <stdio.h>\nint main(void){puts("same");return 0;}\n'}
+    )
     org = make_org(tmp_path, "alpha")
     stamp_req = request(
         repo, commit, "stamp", ['mkdir -p "$OUT/share" && date +%Y-%m-%d > "$OUT/share/built-on"'], ["share"]
@@ -77,15 +73,11 @@ def test_small_report_cap_and_timeout_are_honoured(tmp_path: Path) -> None:
     require("faketime")
     require("diffoscope")
     repo = tmp_path / "src"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "f").write_text("x\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "src")
+    commit = source_repo(repo, {"f": "x\n"})
     org = make_org(tmp_path, "alpha")
     req = request(
         repo,
-        git(repo, "rev-parse", "HEAD"),
+        commit,
         "noisy",
         ['for i in $(seq 1 600); do date +%s%N; done > "$OUT/noise"'],
         ["noise"],

@@ -14,8 +14,8 @@ import pytest
 from farm.crossval.compare import compare
 from farm.crossval.peers import load_peers
 from farm.crossval.publish import publish
-from tests.conftest import git, require
-from tests.crossval.helpers import Org, make_org, request
+from tests.conftest import require
+from tests.crossval.helpers import Org, make_org, request, source_repo
 from tests.store.conftest import MotoServer, moto_server, s3_env  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -25,12 +25,7 @@ pytestmark = pytest.mark.integration
 def two_orgs(tmp_path: Path) -> tuple[Org, Org]:
     require("bwrap")
     repo = tmp_path / "src"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "f.txt").write_text("payload\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "src")
-    req = request(repo, git(repo, "rev-parse", "HEAD"), "copy", ['cp f.txt "$OUT/f.txt"'], ["f.txt"])
+    req = request(repo, source_repo(repo, {"f.txt": "payload\n"}), "copy", ['cp f.txt "$OUT/f.txt"'], ["f.txt"])
     orgs = make_org(tmp_path, "alpha"), make_org(tmp_path, "beta")
     for org in orgs:
         org.build(req)
