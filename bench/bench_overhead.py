@@ -268,7 +268,7 @@ def timed_runs(argv: list[str], runs: int) -> list[float]:
 
 
 def process_baselines(root: Path, runs: int) -> list[Stat]:
-    from farm import sandbox
+    from farm.build import sandbox
 
     dirs = {d: root / "bwrap" / d for d in ("src", "out", "home", "deps")}
     for d in dirs.values():
@@ -329,15 +329,15 @@ def inproc_breakdown(root: Path, recipe_dir: Path, runs: int) -> list[Stat]:
     """``execute_build`` called directly (no Celery, no coordinator), its phases timed by wrapping functions."""
     from contextlib import ExitStack
 
-    from farm import build as buildmod
-    from farm import keys as keymod
-    from farm import provenance
-    from farm.build import BuildRequest, WorkerContext, execute_build
+    from farm.build import execute as buildmod
+    from farm.build.execute import BuildRequest, WorkerContext, execute_build
     from farm.coordinator.plan import make_plan
     from farm.envs.host import host_environment
     from farm.recipes import load_dir
     from farm.sources.git import SourceCache
     from farm.store import open_store
+    from farm.trust import keys as keymod
+    from farm.trust import provenance
 
     home = root / "inproc"
     store = open_store(str(home / "store"))

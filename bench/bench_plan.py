@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from farm import keys as keymod
 from farm.coordinator.engine import Coordinator, Dispatcher
 from farm.coordinator.kv import open_kv
 from farm.coordinator.plan import Decision, Plan, make_plan
@@ -50,6 +49,7 @@ from farm.settings import Settings
 from farm.sources.git import SourceCache
 from farm.sources.resolved import ResolvedCommits
 from farm.store import Store, open_store
+from farm.trust import keys as keymod
 
 TARGET_SECONDS = 2.0
 SEED = 20260203

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.keys import BuilderKey, generate
+from farm.trust.keys import BuilderKey, generate
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -11,11 +11,11 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from farm import keys, tasksig
-from farm.build import BuildOutcome, BuildRequest
+from farm.build.execute import BuildOutcome, BuildRequest
 from farm.crossval.recheck import RECHECK_TASK
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey
+from farm.trust import keys, tasksig
+from farm.trust.keys import BuilderKey
 from workers.app import BUILD_TASK, build_queue
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class CeleryDispatcher:
                 log.debug("closing the result subscription: %s", exc)
 
     def submit(self, request: BuildRequest, *, arch: str) -> str:
-        """Send a build signed with the coordinator's key (farm.tasksig): workers refuse unsigned messages."""
+        """Send a build signed with the coordinator's key (farm.trust.tasksig): workers refuse unsigned messages."""
         task_id = str(uuid.uuid4())
         body = request.to_json()
         signature = tasksig.sign(task_id, body, self.signer())

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from farm.build import BuildOutcome, BuildRequest
+from farm.build.execute import BuildOutcome, BuildRequest
 from farm.errors import E, FarmError
 from farm.run import tail
 from farm.settings import Settings

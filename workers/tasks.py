@@ -14,13 +14,13 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 
-from farm import audit, tasksig
-from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build.execute import BuildOutcome, BuildRequest, WorkerContext, execute_build
 from farm.coordinator.kv import open_kv
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
 from farm.crossval.recheck import RECHECK_TASK, recheck_from_payload, recheck_queue
 from farm.errors import E, FarmError
-from farm.keys import coordinator_public, trusted_keys
+from farm.trust import audit, tasksig
+from farm.trust.keys import coordinator_public, trusted_keys
 from workers.app import BUILD_TASK, app, settings
 from workers.metrics_setup import child_exited, serve_aggregated
 

@@ -17,7 +17,7 @@ def _out(data: Any) -> None:
 
 def _context(settings: Settings, variation: Any = None, keys: list[str] | None = None) -> Any:
     """A worker context in this process, exactly as a worker builds it."""
-    from farm.build import WorkerContext
+    from farm.build.execute import WorkerContext
 
     return WorkerContext.from_settings(settings, variation=variation, extra_keys=[Path(k) for k in keys or []])
 
@@ -30,8 +30,8 @@ def _plan(recipes_dir: str, settings: Settings) -> Any:
 
 
 def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.build.variation import Variation
     from farm.crossval.recheck import recheck_one, requests_from_plan, update_metrics
-    from farm.crossval.variation import Variation
     from farm.errors import E, FarmError
 
     if not args.recipes and not args.all:

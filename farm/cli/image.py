@@ -18,13 +18,13 @@ def _out(data: Any) -> None:
 
 
 def _release_dir(value: str | None, settings: Settings) -> Path:
-    from farm.release_keys import default_dir
+    from farm.trust.release_keys import default_dir
 
     return Path(value) if value else default_dir(settings.home)
 
 
 def cmd_keys_generate_release(args: argparse.Namespace, settings: Settings) -> int:
-    from farm import release_keys
+    from farm.trust import release_keys
 
     directory = _release_dir(args.release, settings)
     if args.if_missing and not args.force and release_keys.ReleaseKeys(directory).exists():
@@ -73,8 +73,8 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
 
     from farm.fsutil import atomic_write
     from farm.image import assemble, inputs, lock, payload
-    from farm.keys import trusted_keys
     from farm.store import open_store
+    from farm.trust.keys import trusted_keys
 
     work = settings.work_dir / "image-lock"
     shutil.rmtree(work, ignore_errors=True)
@@ -157,7 +157,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_image_sysext(args: argparse.Namespace, settings: Settings) -> int:
     from farm.image import sysext
     from farm.image.assemble import source_date_epoch
-    from farm.release_keys import ReleaseKeys
+    from farm.trust.release_keys import ReleaseKeys
 
     keys = ReleaseKeys(_release_dir(args.release_keys, settings)).check()
     result = sysext.build(
@@ -186,7 +186,7 @@ def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     from farm.image.trace import trace
-    from farm.keys import trusted_keys
+    from farm.trust.keys import trusted_keys
 
     trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir, [Path(k) for k in args.key or ()])
     result = trace(Path(args.image), args.path, trusted, cert=Path(args.cert) if args.cert else None)

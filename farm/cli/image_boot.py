@@ -99,7 +99,7 @@ def _report(args: argparse.Namespace, result: Any, expected: Any) -> int:
 
 
 def _default_db_cert(args: argparse.Namespace, settings: Settings) -> Path:
-    from farm import release_keys
+    from farm.trust import release_keys
 
     directory = Path(args.release_keys) if args.release_keys else release_keys.default_dir(settings.home)
     return release_keys.ReleaseKeys(directory).db_cert

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm import keys as keymod
 from farm.errors import E, ErrorGroup, FarmError
 from farm.log import configure
 from farm.settings import Settings, describe, redact
+from farm.trust import keys as keymod
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +428,8 @@ def _trusted(args: argparse.Namespace, settings: Settings) -> list[keymod.Public
 
 
 def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.fetch import fetch_records, records_for
     from farm.store import open_store
+    from farm.trust.fetch import fetch_records, records_for
 
     store = open_store(settings.store_url)
     records = records_for(store, args.commit, args.recipe)
@@ -462,7 +462,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.verify import expand, verify_file
+    from farm.trust.verify import expand, verify_file
 
     trusted = _trusted(args, settings)
     failures: list[FarmError] = []

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from farm import audit, keyring
 from farm.settings import Settings
+from farm.trust import audit, keyring
 
 
 def _out(data: Any) -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from farm import audit, keyring, metrics
-from farm.build import BuildOutcome, BuildRequest, DependencyInput
+from farm import metrics
+from farm.build.execute import BuildOutcome, BuildRequest, DependencyInput
 from farm.coordinator import policy
 from farm.coordinator.kv import KV
 from farm.coordinator.leases import LeaseBoard
@@ -29,8 +29,9 @@ from farm.coordinator.policy import Lane
 from farm.coordinator.runs import Job, Run, RunStore, State, run_header
 from farm.errors import E, FarmError
 from farm.identity import build_key
-from farm.keys import PublicKey
 from farm.store import Store
+from farm.trust import audit, keyring
+from farm.trust.keys import PublicKey
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.build import BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build.execute import BuildRequest, DependencyInput, WorkerContext, execute_build
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.identity import build_key

@@ -25,8 +25,8 @@ from typing import Any
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.identity import canonical_json, sha256_hex
-from farm.keys import BuilderKey, PublicKey
-from farm.provenance import pae
+from farm.trust.keys import BuilderKey, PublicKey
+from farm.trust.provenance import pae
 
 ENTRIES = "log.jsonl"
 HEAD = "head.json"
@@ -68,7 +68,7 @@ class InputsKey:
 
     @classmethod
     def from_statement(cls, stmt: Mapping[str, Any], arch: str) -> InputsKey:
-        """The key of a provenance statement (``farm.provenance.statement``); arch is the builder's."""
+        """The key of a provenance statement (``farm.trust.provenance.statement``); arch is the builder's."""
         definition = stmt["predicate"]["buildDefinition"]
         commit = str(definition["externalParameters"]["source"]["commit"])
         recipe_digest = str(definition["internalParameters"]["recipeDigest"])
@@ -296,7 +296,7 @@ def read_verified(entries_data: bytes, head_data: bytes, key: PublicKey, source:
 
 def check_statements(entries: Iterable[Entry], keys: Sequence[PublicKey], source: str) -> None:
     """Each entry's outputs must be exactly the subjects of its provenance, signed by the organization's key."""
-    from farm.provenance import verify_envelope
+    from farm.trust.provenance import verify_envelope
 
     for e in entries:
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import E, ErrorGroup, FarmError
-from farm.keys import PublicKey, load_public
+from farm.trust.keys import PublicKey, load_public
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 SELF = "self"

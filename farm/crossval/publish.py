@@ -15,11 +15,11 @@ from pathlib import Path
 from farm.crossval import remote
 from farm.crossval.log import ENTRIES, HEAD, InputsKey, Log
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, load_builder
 from farm.log import step
-from farm.provenance import verify_envelope
 from farm.settings import Settings
 from farm.store import BuildRecord, Store, open_store
+from farm.trust.keys import BuilderKey, load_builder
+from farm.trust.provenance import verify_envelope
 
 log = logging.getLogger(__name__)
 

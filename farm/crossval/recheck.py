@@ -1,7 +1,7 @@
 """Recheck: rebuild an already published build in a deliberately varied environment and compare output digests.
 
-The rebuild goes through the ordinary build code (``farm.build.execute_build``) with a
-:class:`~farm.crossval.variation.Variation` in the worker context; it is never published. When an output differs,
+The rebuild goes through the ordinary build code (``farm.build.execute.execute_build``) with a
+:class:`~farm.build.variation.Variation` in the worker context; it is never published. When an output differs,
 diffoscope explains how (text and HTML, bounded by ``--max-report-size`` and a timeout, both stored in the store
 and next to the result), and the difference is classified by likely cause. Results live under
 ``$MANGOS_FARM_HOME/crossval/recheck/BUILD_KEY.json`` and feed ``status`` and the reproducibility metric.
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from farm import metrics
-from farm.build import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build.execute import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build.variation import Variation
 from farm.coordinator.runs import Job
 from farm.coordinator.runs import State as JobState
 from farm.crossval.log import comparable
-from farm.crossval.variation import Variation
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.log import step
@@ -397,7 +397,7 @@ def recheck_payload(
     max_report_size: int = DEFAULT_MAX_REPORT,
     diff_timeout: float = DEFAULT_DIFF_TIMEOUT,
 ) -> dict[str, Any]:
-    """What a recheck task carries (all of it covered by the coordinator's signature, farm.tasksig)."""
+    """What a recheck task carries (all of it covered by the coordinator's signature, farm.trust.tasksig)."""
     return {
         "request": req.to_json(),
         "record": record.to_json(),

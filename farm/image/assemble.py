@@ -28,12 +28,12 @@ from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.image import erofs, esp, gpt, inputs, rootfs, signature, verity
 from farm.image import lock as image_lock
-from farm.keys import trusted_keys
 from farm.log import step
-from farm.release_keys import ReleaseKeys, load_cert, load_key
 from farm.settings import Settings
 from farm.store import open_store
-from farm.verify import ENVELOPE_SUFFIX
+from farm.trust.keys import trusted_keys
+from farm.trust.release_keys import ReleaseKeys, load_cert, load_key
+from farm.trust.verify import ENVELOPE_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def sign_detached(data: bytes, keys: ReleaseKeys) -> bytes:
 
 
 def sha256sums(paths: Sequence[Path]) -> str:
-    from farm.verify import file_sha256
+    from farm.trust.verify import file_sha256
 
     return "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(paths, key=lambda p: p.name))
 

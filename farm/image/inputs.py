@@ -1,7 +1,7 @@
 """What goes into the image, and proof of where each piece came from.
 
 Farm-built .debs are taken from the store for every Debian recipe at its pinned commit, written next to their
-DSSE envelope and checked with :func:`farm.verify.verify_file` against the trusted builder keys: an unverified or
+DSSE envelope and checked with :func:`farm.trust.verify.verify_file` against the trusted builder keys: an unverified or
 altered .deb stops the build. Every other package of the image's dependency closure comes from the Debian archive,
 pinned by exact version and the sha256 that apt's signed Packages index gives (the same path as pinned
 build-dependencies, :mod:`farm.archive`). The closure is what ``apt-get -s`` installs on an empty system for the
@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm import keyring
 from farm.archive import Pin, archive_checksums, deb_name, ensure_pins, parse_simulation
 from farm.errors import E, FarmError
 from farm.image.lock import ImageLock, LockedPackage
-from farm.keys import PublicKey
 from farm.log import step
 from farm.run import run
 from farm.sources.dsc import APT_LISTS, apt_cat_argv
 from farm.store import BuildRecord, Store
-from farm.verify import ENVELOPE_SUFFIX, verify_file
+from farm.trust import keyring
+from farm.trust.keys import PublicKey
+from farm.trust.verify import ENVELOPE_SUFFIX, verify_file
 
 log = logging.getLogger(__name__)
 

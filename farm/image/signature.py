@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from farm.errors import E, FarmError
-from farm.release_keys import fingerprint
+from farm.trust.release_keys import fingerprint
 
 PARTITION_SIZE = 4096
 

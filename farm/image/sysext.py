@@ -19,7 +19,7 @@ from typing import Any
 
 from farm.errors import E, FarmError
 from farm.image import erofs, gpt, signature, verity
-from farm.release_keys import ReleaseKeys, load_cert, load_key
+from farm.trust.release_keys import ReleaseKeys, load_cert, load_key
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOP = {"sysext": ("usr", "opt"), "confext": ("etc",)}

@@ -21,10 +21,10 @@ from farm.image import gpt
 from farm.image.assemble import MANIFEST_DIR
 from farm.image.inputs import FARM
 from farm.image.payload import FACTORY_VAR
-from farm.keys import PublicKey
-from farm.provenance import verify_envelope
 from farm.run import require_tool, run
-from farm.verify import ENVELOPE_SUFFIX
+from farm.trust.keys import PublicKey
+from farm.trust.provenance import verify_envelope
+from farm.trust.verify import ENVELOPE_SUFFIX
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from farm.errors import E, FarmError
 from farm.image import gpt, signature, verity
-from farm.release_keys import fingerprint, load_cert
 from farm.run import require_tool, run
+from farm.trust.release_keys import fingerprint, load_cert
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from farm.coordinator.kv import KV
 from farm.coordinator.runs import RunStore
 from farm.coordinator.views import run_rows, worker_rows
 from farm.errors import E, FarmError
-from farm.fetch import records_for
 from farm.store import Artifact, BuildRecord, Store
+from farm.trust.fetch import records_for
 
 log = logging.getLogger(__name__)
 

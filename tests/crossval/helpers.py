@@ -8,17 +8,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build.execute import BuildOutcome, BuildRequest, WorkerContext, execute_build
 from farm.crossval.log import InputsKey, Log
 from farm.crossval.publish import log_dir
 from farm.envs.host import host_environment
 from farm.identity import build_key
-from farm.keys import BuilderKey, generate
-from farm.provenance import sign
 from farm.recipes import Recipe, Source
 from farm.settings import Settings
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, open_store
+from farm.trust.keys import BuilderKey, generate
+from farm.trust.provenance import sign
 from tests.conftest import git
 
 

@@ -11,8 +11,8 @@ import pytest
 from farm.crossval.admission import Subject, check_agreement
 from farm.crossval.publish import publish
 from farm.errors import E, FarmError
-from farm.provenance import verify_envelope
 from farm.store import BuildRecord, open_store
+from farm.trust.provenance import verify_envelope
 from tests.conftest import require
 from tests.crossval.helpers import Org, log_tampered, make_org, request, source_repo
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from farm.build.variation import Variation
 from farm.crossval.recheck import RecheckResult, classify, diffoscope_argv, rates
-from farm.crossval.variation import Variation
 
 pytestmark = pytest.mark.unit
 

@@ -17,8 +17,8 @@ from farm.crossval.log import (
     read_verified,
 )
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, generate
-from farm.provenance import sign, statement
+from farm.trust.keys import BuilderKey, generate
+from farm.trust.provenance import sign, statement
 
 pytestmark = pytest.mark.unit
 

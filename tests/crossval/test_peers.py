@@ -8,7 +8,7 @@ import pytest
 
 from farm.crossval.peers import load_peers
 from farm.errors import E, ErrorGroup, FarmError
-from farm.keys import generate
+from farm.trust.keys import generate
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from farm import metrics
+from farm.build.variation import Variation
 from farm.crossval.recheck import load_results, recheck_one, results_dir
-from farm.crossval.variation import Variation
 from farm.store import open_store
 from tests.conftest import require
 from tests.crossval.helpers import make_org, request, source_repo

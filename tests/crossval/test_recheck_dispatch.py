@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from farm.build import BuildRequest, DependencyInput
+from farm.build.execute import BuildRequest, DependencyInput
+from farm.build.variation import Variation
 from farm.coordinator.runs import Job, State
 from farm.crossval.recheck import (
     RecheckResult,
@@ -19,7 +20,6 @@ from farm.crossval.recheck import (
     save_result,
     variation_from_json,
 )
-from farm.crossval.variation import Variation
 from farm.settings import Settings
 from farm.store import BuildRecord, open_store
 from farm.store.base import Artifact

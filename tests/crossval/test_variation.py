@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from farm import debian_build, sandbox
-from farm.crossval.variation import Variation
+from farm.build import debian as debian_build
+from farm.build import sandbox
+from farm.build.variation import Variation
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +47,7 @@ def test_debian_scripts_carry_the_variation() -> None:
 
 
 def test_file_order_variation_mounts_a_shuffled_view() -> None:
-    from farm.crossval.variation import disorderfs_argv
+    from farm.build.variation import disorderfs_argv
 
     argv = disorderfs_argv(Path("/w/src"), Path("/w/src-disordered"))
     assert argv[0] == "disorderfs" and "--shuffle-dirents=yes" in argv and argv[-2:] == ["/w/src", "/w/src-disordered"]

@@ -2,7 +2,7 @@
 
 compose.yaml and deploy/kubernetes/worker.yaml run workers as an unprivileged user with every capability dropped
 and no_new_privs, and make exactly three exceptions to the container defaults. Each test here reproduces one
-container condition around the farm's real bubblewrap command line (farm.sandbox.bwrap_argv):
+container condition around the farm's real bubblewrap command line (farm.build.sandbox.bwrap_argv):
 
 - no capabilities at all (uid 65534, empty bounding set, no_new_privs) and the worker's seccomp profile
   (deploy/seccomp/worker.json): a build step compiles and runs a C program -> SYS_ADMIN is not needed;
@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from farm.sandbox import SandboxSpec, base_env, bwrap_argv, step_command
+from farm.build.sandbox import SandboxSpec, base_env, bwrap_argv, step_command
 from tests.conftest import IN_CI, require
 from tests.deploy.common import SECCOMP_PROFILE
 

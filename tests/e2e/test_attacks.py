@@ -143,8 +143,8 @@ def test_fleet_with_broker_auth_resists_secret_theft_network_and_forged_tasks(
     from celery import Celery
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from farm import tasksig
-    from farm.keys import BuilderKey
+    from farm.trust import tasksig
+    from farm.trust.keys import BuilderKey
 
     fleet = secure_fleet
     # Without the ACL password the broker is closed.

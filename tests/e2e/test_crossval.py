@@ -19,10 +19,10 @@ from farm.crossval.admission import Subject, check_agreement
 from farm.crossval.log import ENTRIES, HEAD, Entry, InputsKey, Log
 from farm.crossval.publish import all_records
 from farm.errors import E, FarmError
-from farm.keys import generate, load_builder
-from farm.provenance import sign, verify_envelope
 from farm.settings import Settings
 from farm.store import BuildRecord, open_store
+from farm.trust.keys import generate, load_builder
+from farm.trust.provenance import sign, verify_envelope
 from tests.conftest import require
 from tests.crossval.helpers import Org, log_tampered
 from tests.e2e.conftest import CLI, REPO, Farm

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from farm import audit
 from farm.crossval.recheck import RECHECK_TASK, load_results, recheck_queue
 from farm.errors import E
 from farm.settings import Settings
+from farm.trust import audit
 from tests.conftest import require
 from tests.e2e.conftest import REPO
 from tests.e2e.fleet import Fleet

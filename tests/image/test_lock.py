@@ -269,10 +269,10 @@ def test_a_tampered_lock_is_refused(locked: tuple[Path, Path, dict[str, Any]]) -
 
 def _signed_deb(home: Path, dest: Path, sha256: str, name: str, commit: str) -> Path:
     """An archive .deb from the store, signed with the home's builder key as the farm's build of recipe hello."""
-    from farm.keys import load_builder
-    from farm.provenance import sign, statement
     from farm.store import open_store
-    from farm.verify import ENVELOPE_SUFFIX
+    from farm.trust.keys import load_builder
+    from farm.trust.provenance import sign, statement
+    from farm.trust.verify import ENVELOPE_SUFFIX
 
     dest.mkdir(parents=True, exist_ok=True)
     deb = dest / name

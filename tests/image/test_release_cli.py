@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from farm.cli.main import main
-from farm.release_keys import ReleaseKeys
+from farm.trust.release_keys import ReleaseKeys
 
 pytestmark = pytest.mark.unit
 

@@ -13,11 +13,11 @@ import pytest
 
 from farm.errors import FarmError
 from farm.image import erofs, esp, gpt, inputs, signature, sysext, verity
-from farm.keys import BuilderKey, generate
-from farm.provenance import sign, statement
-from farm.release_keys import ReleaseKeys, load_cert, load_key
-from farm.release_keys import generate as generate_release
 from farm.run import run
+from farm.trust.keys import BuilderKey, generate
+from farm.trust.provenance import sign, statement
+from farm.trust.release_keys import ReleaseKeys, load_cert, load_key
+from farm.trust.release_keys import generate as generate_release
 from tests.conftest import require
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 
 from farm.errors import FarmError
 from farm.image import erofs, esp, gpt, inputs, rootfs, signature, sysext, trace, verity
-from farm.release_keys import ReleaseKeys, generate, load_cert, load_key
+from farm.trust.release_keys import ReleaseKeys, generate, load_cert, load_key
 
 pytestmark = pytest.mark.unit
 

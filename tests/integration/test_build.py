@@ -1,4 +1,4 @@
-"""Real builds through farm.build.execute_build: real git, real bubblewrap, a real local store."""
+"""Real builds through farm.build.execute.execute_build: real git, real bubblewrap, a real local store."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from farm.build import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build.execute import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
 from farm.envs.host import host_environment
 from farm.errors import E
 from farm.identity import build_key
-from farm.keys import BuilderKey
-from farm.provenance import verify_envelope
 from farm.recipes import Recipe, Source
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, open_store
+from farm.trust.keys import BuilderKey
+from farm.trust.provenance import verify_envelope
 from tests.conftest import MakeRepo, git, require
 
 pytestmark = pytest.mark.integration

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from farm import audit
-from farm.build import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build.execute import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build.sandbox import MIB, Limits
 from farm.envs.host import host_environment
 from farm.errors import E
 from farm.identity import build_key
-from farm.keys import BuilderKey
 from farm.recipes import Recipe, Source
-from farm.sandbox import MIB, Limits
 from farm.sources.git import SourceCache
 from farm.store import open_store
+from farm.trust import audit
+from farm.trust.keys import BuilderKey
 from tests.conftest import RedisServer, git, require
 
 pytestmark = pytest.mark.integration

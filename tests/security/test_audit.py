@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from farm import audit, metrics
+from farm import metrics
 from farm.errors import E, FarmError
+from farm.trust import audit
 
 pytestmark = pytest.mark.unit
 

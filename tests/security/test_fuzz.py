@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from farm import tasksig
 from farm.crossval.log import ENTRIES, HEAD, InputsKey, Log, parse_entries, read_verified, verify_head
 from farm.errors import FarmError
-from farm.keys import BuilderKey, generate
-from farm.provenance import sign, statement, verify_envelope
 from farm.recipes import load_file, parse
 from farm.sources import dsc
+from farm.trust import tasksig
+from farm.trust.keys import BuilderKey, generate
+from farm.trust.provenance import sign, statement, verify_envelope
 
 pytestmark = pytest.mark.unit
 

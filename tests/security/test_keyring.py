@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from farm import keyring
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, generate, trusted_keys
-from farm.provenance import sign, verify_envelope
-from farm.verify import verify_file
+from farm.trust import keyring
+from farm.trust.keys import BuilderKey, generate, trusted_keys
+from farm.trust.provenance import sign, verify_envelope
+from farm.trust.verify import verify_file
 
 pytestmark = pytest.mark.unit
 

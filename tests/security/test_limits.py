@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from farm import sandbox
-from farm.sandbox import MIB, Cgroup, Limits
+from farm.build import sandbox
+from farm.build.sandbox import MIB, Cgroup, Limits
 from farm.settings import Settings
 from tests.conftest import IN_CI, require
 

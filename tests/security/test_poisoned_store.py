@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from farm import audit, keyring
-from farm.build import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build.execute import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
 from farm.envs.host import host_environment
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, generate, trusted_keys
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, open_store
+from farm.trust import audit, keyring
+from farm.trust.keys import BuilderKey, generate, trusted_keys
 from tests.conftest import MakeRepo, require
 from tests.integration.test_build import request_for
 
@@ -34,7 +34,7 @@ def keys_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def ctx(tmp_path: Path, keys_dir: Path) -> WorkerContext:
     require("bwrap")
-    from farm.keys import load_builder
+    from farm.trust.keys import load_builder
 
     return WorkerContext(
         store=open_store(str(tmp_path / "store")),

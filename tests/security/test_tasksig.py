@@ -1,4 +1,4 @@
-"""Signed task messages (farm.tasksig) and the coordinator key files."""
+"""Signed task messages (farm.trust.tasksig) and the coordinator key files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from farm import keys as keymod
-from farm import tasksig
 from farm.errors import E, FarmError
+from farm.trust import keys as keymod
+from farm.trust import tasksig
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from farm.errors import E, FarmError
-from farm.keys import (
+from farm.trust.keys import (
     PRIVATE_NAME,
     PUBLIC_NAME,
     BuilderKey,

@@ -16,8 +16,8 @@ from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]  # public API, re-exported
 
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, generate
-from farm.provenance import (
+from farm.trust.keys import BuilderKey, generate
+from farm.trust.provenance import (
     BUILD_TYPE,
     PAYLOAD_TYPE,
     PREDICATE_TYPE,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from farm import sandbox
+from farm.build import sandbox
+from farm.build.sandbox import SandboxSpec, base_env, bwrap_argv, step_command
 from farm.recipes import RESERVED_ENV
-from farm.sandbox import SandboxSpec, base_env, bwrap_argv, step_command
 
 pytestmark = pytest.mark.unit
 

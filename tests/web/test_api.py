@@ -25,10 +25,10 @@ from urllib.request import Request, urlopen
 import pytest
 
 from farm.coordinator.kv import open_kv
-from farm.keys import load_builder
-from farm.provenance import verify_envelope
 from farm.settings import Settings
 from farm.store.local import LocalStore
+from farm.trust.keys import load_builder
+from farm.trust.provenance import verify_envelope
 from farm.web import FarmHTTPServer, WebApp, make_server
 from tests.conftest import git, require, write_recipe
 from tests.e2e.conftest import Farm

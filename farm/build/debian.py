@@ -25,15 +25,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from farm.build.sandbox import Cgroup, Limits, launcher_env, limited_argv
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.recipes import Recipe
 from farm.run import require_tool, run
-from farm.sandbox import Cgroup, Limits, launcher_env, limited_argv
 from farm.store import Store
 
 if TYPE_CHECKING:
-    from farm.crossval.variation import Variation
+    from farm.build.variation import Variation
 
 log = logging.getLogger(__name__)
 

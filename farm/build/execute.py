@@ -23,20 +23,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from farm import audit, debian_build, keyring, metrics, provenance, sandbox
+from farm import metrics
+from farm.build import debian as debian_build
+from farm.build import sandbox
 from farm.envs.host import Environment
 from farm.errors import E, FarmError
 from farm.identity import build_key_inputs
-from farm.keys import BuilderKey, PublicKey
 from farm.log import step
 from farm.pack import check_tree_entry, pack_dir, safe_extract
 from farm.recipes import Recipe
 from farm.run import require_tool, run, tail
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, Store
+from farm.trust import audit, keyring, provenance
+from farm.trust.keys import BuilderKey, PublicKey
 
 if TYPE_CHECKING:
-    from farm.crossval.variation import Variation
+    from farm.build.variation import Variation
     from farm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,8 +135,8 @@ class WorkerContext:
         """The context a worker builds with, from its settings: one definition for Celery workers and for builds
         the CLI runs itself (recheck), so both get the same keyring, audit log and limits."""
         from farm.envs.host import host_environment
-        from farm.keys import load_builder, trusted_keys
         from farm.store import open_store
+        from farm.trust.keys import load_builder, trusted_keys
 
         return cls(
             store=open_store(s.store_url),
@@ -378,7 +381,7 @@ def _source_view(src: Path, ctx: WorkerContext) -> contextlib.AbstractContextMan
     """The source tree as the build sees it (a recheck may shuffle its directory order)."""
     if ctx.variation is None:
         return contextlib.nullcontext(src)
-    from farm.crossval.variation import source_view
+    from farm.build.variation import source_view
 
     return source_view(src, ctx.variation)
 

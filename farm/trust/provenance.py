@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, PublicKey
+from farm.trust.keys import BuilderKey, PublicKey
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -95,7 +95,7 @@ def _bad(message: str, hint: str = "the envelope is damaged; fetch it again from
 
 def _refuse_revoked(keyids: Sequence[str], trusted: Sequence[PublicKey]) -> None:
     """Say "revoked" (not just "untrusted") when a signature's key id is one the keyring revoked
-    (``farm.keys.TrustedKeys`` carries the revocations it left out)."""
+    (``farm.trust.keys.TrustedKeys`` carries the revocations it left out)."""
     revoked = getattr(trusted, "revoked", None) or {}
     for keyid in keyids:
         if keyid in revoked:

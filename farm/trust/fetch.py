@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farm.errors import E, FarmError
-from farm.keys import PublicKey
 from farm.store import BuildRecord, Store
-from farm.verify import ENVELOPE_SUFFIX, VerifiedArtifact, verify_file
+from farm.trust.keys import PublicKey
+from farm.trust.verify import ENVELOPE_SUFFIX, VerifiedArtifact, verify_file
 
 
 def records_for(store: Store, commit: str, recipe: str | None) -> list[BuildRecord]:

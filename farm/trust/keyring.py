@@ -2,7 +2,7 @@
 
 Trusted keys are PEM files in ``$MANGOS_FARM_HOME/keys/trusted/`` (plus the organization's own builder key);
 revocations are in ``$MANGOS_FARM_HOME/keys/revoked.json``, ``{keyid: {"time", "reason", "by"}}``. A revoked key
-stays revoked (its PEM may stay in trusted/ for the record): :func:`farm.keys.trusted_keys` leaves it out, so from
+stays revoked (its PEM may stay in trusted/ for the record): :func:`farm.trust.keys.trusted_keys` leaves it out, so from
 the revocation on every verification refuses what it signed, old artifacts included.
 """
 
@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from farm import keys as keymod
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.store import BuildRecord, Store
+from farm.trust import keys as keymod
 
 REVOKED_NAME = "revoked.json"
 KEYID = re.compile(r"^[0-9a-f]{64}$")
@@ -127,7 +127,7 @@ def check_published(
     same sha256; and when ``expected`` (name -> sha256, e.g. what the coordinator passed) is given, those too. So a
     swapped index entry or blob is refused before anything uses it. Raises E-ARTIFACT-REFUSED / E-KEY-REVOKED.
     """
-    from farm.provenance import verify_envelope
+    from farm.trust.provenance import verify_envelope
 
     def refuse(why: str) -> FarmError:
         return FarmError(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from farm.errors import E, FarmError
-from farm.keys import BuilderKey, PublicKey
+from farm.trust.keys import BuilderKey, PublicKey
 
 DOMAIN = b"mangos-farm task v1\n"
 MAX_AGE = 7 * 24 * 3600  # a queued build may wait this long for a slot (full rebuilds on a small fleet)

@@ -64,7 +64,7 @@ class SandboxSpec:
     deps: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     host_ro: tuple[str, ...] = HOST_RO
-    hostname: str = HOSTNAME  # a recheck varies these (farm.crossval.variation)
+    hostname: str = HOSTNAME  # a recheck varies these (farm.build.variation)
     uid: int = BUILD_UID
     limits: Limits = field(default_factory=Limits)
 

@@ -35,7 +35,7 @@ class Variation:
     @classmethod
     def unvaried(cls) -> Variation:
         """The farm's normal environment (a plain rebuild; only the host build path differs)."""
-        from farm import sandbox
+        from farm.build import sandbox
 
         return cls(
             hostname=sandbox.HOSTNAME,

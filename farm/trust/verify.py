@@ -11,8 +11,8 @@ from typing import Any
 
 from farm import metrics
 from farm.errors import E, FarmError
-from farm.keys import PublicKey
-from farm.provenance import verify_envelope
+from farm.trust.keys import PublicKey
+from farm.trust.provenance import verify_envelope
 
 ENVELOPE_SUFFIX = ".intoto.json"
 

@@ -21,7 +21,7 @@ from farm.fsutil import atomic_write
 
 PRIVATE_NAME = "builder.key"
 PUBLIC_NAME = "builder.pub"
-# The coordinator's own key signs task messages (farm.tasksig); workers hold only its public half, so a process
+# The coordinator's own key signs task messages (farm.trust.tasksig); workers hold only its public half, so a process
 # that can reach the broker but has no coordinator key cannot get a build run. It is not a builder key.
 COORDINATOR_PRIVATE = "coordinator.key"
 COORDINATOR_PUBLIC = "coordinator.pub"
@@ -185,9 +185,9 @@ class TrustedKeys(list[PublicKey]):
 
 def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: list[Path] | None = None) -> TrustedKeys:
     """This organization's own builder key, every PEM in the trusted directory, and explicit extras, minus every
-    key revoked in ``keys_dir/revoked.json`` (farm.keyring): every verifier goes through here, so a revocation
+    key revoked in ``keys_dir/revoked.json`` (farm.trust.keyring): every verifier goes through here, so a revocation
     reaches fetch, verify, dependency staging, result acceptance and image assembly alike."""
-    from farm.keyring import revocations
+    from farm.trust.keyring import revocations
 
     found: list[PublicKey] = []
     own = keys_dir / PUBLIC_NAME
