@@ -13,14 +13,17 @@ export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg dpkg-dev redis-server \
 	chromium chromium-driver prometheus mmdebstrap \
 	erofs-utils cryptsetup-bin fdisk dosfstools mtools sbsigntool binutils systemd-boot-efi systemd-container \
-	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs
+	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux
 
-# Debian source packages (farm/sources/dsc.py) come from a deb-src entry mirroring the system's own 'deb' entry for
-# $(DEBIAN_SUITE): same URIs, Suites, Components and Signed-By, so sources come from the very archive (or snapshot)
-# this machine installs from. Written once; apt-get update runs only when the file is new.
+# Debian source packages (farm/sources/dsc.py) come from deb-src entries mirroring every system 'deb' entry for
+# $(DEBIAN_SUITE) and its update suites ($(DEBIAN_SUITE)-updates, $(DEBIAN_SUITE)-security, ...): same URIs, Suites,
+# Components and Signed-By, so sources come from the very archives (or snapshots) this machine installs binaries
+# from, security fixes included. The file carries a format marker; one written by an older farm (main suite only)
+# is rewritten. apt-get update runs only when the file changes.
 DEBIAN_SUITE ?= bookworm
 DEB_SRC_LIST := /etc/apt/sources.list.d/mangos-deb-src.sources
-DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; out = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)[ \t]/) want = 1; out = out l "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out }
+DEB_SRC_MARK := \# mangos-farm deb-src v2: every suite the machine installs from
+DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; out = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)(-[a-z]+)?[ \t]/) want = 1; out = out l "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out }
 
 .PHONY: setup apt venv demo-sources demo image boot test lint pytest bench clean
 
@@ -35,15 +38,18 @@ apt:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@if [ ! -f $(DEB_SRC_LIST) ] && [ ! -f $(DEB_SRC_LIST:.sources=.list) ]; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "no deb-src entry for $(DEBIAN_SUITE) -- run 'make apt' as root"; exit 1; fi; \
+	@if ! grep -qsF '$(DEB_SRC_MARK)' $(DEB_SRC_LIST) $(DEB_SRC_LIST:.sources=.list); then \
+	  if [ "$$(id -u)" != 0 ]; then echo "no deb-src entries for every $(DEBIAN_SUITE) suite -- run 'make apt' as root"; exit 1; fi; \
+	  rm -f $(DEB_SRC_LIST) $(DEB_SRC_LIST:.sources=.list); \
 	  if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
-	    awk '$(DEB_SRC_AWK)' /etc/apt/sources.list.d/debian.sources > $(DEB_SRC_LIST).tmp; target=$(DEB_SRC_LIST); \
+	    { echo '$(DEB_SRC_MARK)'; awk '$(DEB_SRC_AWK)' /etc/apt/sources.list.d/debian.sources; } > $(DEB_SRC_LIST).tmp; \
+	    target=$(DEB_SRC_LIST); \
 	  else \
-	    sed -n 's/^deb \(.* $(DEBIAN_SUITE)[ -].*\)/deb-src \1/p' /etc/apt/sources.list > $(DEB_SRC_LIST).tmp; \
+	    { echo '$(DEB_SRC_MARK)'; sed -n -E 's/^deb (.* $(DEBIAN_SUITE)(-[a-z]+)? .*)/deb-src \1/p' /etc/apt/sources.list; } \
+	      > $(DEB_SRC_LIST).tmp; \
 	    target=$(DEB_SRC_LIST:.sources=.list); \
 	  fi; \
-	  if [ ! -s $(DEB_SRC_LIST).tmp ]; then rm -f $(DEB_SRC_LIST).tmp; \
+	  if ! grep -q '^Types: deb-src\|^deb-src ' $(DEB_SRC_LIST).tmp; then rm -f $(DEB_SRC_LIST).tmp; \
 	    echo "no 'deb' entry for $(DEBIAN_SUITE) in the apt sources: add one with a deb-src twin"; exit 1; fi; \
 	  mv $(DEB_SRC_LIST).tmp $$target && echo "wrote $$target" && apt-get update -qq; \
 	fi
@@ -100,6 +106,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 pytest: setup
 	$(BIN)/pytest

@@ -1,157 +1,40 @@
-"""A real fleet on this machine for the benchmarks: redis-server, a local directory store, one ``mangos-farm
-coordinator`` process and ``mangos-farm worker`` processes, all driven through the CLI as an operator would.
+"""A real fleet on this machine for the benchmarks, on the shared harness (:mod:`tests.lib.fleet`): redis-server
+(AOF fsynced every second, as a production Redis), a local directory store, one ``mangos-farm coordinator`` process
+and ``mangos-farm worker`` processes, all driven through the CLI as an operator would; plus what the benchmarks
+read from it (build timelines, Redis command counts, py-spy profiles).
 
-Shared by :mod:`bench.bench_sched` and :mod:`bench.bench_overhead`. Every process this module starts runs in its
-own session and is stopped by its process-group id in :meth:`BenchFleet.close`.
+Every process this module starts runs in its own session and is stopped by its process-group id in
+:meth:`BenchFleet.close`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-CLI = str(Path(sys.executable).parent / "mangos-farm")
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Farm Bench",
-    "GIT_AUTHOR_EMAIL": "bench@mangos.invalid",
-    "GIT_COMMITTER_NAME": "Farm Bench",
-    "GIT_COMMITTER_EMAIL": "bench@mangos.invalid",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-FIXED_DATE = "2026-02-03T04:05:06Z"
+from bench._common import percentile, progress
+from tests.lib import git as _git
+from tests.lib.fleet import Fleet
+from tests.lib.recipes import write_recipe
+from tests.lib.redis_server import RedisServer
+from tests.lib.tools import stop_group
 
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """Linear-interpolated percentile, q in [0, 100]."""
-    data = sorted(values)
-    if not data:
-        return float("nan")
-    pos = (len(data) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-# -- sources and recipes ---------------------------------------------------------------------------------------
-def git(cwd: Path, *args: str) -> str:
-    env = dict(os.environ) | GIT_ENV | {"GIT_AUTHOR_DATE": FIXED_DATE, "GIT_COMMITTER_DATE": FIXED_DATE}
-    out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
-    return out.stdout.strip()
+__all__ = ["BenchFleet", "BuildTimes", "make_repo", "percentile", "progress", "write_recipe"]
 
 
 def make_repo(path: Path) -> str:
-    """One small git repository with one commit (fixed dates, so the same commit id every time)."""
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    (path / "README").write_text("bench source\n")
-    (path / "src").mkdir()
-    (path / "src" / "data.txt").write_text("some data\n" * 20)
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "bench source")
-    return git(path, "rev-parse", "HEAD")
-
-
-def write_recipe(
-    directory: Path, name: str, *, git_url: str, commit: str, steps: list[str], depends: Iterable[str] = ()
-) -> Path:
-    """A recipe whose single output is the file ``$OUT/<name>``."""
-    deps = list(depends)
-    lines = [f'name = "{name}"', 'version = "1.0"', f'outputs = ["{name}"]']
-    if deps:
-        lines.append("build-depends = [" + ", ".join(f'"{d}"' for d in deps) + "]")
-    lines += ["", "[source]", f'git = "{git_url}"', f'commit = "{commit}"', "", "[build]", "steps = ["]
-    lines += [f"  {json.dumps(s)}," for s in steps] + ["]"]
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-# -- processes -------------------------------------------------------------------------------------------------
-def stop_group(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
-    """SIGTERM the process group of a process this module started, then SIGKILL it after ``grace``."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-
-
-class RedisServer:
-    """redis-server on a free loopback port. Persistence as a production Redis would have it: AOF fsynced every
-    second (``appendfsync always``, as the fault-injection tests use, puts an fsync under every write)."""
-
-    def __init__(self, workdir: Path, appendfsync: str = "everysec") -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.appendfsync = appendfsync
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is required (apt-get install redis-server)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--appendonly", "no" if self.appendfsync == "off" else "yes",
-            "--appendfsync", "no" if self.appendfsync == "off" else self.appendfsync,
-            "--save", "",
-            "--daemonize", "no",
-        ]  # fmt: skip
-        with (self.workdir / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.url)
-
-    def stop(self) -> None:
-        stop_group(self.proc)
+    """One small git repository with one commit (fixed identity and dates: the same commit id every time)."""
+    return _git.make_repo(
+        path, {"README": "bench source\n", "src/data.txt": "some data\n" * 20}, message="bench source"
+    )
 
 
 @dataclass
@@ -170,99 +53,43 @@ class BuildTimes:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-class BenchFleet:
-    """redis-server + coordinator + workers under ``root``; each process has its own MANGOS_FARM_HOME."""
+class BenchFleet(Fleet):
+    """redis-server + coordinator + workers under ``root``; each process has its own MANGOS_FARM_HOME and the
+    fleet's keys. A process that exits on its own ends any wait at once (a benchmark cannot recover from it)."""
+
+    fail_fast = True
 
     def __init__(self, root: Path, *, appendfsync: str = "everysec", extra_env: dict[str, str] | None = None) -> None:
-        self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(root / "redis", appendfsync)
-        self.redis.start()
-        self.store = root / "store"
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("MANGOS_FARM_", "AWS_"))}
-        self.base_env |= {"MANGOS_FARM_BROKER": self.redis.url, "MANGOS_FARM_STORE": str(self.store)}
-        self.base_env |= extra_env or {}
-        self.client_home = root / "client"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        redis = RedisServer(root / "redis", appendfsync)
+        redis.start()
         self.profilers: list[subprocess.Popen[bytes]] = []
-        self.cli("keys", "generate")
-
-    def env(self, home: Path) -> dict[str, str]:
-        return self.base_env | {"MANGOS_FARM_HOME": str(home)}
-
-    def cli(self, *args: str) -> str:
-        proc = subprocess.run(
-            [CLI, *args], cwd=self.root, env=self.env(self.client_home), capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"mangos-farm {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        return proc.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "--json"))
-
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        home = self.root / name
-        (home / "keys").mkdir(parents=True, exist_ok=True)
-        for f in ("builder.key", "builder.pub"):  # one organization: every process signs with its builder key
-            shutil.copy(self.client_home / "keys" / f, home / "keys" / f)
-        with (self.root / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [CLI, *argv],
-                cwd=self.root,
-                env=self.env(home),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def start_coordinator(self) -> None:
-        self.spawn("coordinator", ["coordinator"])
+        try:
+            super().__init__(root, redis, str(root / "store"), extra_env, metrics=False)
+        except BaseException:
+            redis.stop()
+            raise
 
     def start_workers(self, count: int, concurrency: int) -> int:
         """Start ``count`` workers; returns the build slots they registered (what the coordinator dispatches to)."""
         for i in range(count):
-            name = f"w{i + 1}"
-            self.spawn(name, ["worker", "--concurrency", str(concurrency), "--name", f"{name}@fleet"])
-
-        def alive() -> list[dict[str, Any]] | None:
-            found: list[dict[str, Any]] = self.json("workers")
-            return found if len(found) >= count else None
-
-        workers: list[dict[str, Any]] = self.wait_for(f"{count} workers", alive, timeout=120)
+            self.start_worker(f"w{i + 1}", concurrency)
+        workers = self.wait_workers(count)
         registered = sum(int(w["concurrency"]) for w in workers)
         if registered != count * concurrency:
             progress(f"WARNING: the workers registered {registered} slots, not {count} x {concurrency}")
         return registered
 
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float, interval: float = 0.3) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log_tail(name)}")
-            time.sleep(interval)
-        raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-
-    def log_tail(self, name: str, limit: int = 3000) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-limit:] if path.exists() else ""
-
     def submit(self, recipe_dir: Path) -> str:
         """``mangos-farm rebuild DIR`` on a fleet plans, submits and prints the run id."""
-        return self.cli("rebuild", str(recipe_dir)).strip().splitlines()[-1]
+        return self.cli("rebuild", str(recipe_dir)).stdout.strip().splitlines()[-1]
 
-    def wait_run(self, run: str, timeout: float, poll: float) -> dict[str, Any]:
+    def wait_run(self, run: str, timeout: float = 300, poll: float = 0.3) -> dict[str, Any]:
         """Poll ``mangos-farm status RUN --json`` until the run is no longer active; fail fast if a build failed
         (a benchmark run must build everything once: a retry or a worker taken out of rotation spoils it)."""
 
         def check() -> dict[str, Any] | None:
-            status: dict[str, Any] = self.json("status", run)
+            status = self.status(run)
             for b in status["builds"]:
                 if b["state"] in ("failed", "blocked") or b.get("failures"):
                     detail = (b.get("failures") or [b.get("error")])[0]
@@ -346,9 +173,7 @@ class BenchFleet:
 
     def close(self) -> None:
         self.stop_profilers()
-        for proc in self.procs.values():
-            stop_group(proc)
-        self.procs.clear()
+        super().close()
         self.redis.stop()
 
     def __enter__(self) -> BenchFleet:

@@ -40,11 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,16 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._fleet import (
-    BenchFleet,
-    BuildTimes,
-    make_repo,
-    percentile,
-    profile_share,
-    profile_summary,
-    progress,
-    write_recipe,
-)
+from bench._common import add_redis_fsync, parser, percentile, progress, require_tools, workdir
+from bench._fleet import BenchFleet, BuildTimes, make_repo, profile_share, profile_summary, write_recipe
 
 TARGET_MEDIAN_MS = 50.0
 
@@ -125,6 +115,22 @@ class Report:
     def headline(self) -> Stat | None:
         return next((s for s in self.fleets[0].segments if s.name.startswith("total")), None) if self.fleets else None
 
+    def ratios(self) -> dict[str, float]:
+        """The headline and the in-process build against the baselines of this same run (medians)."""
+        medians = {s.name: statistics.median(s.ms) for s in (*self.baselines, *self.inproc)}
+        head = self.headline()
+        out: dict[str, float] = {}
+        celery = next((v for k, v in medians.items() if k.startswith("Celery")), None)
+        bwrap = next((v for k, v in medians.items() if k.startswith("bwrap with the farm")), None)
+        inproc = next((v for k, v in medians.items() if k.startswith("execute_build")), None)
+        if head and celery:
+            out["total / Celery no-op round trip"] = statistics.median(head.ms) / celery
+        if head and inproc:
+            out["total / execute_build in process"] = statistics.median(head.ms) / inproc
+        if inproc and bwrap:
+            out["execute_build in process / farm bwrap of true"] = inproc / bwrap
+        return out
+
     def to_json(self, timelines: bool) -> dict[str, Any]:
         head = self.headline()
         fleets = []
@@ -142,6 +148,7 @@ class Report:
             "profile": self.profile,
             "target_median_ms": TARGET_MEDIAN_MS,
             "median_total_ms": round(statistics.median(head.ms), 2) if head else None,
+            "ratios": {k: round(v, 2) for k, v in self.ratios().items()},
             "meets_target": (statistics.median(head.ms) <= TARGET_MEDIAN_MS) if head else None,
             "notes": self.notes,
         }
@@ -329,8 +336,10 @@ def inproc_breakdown(root: Path, recipe_dir: Path, runs: int) -> list[Stat]:
     """``execute_build`` called directly (no Celery, no coordinator), its phases timed by wrapping functions."""
     from contextlib import ExitStack
 
+    from farm.build import BuildRequest, outputs
     from farm.build import execute as buildmod
-    from farm.build.execute import BuildRequest, WorkerContext, execute_build
+    from farm.build.context import WorkerContext
+    from farm.build.execute import execute_build
     from farm.coordinator.plan import make_plan
     from farm.envs.host import host_environment
     from farm.recipes import load_dir
@@ -374,7 +383,7 @@ def inproc_breakdown(root: Path, recipe_dir: Path, runs: int) -> list[Stat]:
         stack.enter_context(patched(sources, "resolve", clock.wrap(PHASES[0], sources.resolve)))
         stack.enter_context(patched(sources, "export", clock.wrap(PHASES[1], sources.export)))
         stack.enter_context(patched(buildmod, "_run_steps", clock.wrap(PHASES[2], buildmod._run_steps)))
-        stack.enter_context(patched(buildmod, "_collect_outputs", clock.wrap(PHASES[3], buildmod._collect_outputs)))
+        stack.enter_context(patched(outputs, "collect_outputs", clock.wrap(PHASES[3], outputs.collect_outputs)))
         for method in ("put_file", "put_bytes", "put_record"):
             stack.enter_context(patched(store, method, clock.wrap(PHASES[4], getattr(store, method))))
         stack.enter_context(patched(provenance, "sign", clock.wrap(PHASES[5], provenance.sign)))
@@ -436,6 +445,7 @@ def render(report: Report) -> str:
         lines.append("inside the worker's build task (w1):")
         lines += [f"  {100 * share:5.1f}%  {frame}" for frame, share in report.profile["w1_build_task"][1:20]]
         lines.append("")
+    lines += [f"ratio {name}: {value:.1f}x" for name, value in report.ratios().items()]
     for note in report.notes:
         lines.append(f"NOTE: {note}")
     head = report.headline()
@@ -461,7 +471,7 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_overhead", description=__doc__.split("\n\n")[0])
+    p = parser("bench_overhead", __doc__)
     p.add_argument("--builds", type=int, default=100, help="no-op builds per fleet (default 100)")
     p.add_argument(
         "--fleets", default="1x1,2x1", help="fleet shapes WORKERSxCONCURRENCY, comma-separated (default 1x1,2x1)"
@@ -470,17 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="give up on a run after this many seconds")
     p.add_argument("--baseline-runs", type=int, default=200, help="repetitions of each baseline (default 200)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the in-process breakdown")
-    p.add_argument(
-        "--redis-fsync",
-        choices=["everysec", "always", "no", "off"],
-        default="everysec",
-        help="redis-server appendfsync (off: no AOF); default everysec",
-    )
+    add_redis_fsync(p)
     p.add_argument(
         "--profile", type=Path, help="record py-spy profiles of the coordinator and workers (first fleet) into DIR"
     )
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs of every process)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--timelines", action="store_true", help="with --json: include every build's timeline")
     args = p.parse_args(argv)
     args.fleets = [s.strip() for s in args.fleets.split(",") if s.strip()]
@@ -488,15 +491,11 @@ def main(argv: list[str] | None = None) -> int:
         parts = shape.split("x")
         if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts):
             p.error(f"bad fleet shape '{shape}': use WORKERSxCONCURRENCY, e.g. 2x1")
-    if args.builds < 1:
-        p.error("--builds must be at least 1")
-    for tool in ("git", "bwrap", "redis-server", "dpkg-query"):
-        if shutil.which(tool) is None:
-            p.error(f"'{tool}' is required")
-    root = Path(tempfile.mkdtemp(prefix="mangos-bench-overhead-"))
+    if args.builds < 1 or args.baseline_runs < 1:
+        p.error("--builds and --baseline-runs must be at least 1")
+    require_tools(p, "git", "bwrap", "redis-server", "dpkg-query")
     report = Report(builds=args.builds, machine=machine())
-    try:
-        progress(f"work directory {root}")
+    with workdir("mangos-bench-overhead-", args.keep) as root:
         repo = root / "repo"
         commit = make_repo(repo)
         for shape in args.fleets:
@@ -505,11 +504,6 @@ def main(argv: list[str] | None = None) -> int:
             report.baselines += process_baselines(root, args.baseline_runs)
             inproc_dir = write_noop_recipes(root / "recipes-inproc", "i-", args.builds + 3, str(repo), commit)
             report.inproc = inproc_breakdown(root, inproc_dir, args.builds)
-    finally:
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     report.machine["loadavg_after"] = os.getloadavg()
     print(json.dumps(report.to_json(args.timelines), indent=2) if args.json else render(report))
     return 0

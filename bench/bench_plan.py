@@ -30,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bench._common import parser, progress, require_tools, workdir
 from farm.coordinator.engine import Coordinator, Dispatcher
 from farm.coordinator.kv import open_kv
 from farm.coordinator.plan import Decision, Plan, make_plan
@@ -50,23 +50,12 @@ from farm.sources.git import SourceCache
 from farm.sources.resolved import ResolvedCommits
 from farm.store import Store, open_store
 from farm.trust import keys as keymod
+from tests.lib.cli import CLI, clean_env
+from tests.lib.git import commit_files
 
 TARGET_SECONDS = 2.0
 SEED = 20260203
 COMMITS = 4
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Farm Bench",
-    "GIT_AUTHOR_EMAIL": "bench@mangos.invalid",
-    "GIT_COMMITTER_NAME": "Farm Bench",
-    "GIT_COMMITTER_EMAIL": "bench@mangos.invalid",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-CLI = str(Path(sys.executable).parent / "mangos-farm")
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # -- measurements ----------------------------------------------------------------------------------------------
@@ -134,24 +123,12 @@ def repeat(fn: Callable[[], object], runs: int) -> list[float]:
 
 
 # -- fixtures: a git repository and N recipes ------------------------------------------------------------------
-def git(cwd: Path, *args: str, date: str = "2026-02-03T04:05:06Z") -> str:
-    env = dict(os.environ) | GIT_ENV | {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
-    out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
 def make_repo(path: Path, commits: int) -> list[str]:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
+    """One repository with ``commits`` commits, an hour apart (fixed identity and dates)."""
     shas = []
     for i in range(commits):
-        (path / "README").write_text(f"bench source, revision {i}\n")
-        (path / "src").mkdir(exist_ok=True)
-        (path / "src" / f"file{i}.txt").write_text(f"content {i}\n" * 10)
-        git(path, "add", "-A")
-        date = f"2026-02-03T{4 + i:02d}:05:06Z"
-        git(path, "commit", "-q", "-m", f"revision {i}", date=date)
-        shas.append(git(path, "rev-parse", "HEAD"))
+        files = {"README": f"bench source, revision {i}\n", f"src/file{i}.txt": f"content {i}\n" * 10}
+        shas.append(commit_files(path, files, message=f"revision {i}", date=f"2026-02-03T{4 + i:02d}:05:06Z"))
     return shas
 
 
@@ -207,7 +184,7 @@ class PlanPhases:
 
 
 def plan_in_process(settings: Settings, recipe_dir: Path) -> tuple[Plan, Store, PlanPhases]:
-    """What ``cmd_plan`` does (``farm.cli.main._planning``), phase by phase, with the environment uncached."""
+    """What ``cmd_plan`` does (``farm.coordinator.planning.plan_recipes``), phase by phase, environment uncached."""
     host_environment.cache_clear()  # each CLI invocation runs dpkg-query once; so does each timed plan here
     t0 = time.perf_counter()
     recipes: RecipeSet = load_dir(recipe_dir)
@@ -346,7 +323,6 @@ def run_bench(args: argparse.Namespace, root: Path) -> Report:
     reps = args.repeat
 
     # Fixtures.
-    progress(f"work directory {root}")
     t0 = time.perf_counter()
     commits = make_repo(root / "repo", COMMITS)
     deps = write_recipes(root / "recipes", n, "../repo", commits, args.seed)
@@ -358,8 +334,7 @@ def run_bench(args: argparse.Namespace, root: Path) -> Report:
     )
 
     home = root / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MANGOS_FARM_")}
-    env |= {"MANGOS_FARM_HOME": str(home), "MANGOS_FARM_WORKERS": str(args.workers)}
+    env = clean_env(MANGOS_FARM_HOME=str(home), MANGOS_FARM_WORKERS=str(args.workers))
     settings = Settings.from_env(env)
 
     # (1) the builder key.
@@ -523,7 +498,7 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_plan", description=__doc__.split("\n\n")[0])
+    p = parser("bench_plan", __doc__)
     p.add_argument("--recipes", type=int, default=1000, help="number of generated recipes (default 1000)")
     p.add_argument("--workers", type=int, default=2, help="MANGOS_FARM_WORKERS for the real build (default 2)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions of each in-process timing (default 5)")
@@ -532,23 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         "--build-limit", type=float, default=1800, help="stop the real build after this many seconds (default 1800)"
     )
     p.add_argument("--seed", type=int, default=SEED, help="seed for the dependency graph")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
-    if args.recipes < 1:
-        p.error("--recipes must be at least 1")
-    for tool in ("git", "bwrap", "dpkg-query"):
-        if shutil.which(tool) is None:
-            p.error(f"'{tool}' is required")
-    root = Path(tempfile.mkdtemp(prefix="mangos-bench-"))
-    try:
+    if args.recipes < 1 or args.repeat < 1 or args.cli_repeat < 1:
+        p.error("--recipes, --repeat and --cli-repeat must be at least 1")
+    require_tools(p, "git", "bwrap", "dpkg-query")
+    with workdir("mangos-bench-", args.keep) as root:
         report = run_bench(args, root)
         report.build["workers"] = args.workers
-    finally:
-        if args.keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
     return 0
 

@@ -4,8 +4,8 @@ Run from the repository root::
 
     .venv/bin/python -m bench.bench_s3 [--size-mib 256] [--repeat 3] [--json]
 
-It starts ``moto_server`` on a free port of 127.0.0.1, writes one file of random bytes, and then, in this one
-process against that one endpoint, times for each round:
+It starts ``moto_server`` on a free port of 127.0.0.1 (:mod:`tests.lib.moto`), writes one file of random bytes,
+and then, in this one process against that one endpoint, times for each round:
 
 - ``S3Store.put_file`` (sha256 pass + multipart upload, re-hashed on the way) into a fresh prefix, so the blob is
   really uploaded, and ``S3Store.fetch_blob`` (streamed download, sha256-verified, atomic rename);
@@ -19,61 +19,24 @@ with this process. Progress goes to stderr, the report to stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
+from bench._common import parser as bench_parser
+from bench._common import progress, workdir
 from farm.store.base import Artifact
 from farm.store.s3 import S3Store
+from tests.lib.moto import FAKE_CREDENTIALS, REGION, MotoServer, s3_client
 
 TARGET_RATIO = 0.9
 MiB = 1 << 20
 BUCKET = "farm-bench"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_moto(port: int, logfile: Path) -> subprocess.Popen[bytes]:
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=out,
-            env=os.environ | {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(4 << 30)},  # objects in memory, not in /tmp
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"moto_server exited with {proc.returncode}:\n{logfile.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2):
-                return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("moto_server did not answer within 30 s") from None
-            time.sleep(0.1)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -85,7 +48,7 @@ def timed(fn: Callable[[], object]) -> float:
 def run_rounds(endpoint: str, src: Path, tmp: Path, repeat: int) -> dict[str, list[float]]:
     """Seconds per round for each of store_up, store_down, boto3_up, boto3_down."""
     size_mib = src.stat().st_size / MiB
-    plain = boto3.session.Session().client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+    plain = s3_client(endpoint)
     plain.create_bucket(Bucket=BUCKET)
     results: dict[str, list[float]] = {"store_up": [], "store_down": [], "boto3_up": [], "boto3_down": []}
 
@@ -110,7 +73,9 @@ def run_rounds(endpoint: str, src: Path, tmp: Path, repeat: int) -> dict[str, li
     for n in range(repeat):
         for fn in (store_round, boto3_round) if n % 2 == 0 else (boto3_round, store_round):
             fn(n)
-        log(f"round {n + 1}/{repeat}: " + ", ".join(f"{k} {size_mib / v[-1]:.0f} MiB/s" for k, v in results.items()))
+        progress(
+            f"round {n + 1}/{repeat}: " + ", ".join(f"{k} {size_mib / v[-1]:.0f} MiB/s" for k, v in results.items())
+        )
     return results
 
 
@@ -149,34 +114,32 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = bench_parser("bench_s3", __doc__)
     parser.add_argument("--size-mib", type=int, default=256, help="size of the test file (default 256)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per side (default 5)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    if args.size_mib < 1 or args.repeat < 1:
+        parser.error("--size-mib and --repeat must be at least 1")
 
     # Fake credentials for the local moto server only; this process talks to nothing else.
-    os.environ.update(dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "bench"))
-    os.environ.update(AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(FAKE_CREDENTIALS, AWS_DEFAULT_REGION=REGION)
     os.environ.update(dict.fromkeys(("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"), os.devnull))
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         os.environ.pop(name, None)
 
-    with tempfile.TemporaryDirectory(prefix="farm-bench-s3-") as tmp_name:
-        tmp = Path(tmp_name)
+    with workdir("farm-bench-s3-", args.keep) as tmp:
         src = tmp / "payload.bin"
         with src.open("wb") as fh:
             for _ in range(args.size_mib):
                 fh.write(os.urandom(MiB))
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        log(f"starting moto_server on {endpoint}")
-        server = start_moto(port, tmp / "moto.log")
+        progress("starting moto_server")
+        # Objects in memory, not in /tmp; moto as it is (no write serialization), so uploads run in parallel.
+        env = os.environ | {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(4 << 30)}
+        server = MotoServer.start(tmp / "moto.log", env, serialize_writes=False)
         try:
-            results = run_rounds(endpoint, src, tmp, args.repeat)
+            results = run_rounds(server.url, src, tmp, args.repeat)
         finally:
-            server.terminate()
-            server.wait(timeout=10)
+            server.stop()
 
     report = summarize(results, args.size_mib)
     if args.json:

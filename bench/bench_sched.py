@@ -8,7 +8,8 @@ It generates (seeded) a DAG of N builds shaped like a distribution: a few base l
 (fan-out), layers of libraries and applications with 1-4 build-depends each, two long serial chains (a toolchain
 and a runtime, which later layers depend on), and a few image builds that depend on many others (fan-in). Each
 build's only step is ``sleep D && echo NAME > "$OUT/NAME"`` with D drawn between 0.2 and 2.0 s (1.0-2.0 s on the
-chains). The recipes are real TOML files pointing at one real git repository (git CLI, fixed dates).
+chains), times ``--time-scale``. The recipes are real TOML files pointing at one real git repository (git CLI,
+fixed dates).
 
 The fleet: redis-server on a free port, a local directory store (MANGOS_FARM_STORE), one ``mangos-farm
 coordinator`` process and SLOTS / CONCURRENCY worker processes (``mangos-farm worker --concurrency C``; by default
@@ -37,23 +38,23 @@ import heapq
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._fleet import BenchFleet, BuildTimes, make_repo, percentile, progress, write_recipe
+from bench._common import add_redis_fsync, parser, percentile, progress, require_tools, workdir
+from bench._fleet import BenchFleet, BuildTimes, make_repo, write_recipe
 from farm import graph
 from farm.coordinator import policy
 from farm.coordinator.engine import Config
 
 TARGET_RATIO = 1.10
 SEED = 20260203
+MIN_BUILDS = 12
 
 
 # -- the DAG ---------------------------------------------------------------------------------------------------
@@ -93,8 +94,9 @@ class Dag:
         }
 
 
-def make_dag(n: int, seed: int) -> Dag:
-    """A distribution-like DAG of ``n`` builds (see the module docstring), reproducible from ``seed``."""
+def make_dag(n: int, seed: int, scale: float = 1.0) -> Dag:
+    """A distribution-like DAG of ``n`` builds (see the module docstring), reproducible from ``seed``; every
+    duration multiplied by ``scale``."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible graph, not a secret
     deps: dict[str, list[str]] = {}
     duration: dict[str, float] = {}
@@ -160,14 +162,14 @@ def make_dag(n: int, seed: int) -> Dag:
     label = {old: f"b{i:03d}" for old, i in zip(deps, ids, strict=True)}
     return Dag(
         {label[k]: sorted(label[d] for d in v) for k, v in deps.items()},
-        {label[k]: v for k, v in duration.items()},
+        {label[k]: v * scale for k, v in duration.items()},
         {label[k]: v for k, v in kind.items()},
     )
 
 
 def write_dag(dag: Dag, directory: Path, git_url: str, commit: str) -> None:
     for name, ds in dag.deps.items():
-        steps = [f'sleep {dag.duration[name]:.2f} && echo {name} > "$OUT/{name}"']
+        steps = [f'sleep {dag.duration[name]:g} && echo {name} > "$OUT/{name}"']
         write_recipe(directory, name, git_url=git_url, commit=commit, steps=steps, depends=ds)
 
 
@@ -383,35 +385,34 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_sched", description=__doc__.split("\n\n")[0])
-    p.add_argument("--builds", type=int, default=200, help="builds in the DAG (default 200)")
+    p = parser("bench_sched", __doc__)
+    p.add_argument("--builds", type=int, default=200, help=f"builds in the DAG (default 200, at least {MIN_BUILDS})")
     p.add_argument("--slots", type=int, default=4, help="build slots in the fleet (default 4)")
     p.add_argument("--concurrency", type=int, default=2, help="slots per worker process (default 2: 2 workers x 2)")
     p.add_argument("--seed", type=int, default=SEED, help="seed for the DAG and its durations")
+    p.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiply every build's duration D by this (default 1)"
+    )
     p.add_argument("--poll", type=float, default=2.0, help="seconds between `mangos-farm status` polls (default 2)")
     p.add_argument("--timeout", type=float, default=1200, help="give up on the run after this many seconds")
     p.add_argument("--simulate-only", action="store_true", help="only the in-process simulations, no fleet")
-    p.add_argument(
-        "--redis-fsync",
-        choices=["everysec", "always", "no", "off"],
-        default="everysec",
-        help="redis-server appendfsync (off: no AOF); default everysec",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, status.json)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_redis_fsync(p)
     args = p.parse_args(argv)
-    if args.builds < 30:
-        p.error("--builds must be at least 30 (the DAG has chains, layers and images)")
+    if args.builds < MIN_BUILDS:
+        p.error(f"--builds must be at least {MIN_BUILDS} (the DAG has two chains, seven layers and an image)")
     if args.slots < 1 or args.concurrency < 1 or args.slots % args.concurrency:
         p.error("--slots must be a positive multiple of --concurrency")
-    for tool in ("git", "bwrap", "redis-server", "dpkg-query"):
-        if shutil.which(tool) is None and not args.simulate_only:
-            p.error(f"'{tool}' is required")
+    if args.time_scale <= 0:
+        p.error("--time-scale must be positive")
+    if not args.simulate_only:
+        require_tools(p, "git", "bwrap", "redis-server", "dpkg-query")
 
-    dag = make_dag(args.builds, args.seed)
+    dag = make_dag(args.builds, args.seed, args.time_scale)
     lb = max(dag.critical_path(), dag.work / args.slots)
     report = Report(
-        args={k: getattr(args, k) for k in ("builds", "slots", "concurrency", "seed", "poll", "redis_fsync")},
+        args={
+            k: getattr(args, k) for k in ("builds", "slots", "concurrency", "seed", "time_scale", "poll", "redis_fsync")
+        },
         machine={"cpus": os.cpu_count(), "python": sys.version.split()[0], "loadavg_before": os.getloadavg()},
         dag=dag.stats(args.slots),
         lower_bound=lb,
@@ -420,15 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         report.simulated[name] = simulate(dag, args.slots, order)
     progress(f"DAG {report.dag}; lower bound {lb:.2f}s")
     if not args.simulate_only:
-        root = Path(tempfile.mkdtemp(prefix="mangos-bench-sched-"))
-        progress(f"work directory {root}")
-        try:
+        with workdir("mangos-bench-sched-", args.keep) as root:
             measured = run_fleet(root, dag, args)
-        finally:
-            if args.keep:
-                progress(f"kept {root}")
-            else:
-                shutil.rmtree(root, ignore_errors=True)
         report.measured = measured.figures(args.slots)
         report.machine["loadavg_after"] = os.getloadavg()
         extra = statistics.fmean(measured.slot_overheads())

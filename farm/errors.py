@@ -3,6 +3,11 @@
 Every error a user can meet carries a stable id (for docs, scripts and support) and a hint that says how to fix
 it. The CLI prints ``error[ID]: where: message`` plus the hint and exits non-zero; tracebacks appear only with
 ``--debug``. Anything that is not a :class:`FarmError` reaching the CLI is a bug in the farm.
+
+Ids come in families that callers catch by class, never by parsing the id: :class:`RecipeError`,
+:class:`StoreError` and :class:`TrustError`. A family's constructor refuses an id outside its ``ids``; an id of a
+family is raised through that family's class (a unit test scans the tree for it), and :meth:`FarmError.of` picks
+the class for an id that is only known at run time.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 class FarmError(Exception):
     """A failure the user can act on."""
 
     exit_code = 2
+    ids: ClassVar[frozenset[str] | None] = None
+    """The ids this class may carry; None for any id (the base class and its non-family subclasses)."""
 
     def __init__(
         self,
@@ -26,6 +34,8 @@ class FarmError(Exception):
         file: Path | str | None = None,
         field: str | None = None,
     ) -> None:
+        if self.ids is not None and code not in self.ids:
+            raise ValueError(f"{type(self).__name__} cannot carry {code!r}: not one of its ids")
         super().__init__(message)
         self.code = code
         self.message = message
@@ -56,6 +66,21 @@ class FarmError(Exception):
 
     def __str__(self) -> str:
         return self.render()
+
+    @staticmethod
+    def of(
+        code: str,
+        message: str,
+        *,
+        hint: str = "",
+        file: Path | str | None = None,
+        field: str | None = None,
+    ) -> FarmError:
+        """An error for ``code`` of its family's class (plain :class:`FarmError` for an id of no family)."""
+        for family in FAMILIES:
+            if family.ids is not None and code in family.ids:
+                return family(code, message, hint=hint, file=file, field=field)
+        return FarmError(code, message, hint=hint, file=file, field=field)
 
 
 class ErrorGroup(FarmError):
@@ -132,6 +157,8 @@ class ErrorCodes:
     LOG_FETCH = "E-LOG-FETCH"
     BUNDLE_INVALID = "E-BUNDLE-INVALID"
     RECHECK = "E-RECHECK"
+    LEASE_STALE = "E-LEASE-STALE"
+    LEASE_EXPIRED = "E-LEASE-EXPIRED"
     IMAGE_INPUT = "E-IMAGE-INPUT"
     IMAGE_BUILD = "E-IMAGE-BUILD"
     IMAGE_VERIFY = "E-IMAGE-VERIFY"
@@ -149,3 +176,58 @@ class ErrorCodes:
 
 
 E = ErrorCodes()
+
+
+class RecipeError(FarmError):
+    """A recipe (or the recipe directory) is unreadable, malformed or inconsistent: the user's input is wrong."""
+
+    ids = frozenset(
+        {
+            E.RECIPE_SYNTAX,
+            E.RECIPE_UNKNOWN_KEY,
+            E.RECIPE_MISSING,
+            E.RECIPE_TYPE,
+            E.RECIPE_VALUE,
+            E.RECIPE_COMMIT,
+            E.RECIPE_OUTPUT_PATH,
+            E.RECIPE_DUPLICATE,
+            E.RECIPE_UNKNOWN_DEP,
+            E.RECIPE_CYCLE,
+            E.RECIPE_DIR,
+        }
+    )
+
+
+class StoreError(FarmError):
+    """The artifact store is unreachable, misnamed, or lacks or mangles what it should hold."""
+
+    ids = frozenset({E.STORE_CORRUPT, E.STORE_MISSING, E.STORE_URL, E.STORE_UNREACHABLE})
+
+
+class TrustError(FarmError):
+    """A trust decision refused something (a signature, key, task, artifact or result), or trust material
+    (keys, release keys, the audit log) is missing or malformed."""
+
+    ids = frozenset(
+        {
+            E.KEY_MISSING,
+            E.KEY_EXISTS,
+            E.KEY_INVALID,
+            E.KEY_REVOKED,
+            E.RELEASE_KEY,
+            E.VERIFY_DIGEST,
+            E.VERIFY_SIGNATURE,
+            E.VERIFY_UNTRUSTED,
+            E.VERIFY_ENVELOPE,
+            E.VERIFY_NO_ENVELOPE,
+            E.VERIFY_NOT_SUBJECT,
+            E.TASK_UNSIGNED,
+            E.ARTIFACT_REFUSED,
+            E.RESULT_REFUSED,
+            E.AUDIT,
+        }
+    )
+
+
+FAMILIES: tuple[type[FarmError], ...] = (RecipeError, StoreError, TrustError)
+"""The error families; their ``ids`` are disjoint (a unit test checks)."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec
 
 KEY_SCHEMA = "https://mangos.dev/farm/build-key/v1"
+
+P = ParamSpec("P")
 
 
 class NotCanonical(TypeError):
@@ -68,11 +70,14 @@ def build_key_inputs(
     }
 
 
-def build_key(
-    recipe: Mapping[str, Any],
-    commit: str,
-    tree: str,
-    environment: str,
-    dependencies: Mapping[str, Mapping[str, str]],
-) -> str:
-    return digest_of(build_key_inputs(recipe, commit, tree, environment, dependencies))
+def _hashed(document: Callable[P, Any]) -> Callable[P, str]:
+    """A function with ``document``'s parameters that returns the digest of the document it makes."""
+
+    def digest(*args: P.args, **kwargs: P.kwargs) -> str:
+        return digest_of(document(*args, **kwargs))
+
+    return digest
+
+
+build_key = _hashed(build_key_inputs)
+"""The build key: the digest of :func:`build_key_inputs` for the same arguments."""

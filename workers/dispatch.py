@@ -11,8 +11,8 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from farm.build.execute import BuildOutcome, BuildRequest
-from farm.crossval.recheck import RECHECK_TASK
+from farm.build import BuildOutcome, BuildRequest
+from farm.crossval.dispatch import RECHECK_TASK
 from farm.errors import E, FarmError
 from farm.trust import keys, tasksig
 from farm.trust.keys import BuilderKey

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
-from farm.build.execute import BuildOutcome, BuildRequest
+from farm.build import BuildOutcome, BuildRequest
 from farm.errors import E, FarmError
-from farm.run import tail
+from farm.run import Process, spawn, tail
 from farm.settings import Settings
 from workers.app import build_queue
 
@@ -48,16 +47,16 @@ class LocalWorkers:
     def __init__(self, settings: Settings, logfile: Path) -> None:
         self.settings = settings
         self.logfile = logfile
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
 
     def start(self) -> None:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ) | self.settings.to_env()
         env["MANGOS_FARM_HOME"] = str(Path(self.settings.home).resolve())
         argv = worker_argv(self.settings.workers, f"local-{os.getpid()}@%h", self.settings.build_arch)
-        log.info("starting %d local build worker(s): %s", self.settings.workers, " ".join(argv))
+        log.info("starting %d local build worker(s)", self.settings.workers)
         with self.logfile.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = spawn(argv, env=env, stdout=out, stderr_to_stdout=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

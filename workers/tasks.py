@@ -14,10 +14,13 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 
-from farm.build.execute import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build import BuildOutcome, BuildRequest
+from farm.build.context import WorkerContext
+from farm.build.execute import execute_build
 from farm.coordinator.kv import open_kv
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
-from farm.crossval.recheck import RECHECK_TASK, recheck_from_payload, recheck_queue
+from farm.crossval.dispatch import RECHECK_TASK, recheck_queue
+from farm.crossval.recheck import recheck_from_payload
 from farm.errors import E, FarmError
 from farm.trust import audit, tasksig
 from farm.trust.keys import coordinator_public, trusted_keys
@@ -103,7 +106,7 @@ def _build(req: BuildRequest, worker: str) -> dict[str, Any]:
             build_key=req.build_key,
             recipe=str(req.recipe.get("name", "")),
             ok=False,
-            error={"code": "E-LEASE-STALE", "message": "lease is no longer current"},
+            error={"code": E.LEASE_STALE, "message": "lease is no longer current"},
             worker=worker,
             lease=req.lease,
         )

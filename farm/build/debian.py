@@ -9,8 +9,8 @@ network: build-dependencies come from a read-only local repository holding exact
 ``apt-get build-dep`` as root inside the build root; ``dpkg-buildpackage`` then runs as uid 1000 with a clean
 environment, a fixed build path (/build/src), a fixed hostname and SOURCE_DATE_EPOCH from debian/changelog.
 
-(bubblewrap 0.8 has no overlay support, which is why this path uses unshare + overlayfs + chroot, measured as
-the fastest isolation in FIELD-NOTES. It needs root on the worker.)
+(bubblewrap 0.8 has no overlay support, which is why this path uses unshare + overlayfs + chroot. It needs root
+on the worker.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from farm.build.sandbox import Cgroup, Limits, launcher_env, limited_argv
+from farm.build.sandbox import Limits, launcher_env, run_limited
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.recipes import Recipe
@@ -207,7 +207,7 @@ def run_debian_build(
             "debian builds need a worker running as root (overlay mounts and chroot)",
             hint="run this worker as root, or route debian builds to workers that are",
         )
-    require_tool("unshare", "util-linux")
+    require_tool("unshare")
     layer = workdir / "layer"
     script = outer_script(
         lower=env_lower,
@@ -223,21 +223,13 @@ def run_debian_build(
     logfh.flush()
     # The same limits as sandboxed steps (a cgroup for processes and memory, rlimits), and a clean environment:
     # nothing of the worker's (AWS_*, broker URL, key paths) is inherited by the build root's processes.
-    limits = limits or Limits()
-    cgroup = Cgroup.create(limits)
-    try:
-        result = run(
-            limited_argv(limits, cgroup, unshare_argv(script)),
-            stdout=logfh,
-            stderr_to_stdout=True,
-            check=False,
-            timeout=timeout,
-            env=launcher_env() | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        hit = cgroup.hit() if cgroup is not None else []
-    finally:
-        if cgroup is not None:
-            cgroup.destroy()
+    result, hit = run_limited(
+        unshare_argv(script),
+        limits or Limits(),
+        logfh=logfh,
+        timeout=timeout,
+        env=launcher_env() | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
     shutil.rmtree(layer, ignore_errors=True)
     if result.timed_out:
         raise FarmError(

@@ -8,7 +8,6 @@ This is plain code with no Celery in it; ``workers.tasks`` only deserialises a r
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -16,147 +15,29 @@ import signal
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO
 
 from farm import metrics
+from farm.build import BuildFailure, BuildOutcome, BuildRequest, attest, outputs, sandbox
 from farm.build import debian as debian_build
-from farm.build import sandbox
-from farm.envs.host import Environment
-from farm.errors import E, FarmError
-from farm.identity import build_key_inputs
+from farm.build.context import WorkerContext
+from farm.build.variation import source_view
+from farm.errors import E, FarmError, StoreError
 from farm.log import step
-from farm.pack import check_tree_entry, pack_dir, safe_extract
+from farm.pack import safe_extract
 from farm.recipes import Recipe
-from farm.run import require_tool, run, tail
-from farm.sources.git import SourceCache
-from farm.store import BuildRecord, Store
-from farm.trust import audit, keyring, provenance
-from farm.trust.keys import BuilderKey, PublicKey
-
-if TYPE_CHECKING:
-    from farm.build.variation import Variation
-    from farm.settings import Settings
+from farm.run import require_tool, tail
+from farm.store import BuildRecord
+from farm.trust import audit, keyring
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL = 3000
-
-
-@dataclass(frozen=True)
-class DependencyInput:
-    recipe: str
-    build_key: str
-    artifacts: Mapping[str, str]  # artifact name -> sha256
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """Everything a worker needs, decided by the coordinator; JSON-serialisable for the task message."""
-
-    build_key: str
-    recipe: Mapping[str, Any]
-    recipe_path: str
-    fetch_url: str
-    tree: str
-    environment: str
-    dependencies: Sequence[DependencyInput] = ()
-    lease: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["dependencies"] = [asdict(d) for d in self.dependencies]
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> BuildRequest:
-        data = dict(data)
-        data["dependencies"] = tuple(DependencyInput(**d) for d in data.get("dependencies", ()))
-        return cls(**data)
-
-    def dependency_outputs(self) -> dict[str, dict[str, str]]:
-        return {d.recipe: dict(d.artifacts) for d in self.dependencies}
-
-
-@dataclass(frozen=True)
-class BuildOutcome:
-    build_key: str
-    recipe: str
-    ok: bool
-    record: dict[str, Any] | None = None
-    published: bool = False
-    error: dict[str, Any] | None = None
-    log_digest: str | None = None
-    log_tail: str = ""
-    worker: str = ""
-    duration: float = 0.0
-    lease: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> BuildOutcome:
-        return cls(**data)
-
-
-@dataclass
-class WorkerContext:
-    store: Store
-    builder_key: BuilderKey
-    sources: SourceCache
-    work_root: Path
-    builder_id: str
-    environment: Environment
-    timeout: float = 3600.0
-    jobs: int = 1
-    arch: str = ""
-    keep_workdir: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The builder keyring dependencies are checked against (None: this worker's own key only) and where security
-    # events go (None: counted and logged only).
-    trusted: Sequence[PublicKey] | None = None
-    audit_log: Path | None = None
-    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
-    # A recheck (farm.crossval.recheck): build in a deliberately varied environment and do not publish the record.
-    variation: Variation | None = None
-
-    def keyring(self) -> Sequence[PublicKey]:
-        return self.trusted if self.trusted is not None else [self.builder_key.public]
-
-    @classmethod
-    def from_settings(
-        cls, s: Settings, *, variation: Variation | None = None, extra_keys: Sequence[Path] = ()
-    ) -> WorkerContext:
-        """The context a worker builds with, from its settings: one definition for Celery workers and for builds
-        the CLI runs itself (recheck), so both get the same keyring, audit log and limits."""
-        from farm.envs.host import host_environment
-        from farm.store import open_store
-        from farm.trust.keys import load_builder, trusted_keys
-
-        return cls(
-            store=open_store(s.store_url),
-            builder_key=load_builder(s.keys_dir),
-            sources=SourceCache(Path(s.cache_dir) / "git"),
-            work_root=Path(s.work_dir),
-            builder_id=s.builder,
-            environment=host_environment(),
-            timeout=float(s.build_timeout),
-            arch=s.build_arch,
-            trusted=trusted_keys(s.keys_dir, s.trusted_keys_dir, list(extra_keys)),
-            audit_log=audit.audit_path(s.home),
-            limits=sandbox.Limits(
-                memory=s.build_memory_mb * sandbox.MIB,
-                processes=s.build_processes,
-                scratch=s.build_scratch_mb * sandbox.MIB,
-                output=s.build_output_mb * sandbox.MIB,
-            ),
-            variation=variation,
-        )
 
 
 @contextmanager
@@ -170,10 +51,6 @@ def _timed(phase: str, arch: str) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class BuildFailure(FarmError):
-    pass
 
 
 def _stage_dependencies(req: BuildRequest, ctx: WorkerContext, deps_dir: Path) -> None:
@@ -236,67 +113,6 @@ def _log_tail(logfh: IO[bytes]) -> bytes:
         return b""
 
 
-def _expand_outputs(recipe: Recipe, out: Path) -> list[str]:
-    """Declared outputs, with glob patterns (``*.deb``) expanded against what the build produced."""
-    found: list[str] = []
-    for rel in recipe.outputs:
-        if not any(c in rel for c in "*?["):
-            found.append(rel)
-            continue
-        matches = sorted(p.relative_to(out).as_posix() for p in out.glob(rel))
-        if not matches:
-            raise BuildFailure(
-                E.BUILD_OUTPUT,
-                f"declared output pattern '{rel}' matched nothing",
-                file=recipe.path,
-                field="outputs",
-                hint="make the build write such files under $OUT, or fix the pattern",
-            )
-        found.extend(matches)
-    return found
-
-
-def _collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[Path]:
-    files = []
-    for rel in _expand_outputs(recipe, out):
-        path = out / rel
-        if not path.exists() and not path.is_symlink():
-            raise BuildFailure(
-                E.BUILD_OUTPUT,
-                f"declared output '{rel}' was not produced",
-                file=recipe.path,
-                field="outputs",
-                hint="make the build write it under $OUT, or fix the path in outputs",
-            )
-        real = path.resolve()
-        if out.resolve() not in real.parents and real != out.resolve():
-            raise BuildFailure(
-                E.BUILD_OUTPUT,
-                f"declared output '{rel}' resolves outside the output directory",
-                file=recipe.path,
-                field="outputs",
-                hint="outputs must be real files or directories under $OUT",
-            )
-        if path.is_dir() and not path.is_symlink():
-            target = dest / f"{path.name}.tar"
-            pack_dir(path, target, mtime)
-        else:
-            check_tree_entry(out, path, rel)
-            if path.is_symlink():
-                raise BuildFailure(
-                    E.BUILD_OUTPUT,
-                    f"declared output '{rel}' is a symlink",
-                    file=recipe.path,
-                    field="outputs",
-                    hint="declare the file it points to instead",
-                )
-            target = dest / path.name
-            shutil.copyfile(path, target)
-            shutil.copymode(path, target)
-        files.append(target)
-    return files
-
-
 def _limit_hit(ctx: WorkerContext, recipe: Recipe, limit: str, detail: str) -> BuildFailure:
     audit.record(ctx.audit_log, audit.SANDBOX_LIMIT, who=ctx.builder_id, what=recipe.name, limit=limit, detail=detail)
     return BuildFailure(
@@ -332,23 +148,17 @@ def _run_steps(
                 file=recipe.path,
                 hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
             )
-        cgroup = sandbox.Cgroup.create(limits)
-        try:
-            result = run(
-                sandbox.limited_argv(limits, cgroup, sandbox.bwrap_argv(spec, _step_command(script, ctx))),
-                stdout=logfh,
-                stderr_to_stdout=True,
-                check=False,
-                timeout=remaining,
-                # bwrap's own processes (pid 1 of the sandbox among them) keep the environment they were started
-                # with, and the build can read their /proc/N/environ: start them with nothing of the worker's.
-                env=sandbox.launcher_env(),
-                umask=ctx.variation.umask if ctx.variation else -1,
-            )
-            hit = cgroup.hit() if cgroup is not None else []
-        finally:
-            if cgroup is not None:
-                cgroup.destroy()  # whatever outlived the step (it cannot: bwrap owns a pid namespace) dies here
+        # bwrap's own processes (pid 1 of the sandbox among them) keep the environment they were started with,
+        # and the build can read their /proc/N/environ: start them with nothing of the worker's. Whatever outlives
+        # the step (it cannot: bwrap owns a pid namespace) dies with its cgroup.
+        result, hit = sandbox.run_limited(
+            sandbox.bwrap_argv(spec, _step_command(script, ctx)),
+            limits,
+            logfh=logfh,
+            timeout=remaining,
+            env=sandbox.launcher_env(),
+            umask=ctx.variation.umask if ctx.variation else -1,
+        )
         if result.timed_out:
             audit.record(ctx.audit_log, audit.SANDBOX_LIMIT, who=ctx.builder_id, what=recipe.name, limit="time")
             raise BuildFailure(
@@ -375,15 +185,6 @@ def _run_steps(
                 field="build.steps",
                 hint="read the log tail below; reproduce with 'mangos-farm rebuild --force'",
             )
-
-
-def _source_view(src: Path, ctx: WorkerContext) -> contextlib.AbstractContextManager[Path]:
-    """The source tree as the build sees it (a recheck may shuffle its directory order)."""
-    if ctx.variation is None:
-        return contextlib.nullcontext(src)
-    from farm.build.variation import source_view
-
-    return source_view(src, ctx.variation)
 
 
 def _step_command(script: str, ctx: WorkerContext) -> list[str]:
@@ -417,7 +218,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                     started_clock=started_clock,
                 )
             except FarmError as exc:
-                if exc.code.startswith("E-STORE-"):
+                if exc.code in StoreError.ids:  # by id: a BuildFailure may carry a store error's id
                     metrics.store_errors.labels("build").inc()
                 logfh.write(f"\n!!! {exc.render()}\n".encode())
                 logfh.flush()
@@ -471,7 +272,7 @@ def _build(
 ) -> BuildRecord:
     debian = recipe.kind == "debian"
     if not debian:
-        require_tool("bwrap", "bubblewrap")
+        require_tool("bwrap")
     if not debian and ctx.environment.digest != req.environment:
         raise BuildFailure(
             E.WORKER,
@@ -499,7 +300,7 @@ def _build(
             repo = workdir / "repo"
             count = debian_build.stage_repo(repo, recipe, ctx.store, debian_build.dependency_debs(deps))
             logfh.write(f"==> local repository: {count} pinned and dependency packages\n".encode())
-        # No file-order view here: through disorderfs, dpkg-buildpackage in the chroot got EACCES on the source.
+        # No file-order view here: through disorderfs, dpkg-buildpackage in the chroot gets EACCES on the source.
         with step("dpkg-buildpackage", log), _timed("build", ctx.arch):
             debian_build.run_debian_build(
                 recipe,
@@ -520,68 +321,40 @@ def _build(
         env = sandbox.base_env(resolved.commit_time, v.jobs if v else ctx.jobs) | dict(recipe.env)
         env |= v.env() if v else {}
         spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env, limits=ctx.limits)
-        with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch), _source_view(src, ctx) as view:
+        with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch), source_view(src, v) as view:
             if v is not None:
                 spec = replace(spec, src=view, hostname=v.hostname, uid=v.uid)
             _run_steps(recipe, spec, logfh, deadline, ctx)
     with step("pack", log), _timed("upload", ctx.arch):
-        files = _collect_outputs(recipe, out, arts, resolved.commit_time)
+        files = outputs.collect_outputs(recipe, out, arts, resolved.commit_time)
         size = sum(f.stat().st_size for f in files)
         if size > ctx.limits.output:
             raise _limit_hit(ctx, recipe, "output size", f"the outputs total {size // sandbox.MIB} MiB")
         artifacts = [ctx.store.put_file(f) for f in files]
         metrics.store_bytes.labels("up").inc(sum(a.size for a in artifacts))
     finished = _now()
-    stmt = provenance.statement(
-        subjects=[(a.name, a.digest) for a in artifacts],
-        recipe=recipe.content(),
-        recipe_digest=recipe.digest,
-        source_url=recipe.source.git or f"dsc:{recipe.source.dsc}",
-        commit=resolved.commit,
-        tree=resolved.tree,
-        environment=req.environment,
-        dependencies=[
-            {
-                "name": f"archive/{pin['package']}_{pin['version']}_{pin['arch']}.deb",
-                "digest": {"sha256": pin["sha256"]},
-            }
-            for pin in recipe.pins()
-        ]
-        + [
-            {
-                "name": f"{d.recipe}/{name}",
-                "digest": {"sha256": digest},
-                "annotations": {"buildKey": d.build_key},
-            }
-            for d in req.dependencies
-            for name, digest in sorted(d.artifacts.items())
-        ],
+    envelope_digest = attest.sign_provenance(
+        req,
+        recipe=recipe,
+        resolved=resolved,
+        artifacts=artifacts,
+        store=ctx.store,
+        key=ctx.builder_key,
         builder_id=ctx.builder_id,
-        build_key=req.build_key,
         started=started,
         finished=finished,
     )
-    envelope = provenance.sign(stmt, ctx.builder_key)
-    envelope_digest = ctx.store.put_bytes(json.dumps(envelope, sort_keys=True, indent=1).encode())
     logfh.write(f"==> outputs: {', '.join(f'{a.name} {a.digest}' for a in artifacts)}\n".encode())
     logfh.flush()
     log_digest = ctx.store.put_file(workdir / "build.log").digest
-    return BuildRecord(
-        build_key=req.build_key,
-        recipe=recipe.name,
-        version=recipe.version,
-        recipe_digest=recipe.digest,
-        source_url=recipe.source.git or f"dsc:{recipe.source.dsc}",
-        commit=resolved.commit,
-        tree=resolved.tree,
-        environment=req.environment,
-        artifacts=tuple(artifacts),
-        provenance=envelope_digest,
-        log=log_digest,
-        builder=ctx.builder_id,
+    return attest.build_record(
+        req,
+        recipe=recipe,
+        resolved=resolved,
+        artifacts=artifacts,
+        provenance_digest=envelope_digest,
+        log_digest=log_digest,
+        builder_id=ctx.builder_id,
         started=started,
         finished=finished,
-        key_inputs=build_key_inputs(
-            recipe.content(), resolved.commit, resolved.tree, req.environment, req.dependency_outputs()
-        ),
     )

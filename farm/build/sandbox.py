@@ -25,6 +25,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
+
+from farm.run import Result, run
 
 log = logging.getLogger(__name__)
 
@@ -209,32 +212,28 @@ class Cgroup:
                 return d / name
         return None
 
-    def _read(self, controller: str, name: str) -> str:
+    def _events(self, controller: str, name: str) -> dict[str, str]:
+        """A flat-keyed cgroup file (``key value`` lines) as a dict; empty when it cannot be read."""
         path = self._file(controller, name)
         try:
-            return path.read_text() if path is not None else ""
+            text = path.read_text() if path is not None else ""
         except OSError:
-            return ""
+            text = ""
+        return dict(line.split() for line in text.splitlines() if line)
 
     def hit(self) -> list[str]:
         """Which limits the step ran into: "processes", "memory"."""
         found = []
-        if self.v2:
-            events = dict(line.split() for line in self._read("pids", "pids.events").splitlines() if line)
-            if int(events.get("max", "0")):
-                found.append("processes")
-            if self.has_memory:
-                mem = dict(line.split() for line in self._read("memory", "memory.events").splitlines() if line)
-                if int(mem.get("oom_kill", "0")) or int(mem.get("max", "0")):
-                    found.append("memory")
-            return found
-        events = dict(line.split() for line in self._read("pids", "pids.events").splitlines() if line)
-        if int(events.get("max", "0")):
+        if int(self._events("pids", "pids.events").get("max", "0")):
             found.append("processes")
+        if self.v2:
+            mem = self._events("memory", "memory.events") if self.has_memory else {}
+            if int(mem.get("oom_kill", "0")) or int(mem.get("max", "0")):
+                found.append("memory")
+            return found
         # Not memory.failcnt: in v1 the page cache counts towards the limit, so an I/O-heavy build that the kernel
-        # reclaims from without trouble bumps it (a gzip test failure was reported as a memory limit). Only an OOM
-        # kill means the build really ran out.
-        oom = dict(line.split() for line in self._read("memory", "memory.oom_control").splitlines() if line)
+        # reclaims from without trouble bumps it. Only an OOM kill means the build really ran out.
+        oom = self._events("memory", "memory.oom_control")
         if self.has_memory and int(oom.get("oom_kill", "0")):
             found.append("memory")
         return found
@@ -257,3 +256,26 @@ class Cgroup:
                 d.rmdir()
             except OSError as exc:
                 log.warning("cannot remove cgroup %s: %s", d, exc)
+
+
+def run_limited(
+    command: list[str], limits: Limits, *, logfh: IO[bytes], timeout: float, env: Mapping[str, str], umask: int = -1
+) -> tuple[Result, list[str]]:
+    """Run ``command`` under ``limits`` in a fresh cgroup, its output (stderr too) streamed to ``logfh``; returns
+    the result and the cgroup limits it ran into. Whatever is left in the cgroup afterwards is killed."""
+    cgroup = Cgroup.create(limits)
+    try:
+        result = run(
+            limited_argv(limits, cgroup, command),
+            stdout=logfh,
+            stderr_to_stdout=True,
+            check=False,
+            timeout=timeout,
+            env=env,
+            umask=umask,
+        )
+        hit = cgroup.hit() if cgroup is not None else []
+    finally:
+        if cgroup is not None:
+            cgroup.destroy()
+    return result, hit

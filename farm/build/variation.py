@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from farm.build import sandbox
+from farm.run import require_tool, run
+
 log = logging.getLogger(__name__)
 
 FAKETIME = "faketime"
@@ -35,8 +38,6 @@ class Variation:
     @classmethod
     def unvaried(cls) -> Variation:
         """The farm's normal environment (a plain rebuild; only the host build path differs)."""
-        from farm.build import sandbox
-
         return cls(
             hostname=sandbox.HOSTNAME,
             uid=sandbox.BUILD_UID,
@@ -76,9 +77,7 @@ def source_view(src: Path, variation: Variation | None) -> Iterator[Path]:
     if variation is None or not variation.file_order:
         yield src
         return
-    from farm.run import require_tool, run
-
-    require_tool("disorderfs", "disorderfs")
+    require_tool("disorderfs")
     mountpoint = src.with_name(src.name + "-disordered")
     mountpoint.mkdir()
     run(disorderfs_argv(src, mountpoint))

@@ -1,37 +1,36 @@
-"""CLI commands for cross-validation: `recheck`, `publish`, `compare`, `bundle`, `rebuild-bundle` (issue #7)."""
+"""``recheck``, ``publish``, ``compare``, ``bundle``, ``rebuild-bundle``: cross-validation of builds, by rebuilding
+them (here, on another worker, in a varied environment, or offline at another organization) and by comparing
+signed attestations with trusted peers."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from farm.cli.common import Subparsers, add_command, json_flag, print_json
 from farm.settings import Settings
-
-
-def _out(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _context(settings: Settings, variation: Any = None, keys: list[str] | None = None) -> Any:
     """A worker context in this process, exactly as a worker builds it."""
-    from farm.build.execute import WorkerContext
+    from farm.build.context import WorkerContext
 
     return WorkerContext.from_settings(settings, variation=variation, extra_keys=[Path(k) for k in keys or []])
 
 
 def _plan(recipes_dir: str, settings: Settings) -> Any:
-    from farm.cli.main import _planning
+    from farm.coordinator.planning import plan_recipes
 
-    plan, _ = _planning(argparse.Namespace(dir=recipes_dir, force=False), settings)
+    plan, _ = plan_recipes(Path(recipes_dir), settings)
     return plan
 
 
 def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     from farm.build.variation import Variation
-    from farm.crossval.recheck import recheck_one, requests_from_plan, update_metrics
+    from farm.crossval.recheck import recheck_one, requests_from_plan
+    from farm.crossval.results import update_metrics
     from farm.errors import E, FarmError
 
     if not args.recipes and not args.all:
@@ -59,7 +58,9 @@ def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     checked = [r for r in results]
     ok = sum(r.reproducible for r in checked)
     if args.json:
-        _out({"results": [r.to_json() for r in checked], "reproducibility": table, "variation": variation.to_json()})
+        print_json(
+            {"results": [r.to_json() for r in checked], "reproducibility": table, "variation": variation.to_json()}
+        )
     else:
         failed = sum(1 for r in checked if r.error)
         mode = "the varied" if args.vary else "the same"
@@ -107,17 +108,16 @@ class _FleetRecheck:
         from farm.coordinator.kv import open_kv
         from farm.coordinator.leases import LeaseBoard
         from farm.coordinator.runs import RunStore
-        from farm.crossval.recheck import original_workers
+        from farm.crossval.dispatch import original_workers
         from farm.store import open_store
-        from workers.app import make_app
-        from workers.dispatch import CeleryDispatcher
+        from workers.fleet import celery_dispatcher
 
         self.settings = settings
         kv = open_kv(settings.state_url)
         self.board = LeaseBoard(kv, settings.lease_timeout)
         runs = RunStore(kv)
         self.built_by = original_workers(job for run in runs.all_runs() for job in runs.jobs(run.id).values())
-        self.dispatcher = CeleryDispatcher(make_app(settings))
+        self.dispatcher = celery_dispatcher(settings)
         self.store = open_store(settings.store_url)
         self.progress = Progress(total, quiet_cached=False)
         self.assigned: dict[str, int] = {}
@@ -130,7 +130,7 @@ class _FleetRecheck:
 
     def send(self, payload: dict[str, Any], job: Any, workers: list[str]) -> None:
         from farm.coordinator.runs import State
-        from farm.crossval.recheck import choose_worker, recheck_queue
+        from farm.crossval.dispatch import choose_worker, recheck_queue
         from workers.app import build_queue
 
         target = choose_worker(str(payload["original"]), workers, self.assigned)
@@ -143,7 +143,7 @@ class _FleetRecheck:
 
     def collect(self, task_id: str) -> None:
         from farm.coordinator.runs import State
-        from farm.crossval.recheck import RecheckResult, save_result
+        from farm.crossval.results import RecheckResult, save_result
         from farm.errors import E, FarmError
 
         answer = self.dispatcher.recheck_outcome(task_id)
@@ -181,7 +181,7 @@ class _FleetRecheck:
         import time
 
         from farm.coordinator.runs import Job
-        from farm.crossval.recheck import recheck_payload
+        from farm.crossval.dispatch import recheck_payload
         from farm.errors import E, FarmError
 
         workers = self.live()
@@ -225,7 +225,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
     own = publish(settings, args.output)
     if args.json:
-        _out({"entries": len(own.entries), "destination": args.output})
+        print_json({"entries": len(own.entries), "destination": args.output})
     else:
         print(f"published {len(own.entries)} attestation(s) to {args.output}")
     return 0
@@ -236,7 +236,7 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
     report = compare(settings, check_trust_file(Path(args.trust)))
     if args.json:
-        _out(report)
+        print_json(report)
         return int(report["exit"])
     for name, peer in report["peers"].items():
         line = f"peer {name}: {peer['status']}, {peer['entries']} entries"
@@ -279,7 +279,7 @@ def cmd_bundle(args: argparse.Namespace, settings: Settings) -> int:
         with_env=args.with_env,
     )
     if args.json:
-        _out(manifest)
+        print_json(manifest)
     else:
         print(f"{args.output}: {record.recipe} {record.version} at {record.commit[:12]}, {manifest['blobs']} blobs")
         for name, digest in sorted(record.outputs().items()):
@@ -295,7 +295,7 @@ def cmd_rebuild_bundle(args: argparse.Namespace, settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="bundle-", dir=settings.work_dir) as tmp:
         result = rebuild_bundle(Path(args.bundle), ctx, Path(tmp))
     if args.json:
-        _out(result.to_json())
+        print_json(result.to_json())
     else:
         for name in sorted(set(result.expected) | set(result.rebuilt)):
             mark = "same" if result.expected.get(name) == result.rebuilt.get(name) else "DIFFERENT"
@@ -304,12 +304,12 @@ def cmd_rebuild_bundle(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.same else 1
 
 
-def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add this module's commands to the ``mangos-farm`` parser."""
-    from farm.cli.main import _add, json_flag
-    from farm.crossval.recheck import DEFAULT_DIFF_TIMEOUT, DEFAULT_MAX_REPORT
+def add_recheck(sub: Subparsers) -> None:
+    from farm.crossval.diffreport import DEFAULT_DIFF_TIMEOUT, DEFAULT_MAX_REPORT
 
-    sp = _add(sub, "recheck", cmd_recheck, "rebuild published builds in a varied environment and compare digests")
+    sp = add_command(
+        sub, "recheck", cmd_recheck, "rebuild published builds in a varied environment and compare digests"
+    )
     sp.add_argument("recipes", nargs="*", help="recipe names (default: none; see --all)")
     sp.add_argument("--all", action="store_true", help="every recipe in the directory")
     sp.add_argument("--dir", default="recipes", help="the recipe directory (default: recipes)")
@@ -322,22 +322,41 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     sp.add_argument("--diffoscope-timeout", type=float, default=DEFAULT_DIFF_TIMEOUT, help="seconds per diffoscope")
     json_flag(sp)
 
-    sp = _add(sub, "publish", cmd_publish, "sign and publish this organization's attestation log")
+
+def add_publish(sub: Subparsers) -> None:
+    sp = add_command(sub, "publish", cmd_publish, "sign and publish this organization's attestation log")
     sp.add_argument("-o", "--output", required=True, help="a directory or an s3://BUCKET/PREFIX URL")
     json_flag(sp)
 
-    sp = _add(sub, "compare", cmd_compare, "compare attestations with trusted peers (exit 0 agree, 1 differ, 2 error)")
+
+def add_compare(sub: Subparsers) -> None:
+    sp = add_command(
+        sub, "compare", cmd_compare, "compare attestations with trusted peers (exit 0 agree, 1 differ, 2 error)"
+    )
     sp.add_argument("--trust", required=True, help="peers.toml: [peers.NAME] key = PEM, log = DIR|URL")
     json_flag(sp)
 
-    sp = _add(sub, "bundle", cmd_bundle, "write what another organization needs to rebuild a recipe offline")
+
+def add_bundle(sub: Subparsers) -> None:
+    sp = add_command(sub, "bundle", cmd_bundle, "write what another organization needs to rebuild a recipe offline")
     sp.add_argument("recipe", help="the recipe (it must be built)")
     sp.add_argument("-o", "--output", required=True, help="the bundle tar to write")
     sp.add_argument("--dir", default="recipes", help="the recipe directory (default: recipes)")
     sp.add_argument("--with-env", action="store_true", help="include the Debian build-environment tarball")
     json_flag(sp)
 
-    sp = _add(sub, "rebuild-bundle", cmd_rebuild_bundle, "rebuild from a bundle offline and compare its digests")
+
+def add_rebuild_bundle(sub: Subparsers) -> None:
+    sp = add_command(sub, "rebuild-bundle", cmd_rebuild_bundle, "rebuild from a bundle offline and compare its digests")
     sp.add_argument("bundle", help="a tar made by 'mangos-farm bundle'")
     sp.add_argument("--key", action="append", help="the bundling organization's builder public key (PEM); repeatable")
     json_flag(sp)
+
+
+COMMANDS = {
+    "recheck": add_recheck,
+    "publish": add_publish,
+    "compare": add_compare,
+    "bundle": add_bundle,
+    "rebuild-bundle": add_rebuild_bundle,
+}

@@ -1,42 +1,17 @@
-"""CLI commands for image assembly: `image build|sysext|verify|boot`, `trace`, `keys generate --release` (issue #5)."""
+"""``image build|lock|sysext|verify|boot`` and ``trace``: the signed MANGOS image, assembled from verified farm
+artifacts, checked, and traced back to source commits."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from farm.cli.common import Subparsers, add_command, add_group, json_flag, print_json, release_dir, trusted_keys
 from farm.settings import Settings
-
-
-def _out(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _release_dir(value: str | None, settings: Settings) -> Path:
-    from farm.trust.release_keys import default_dir
-
-    return Path(value) if value else default_dir(settings.home)
-
-
-def cmd_keys_generate_release(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.trust import release_keys
-
-    directory = _release_dir(args.release, settings)
-    if args.if_missing and not args.force and release_keys.ReleaseKeys(directory).exists():
-        keys = release_keys.ReleaseKeys(directory).check()  # complete and loadable, or a clear error
-        print(f"release keys kept in {keys.dir}:")
-    else:
-        keys = release_keys.generate(directory, force=args.force)
-        print(f"release keys written to {keys.dir} (private keys mode 0600; keep them off the workers):")
-    for name in release_keys.NAMES:
-        cert = release_keys.load_cert(keys.cert(name))
-        print(f"  {name}: {keys.key(name)}  {keys.cert(name)}  sha256:{release_keys.fingerprint(cert)}")
-    return 0
 
 
 def _sde(args: argparse.Namespace) -> int:
@@ -56,7 +31,7 @@ def _request(args: argparse.Namespace, settings: Settings) -> Any:
 
     return Request(
         out=Path(args.output),
-        release_keys=_release_dir(args.release_keys, settings),
+        release_keys=release_dir(args.release_keys, settings),
         recipes=Path(args.recipes),
         profile=args.profile or "",
         debs=tuple(Path(d) for d in args.deb or ()),
@@ -95,7 +70,7 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.output)
     atomic_write(out, lock.dumps(locked).encode())
     if args.json:
-        _out({"lock": str(out), "digest": got.digest} | locked.to_json())
+        print_json({"lock": str(out), "digest": got.digest} | locked.to_json())
         return 0
     farm = len(locked.farm())
     print(f"{out}: {len(locked.packages)} packages locked ({farm} farm-built, {len(locked.packages) - farm} archive)"
@@ -105,7 +80,7 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _stage_status(stream: TextIO) -> Callable[[str, float | None], None]:
+def stage_status(stream: TextIO) -> Callable[[str, float | None], None]:
     """Live status of a long image build: each stage as it starts and ends, with the elapsed time."""
     start = time.monotonic()
 
@@ -127,7 +102,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
     if args.check_inputs:
         got = assemble.check_inputs(req, settings)
         if args.json:
-            _out(got.to_json())
+            print_json(got.to_json())
             return 0
         for p in got.packages:
             origin = f"farm {p.recipe}@{p.commit[:12]}" if p.origin == "farm" else "archive"
@@ -140,9 +115,9 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         if args.lock:
             print(f"exactly as locked in {args.lock} (apt resolved nothing)")
         return 0
-    result = assemble.build(req, settings, watcher=_stage_status(sys.stderr))
+    result = assemble.build(req, settings, watcher=stage_status(sys.stderr))
     if args.json:
-        _out(result.to_json())
+        print_json(result.to_json())
         return 0
     print(f"image {result.raw}")
     print(f"  version   {result.version}")
@@ -159,12 +134,12 @@ def cmd_image_sysext(args: argparse.Namespace, settings: Settings) -> int:
     from farm.image.assemble import source_date_epoch
     from farm.trust.release_keys import ReleaseKeys
 
-    keys = ReleaseKeys(_release_dir(args.release_keys, settings)).check()
+    keys = ReleaseKeys(release_dir(args.release_keys, settings)).check()
     result = sysext.build(
         args.name, Path(args.dir), Path(args.output), keys=keys, kind=args.type, sde=source_date_epoch()
     )
     if args.json:
-        _out(result.to_json())
+        print_json(result.to_json())
     else:
         print(f"{args.type} {result.raw}  root hash {result.root_hash}")
     return 0
@@ -175,7 +150,7 @@ def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     report = verify_image(Path(args.image), cert=Path(args.cert), db_cert=Path(args.db_cert) if args.db_cert else None)
     if args.json:
-        _out(report.to_json())
+        print_json(report.to_json())
     else:
         print(f"{report.image}: root hash {report.root_hash}")
         for c in report.checks:
@@ -186,12 +161,11 @@ def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     from farm.image.trace import trace
-    from farm.trust.keys import trusted_keys
 
-    trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir, [Path(k) for k in args.key or ()])
+    trusted = trusted_keys(settings, args.key)
     result = trace(Path(args.image), args.path, trusted, cert=Path(args.cert) if args.cert else None)
     if args.json:
-        _out(result)
+        print_json(result)
         return 0
     print(f"{result['path']}")
     if result.get("image_signature"):
@@ -207,42 +181,13 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _wrap_keys_generate(groups: dict[str, Any]) -> None:
-    """Add ``--release [DIR]`` to the existing ``keys generate``; without it, the builder-key handler runs."""
-    sp = groups["keys"].choices["generate"]
-    builder_handler = sp.get_default("handler")
-    sp.add_argument(
-        "--release",
-        nargs="?",
-        const="",
-        metavar="DIR",
-        help="make the release keys (verity signing, Secure Boot db) instead; DIR defaults to HOME/release",
+def add_image(sub: Subparsers) -> None:
+    from farm.cli.image_boot import add_boot
+
+    image = add_group(sub, "image", "assemble, sign and check MANGOS images", "image_cmd")
+    sp = add_command(
+        image, "build", cmd_image_build, "assemble the signed MANGOS disk image from verified farm artifacts"
     )
-
-    def handler(args: argparse.Namespace, settings: Settings) -> int:
-        if args.release is not None:
-            return cmd_keys_generate_release(args, settings)
-        rc: int = builder_handler(args, settings)
-        return rc
-
-    sp.set_defaults(handler=handler)
-
-
-def register(sub: Any, groups: dict[str, Any]) -> None:
-    """Add this module's commands to the ``mangos-farm`` parser."""
-    from farm.cli.main import json_flag
-
-    _wrap_keys_generate(groups)
-    image = sub.add_parser("image", help="assemble, sign and check MANGOS images").add_subparsers(
-        dest="image_cmd", required=True
-    )
-
-    def add(name: str, handler: Any, help: str, parent: Any = image) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
-        sp.set_defaults(handler=handler)
-        return sp
-
-    sp = add("build", cmd_image_build, "assemble the signed MANGOS disk image from verified farm artifacts")
     sp.add_argument("-o", "--output", default="out", help="output directory (default out/)")
     sp.add_argument("--release-keys", metavar="DIR", help="release keys (default HOME/release)")
     sp.add_argument("--profile", choices=["docker"], help="also build this profile's sysext")
@@ -255,14 +200,18 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     sp.add_argument("--lock", metavar="FILE", help="install exactly the packages of this image lock (no apt resolving)")
     json_flag(sp)
 
-    sp = add("lock", cmd_image_lock, "resolve the image's packages once and write an image lock (like Cargo.lock)")
+    sp = add_command(
+        image, "lock", cmd_image_lock, "resolve the image's packages once and write an image lock (like Cargo.lock)"
+    )
     sp.add_argument("-o", "--output", default="image.lock", help="the lock file to write (default image.lock)")
     sp.add_argument("--profile", choices=["docker"], help="also lock this profile's sysext packages")
     sp.add_argument("--deb", action="append", help="a fetched farm .deb (its .intoto.json beside it); repeatable")
     sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
     json_flag(sp)
 
-    sp = add("sysext", cmd_image_sysext, "a signed system/configuration extension image from a directory")
+    sp = add_command(
+        image, "sysext", cmd_image_sysext, "a signed system/configuration extension image from a directory"
+    )
     sp.add_argument("name", help="extension name (extension-release.NAME)")
     sp.add_argument("dir", help="tree to ship (usr/... for a sysext, etc/... for a confext)")
     sp.add_argument("-o", "--output", default="out", help="output directory (default out/)")
@@ -270,21 +219,22 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     sp.add_argument("--release-keys", metavar="DIR", help="release keys (default HOME/release)")
     json_flag(sp)
 
-    sp = add("verify", cmd_image_verify, "check an image: verity tree, root hash signature, UKI")
+    sp = add_command(image, "verify", cmd_image_verify, "check an image: verity tree, root hash signature, UKI")
     sp.add_argument("image", help="mangos_VERSION.raw")
     sp.add_argument("--cert", required=True, help="the release verity certificate (verity.crt)")
     sp.add_argument("--db-cert", help="the Secure Boot db certificate (db.crt): also check the UKI signature")
     json_flag(sp)
 
-    # image boot: added by the boot-chain stream (5B) below this line
-    # ---------------------------------------------------------------
-    from farm.cli.image_boot import add_boot_command
+    add_boot(image)
 
-    add_boot_command(image, add)
 
-    sp = add("trace", cmd_trace, "trace a file in an image to the source commit it was built from", parent=sub)
+def add_trace(sub: Subparsers) -> None:
+    sp = add_command(sub, "trace", cmd_trace, "trace a file in an image to the source commit it was built from")
     sp.add_argument("image", help="mangos_VERSION.raw")
     sp.add_argument("path", help="absolute path inside the image, e.g. /usr/bin/hello")
     sp.add_argument("--key", action="append", help="extra trusted builder public key (PEM); repeatable")
     sp.add_argument("--cert", help="release verity certificate: first check the image's root is the signed one")
     json_flag(sp)
+
+
+COMMANDS = {"image": add_image, "trace": add_trace}

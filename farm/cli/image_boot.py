@@ -1,18 +1,17 @@
-"""``mangos-farm image boot RAW``: boot an image in QEMU/OVMF with our Secure Boot keys, report from the serial console.
+"""``image boot RAW``: boot an image in QEMU/OVMF with our Secure Boot keys, report from the serial console.
 
-Kept apart from ``farm/cli/image.py`` (the assembly commands) because it is the boot-chain stream's command; that
-module calls :func:`add_boot_command` from its ``register``.
+Apart from the assembly commands in ``farm.cli.image``, whose ``image`` group adds this command with
+:func:`add_boot`. A boot never writes the image; ``--machine`` boots a persistent writable copy of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from farm.cli.common import Subparsers, add_command, json_flag, print_json, release_dir
 from farm.errors import E, FarmError
 from farm.settings import Settings
 
@@ -86,7 +85,7 @@ def _db_certs(args: argparse.Namespace, settings: Settings) -> tuple[Path, ...]:
 
 def _report(args: argparse.Namespace, result: Any, expected: Any) -> int:
     if args.json:
-        print(json.dumps({**result.to_json(), "expected": str(expected)}, indent=2, sort_keys=True))
+        print_json({**result.to_json(), "expected": str(expected)})
     else:
         sb = "off" if args.no_secure_boot else "on"
         print(f"outcome   {result.outcome} after {result.seconds:.1f}s (Secure Boot {sb})")
@@ -101,15 +100,12 @@ def _report(args: argparse.Namespace, result: Any, expected: Any) -> int:
 def _default_db_cert(args: argparse.Namespace, settings: Settings) -> Path:
     from farm.trust import release_keys
 
-    directory = Path(args.release_keys) if args.release_keys else release_keys.default_dir(settings.home)
-    return release_keys.ReleaseKeys(directory).db_cert
+    return release_keys.ReleaseKeys(release_dir(args.release_keys, settings)).db_cert
 
 
-def add_boot_command(image: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register ``image boot`` on the ``image`` subparsers with the caller's ``add(name, handler, help, parent)``."""
-    from farm.cli.main import json_flag
-
-    sp = add("boot", cmd_image_boot, "boot an image in QEMU/OVMF with our Secure Boot keys enrolled", image)
+def add_boot(image: Subparsers) -> None:
+    """Add ``boot`` to the subparsers of the ``image`` group."""
+    sp = add_command(image, "boot", cmd_image_boot, "boot an image in QEMU/OVMF with our Secure Boot keys enrolled")
     sp.add_argument("image", help="mangos_VERSION.raw (attached read-only: a boot never changes it)")
     sp.add_argument("--release-keys", metavar="DIR", help="whose db.crt to enroll (default HOME/release)")
     sp.add_argument("--db-cert", action="append", help="enroll this db certificate instead (PEM); repeatable")

@@ -33,18 +33,24 @@ class Candidate:
 
 
 def effective_level(c: Candidate, now: float, aging: float) -> float:
-    # Whole levels: within a level the critical path decides. (A continuous bonus made every build that became
-    # ready earlier outrank a longer critical path, i.e. oldest-first; bench_sched measured 1.27 x the bound.)
+    """The lane's level plus one per whole ``aging`` seconds waited. Whole levels, so that within a level the
+    critical path decides (a continuous bonus would rank every earlier-ready build first: oldest-first)."""
     waited = max(0.0, now - c.ready_since)
     return float(c.lane.level + (waited // aging if aging > 0 else 0))
 
 
+# The order of ready builds, best first, written once here and used by every caller (order, pick):
+#   1. highest effective level (lane plus aging);
+#   2. longest critical path;
+#   3. oldest (earliest ready);
+#   4. run id, then name (a total order: the same inputs always give the same order).
+def priority(c: Candidate, now: float, aging: float) -> tuple[float, float, float, str, str]:
+    return (-effective_level(c, now, aging), -c.critical_path, c.ready_since, c.run_id, c.name)
+
+
 def order(candidates: Iterable[Candidate], now: float, aging: float) -> list[Candidate]:
-    """Highest effective level first; then longest critical path; then oldest; then name (stable)."""
-    return sorted(
-        candidates,
-        key=lambda c: (-effective_level(c, now, aging), -c.critical_path, c.ready_since, c.run_id, c.name),
-    )
+    """The candidates best first, by :func:`priority`."""
+    return sorted(candidates, key=lambda c: priority(c, now, aging))
 
 
 def pick(candidates: Sequence[Candidate], free_slots: dict[str, int], now: float, aging: float) -> list[Candidate]:

@@ -12,14 +12,30 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from farm.coordinator.kv import KV
 from farm.coordinator.plan import Decision, Plan
 from farm.coordinator.policy import Lane
 from farm.errors import E, FarmError
+
+_T = TypeVar("_T")
+
+
+def _encode(record: Any) -> bytes:
+    """The persisted form of a run or job: its fields as JSON, keys sorted."""
+    return json.dumps(asdict(record), sort_keys=True).encode()
+
+
+def _decode(cls: type[_T], data: bytes, **enums: Callable[[str], Any]) -> _T:
+    """The inverse of :func:`_encode`, the fields named in ``enums`` turned back into their enum."""
+    raw = json.loads(data)
+    for name, kind in enums.items():
+        raw[name] = kind(raw[name])
+    return cls(**raw)
 
 
 class State(enum.StrEnum):
@@ -75,13 +91,11 @@ class Job:
     log_tail: str = ""
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return _encode(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Job:
-        raw = json.loads(data)
-        raw["state"] = State(raw["state"])
-        return cls(**raw)
+        return _decode(cls, data, state=State)
 
     def summary(self, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -120,13 +134,11 @@ class Run:
     finished: float | None = None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return _encode(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Run:
-        raw = json.loads(data)
-        raw["lane"] = Lane(raw["lane"])
-        return cls(**raw)
+        return _decode(cls, data, lane=Lane)
 
 
 def run_header(run: Run, jobs: dict[str, Job]) -> dict[str, Any]:

@@ -1,2 +1,2 @@
-"""Cross-validation of the supply chain (issue #7): attestation logs, peer comparison, K-of-N admission,
+"""Cross-validation of the supply chain: attestation logs, peer comparison, K-of-N admission,
 reproducibility rechecks with varied environments, and offline rebuild bundles."""

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.build.execute import BuildRequest, DependencyInput, WorkerContext, execute_build
-from farm.errors import E, FarmError
+from farm.build import BuildRequest, DependencyInput
+from farm.build.context import WorkerContext
+from farm.build.execute import execute_build
+from farm.errors import E, FarmError, StoreError
 from farm.fsutil import atomic_write
 from farm.identity import build_key
 from farm.log import step
@@ -58,7 +60,7 @@ def manifest_for(req: BuildRequest, record: BuildRecord, arch: str) -> dict[str,
 
 def _git_bundle(mirror: Path, commit: str, ref: str, dest: Path, work: Path) -> None:
     """A git bundle with the history of ``commit`` and the recipe's ``ref`` (checked against it), nothing else."""
-    require_tool("git", "git")
+    require_tool("git")
     tmp = work / "bundle.git"
     run(["git", "init", "-q", "--bare", tmp])
     refs = [BUNDLE_REF]
@@ -98,7 +100,7 @@ def make_bundle(
     for dep in req.dependencies:
         found = store.get_record(dep.build_key)
         if found is None:
-            raise FarmError(
+            raise StoreError(
                 E.STORE_MISSING,
                 f"the dependency build {dep.recipe} ({dep.build_key[:16]}) has no record in {store.url}",
                 hint="rebuild the recipe set first ('mangos-farm rebuild')",

@@ -20,7 +20,8 @@ from typing import Any
 
 from farm.crossval import remote
 from farm.crossval.log import ENTRIES, HEAD, Entry, Head, InputsKey, check_consistent, comparable, read_verified
-from farm.crossval.peers import SELF, Peer
+from farm.crossval.peers import SELF, Peer, load_peers
+from farm.crossval.publish import sync
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.settings import Settings
@@ -85,8 +86,6 @@ def fetch_peer(settings: Settings, peer: Peer) -> PeerLog:
 
 
 def own_log(settings: Settings) -> PeerLog:
-    from farm.crossval.publish import sync
-
     own = sync(settings)
     return PeerLog(SELF, OK, own.by_key(), len(own.entries))
 
@@ -142,8 +141,6 @@ def compare(settings: Settings, peers: Sequence[Peer]) -> dict[str, Any]:
 
 
 def check_trust_file(trust: Path) -> list[Peer]:
-    from farm.crossval.peers import load_peers
-
     if not trust.exists():
         raise FarmError(E.PEERS_CONFIG, "no such peers file", file=trust, hint="pass --trust PATH/peers.toml")
     return load_peers(trust)

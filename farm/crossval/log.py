@@ -26,7 +26,7 @@ from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.identity import canonical_json, sha256_hex
 from farm.trust.keys import BuilderKey, PublicKey
-from farm.trust.provenance import pae
+from farm.trust.provenance import pae, verify_envelope
 
 ENTRIES = "log.jsonl"
 HEAD = "head.json"
@@ -296,8 +296,6 @@ def read_verified(entries_data: bytes, head_data: bytes, key: PublicKey, source:
 
 def check_statements(entries: Iterable[Entry], keys: Sequence[PublicKey], source: str) -> None:
     """Each entry's outputs must be exactly the subjects of its provenance, signed by the organization's key."""
-    from farm.trust.provenance import verify_envelope
-
     for e in entries:
         try:
             verified = verify_envelope(e.envelope, keys)

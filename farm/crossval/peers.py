@@ -12,11 +12,11 @@ Every problem is reported at once, each with the file, the field and the fix.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import E, ErrorGroup, FarmError
+from farm.tomlfile import load_toml
 from farm.trust.keys import PublicKey, load_public
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -40,14 +40,7 @@ def _resolve_log(value: str, base: Path) -> str:
 
 
 def load_peers(path: Path) -> list[Peer]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise FarmError(
-            E.PEERS_CONFIG, f"cannot read the peers file: {exc.strerror}", file=path, hint="check the --trust path"
-        ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FarmError(E.PEERS_CONFIG, f"not valid TOML: {exc}", file=path, hint="fix the syntax") from None
+    data = load_toml(path, E.PEERS_CONFIG, what="peers file", hint="fix the syntax", read_hint="check the --trust path")
     errors: list[FarmError] = []
     unknown = sorted(set(data) - {"peers"})
     for k in unknown:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from farm.crossval import remote
 from farm.crossval.log import ENTRIES, HEAD, InputsKey, Log
-from farm.errors import E, FarmError
+from farm.errors import E, FarmError, StoreError
 from farm.log import step
 from farm.settings import Settings
 from farm.store import BuildRecord, Store, open_store
+from farm.store.local import LocalStore
 from farm.trust.keys import BuilderKey, load_builder
 from farm.trust.provenance import verify_envelope
 
@@ -30,8 +31,7 @@ def log_dir(settings: Settings) -> Path:
 
 def all_records(store: Store) -> list[BuildRecord]:
     """Every build record in the store, in a stable order (recipe, finish time, key)."""
-    from farm.store.local import LocalStore
-    from farm.store.s3 import S3Store
+    from farm.store.s3 import S3Store  # here, not at the top: it loads boto3, which a local store never needs
 
     keys: set[str] = set()
     if isinstance(store, LocalStore):
@@ -74,7 +74,7 @@ def _sync_locked(settings: Settings, store: Store, key: BuilderKey, own: Log) ->
             if inputs in logged_inputs:
                 continue
             if verified.subjects() != record.outputs():
-                raise FarmError(
+                raise StoreError(
                     E.STORE_CORRUPT,
                     f"record {record.build_key} ({record.recipe}): outputs differ from its signed provenance",
                     hint="the store was altered; investigate before publishing",

@@ -18,6 +18,7 @@ MAX_LOG_BYTES = 1 << 30
 
 
 def _s3(location: str) -> tuple[object, str, str]:
+    # boto3 and botocore are imported only for s3:// locations (here and below): they are slow to load
     from farm.store.s3 import S3Store, parse_s3_url
 
     bucket, prefix = parse_s3_url(location)

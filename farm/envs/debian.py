@@ -20,18 +20,18 @@ import re
 import tarfile
 import tempfile
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.errors import E, ErrorGroup, FarmError
+from farm.errors import E, ErrorGroup, FarmError, StoreError
 from farm.fsutil import atomic_write
 from farm.identity import canonical_json, sha256_hex
 from farm.log import step
 from farm.run import require_tool, run
 from farm.store import Store
+from farm.tomlfile import load_toml
 
 RECORD_SCHEMA = "https://mangos.dev/farm/env-record/v1"
 BUILD_TIMEOUT = 1800
@@ -168,21 +168,13 @@ def parse_spec(name: str, data: Mapping[str, Any], path: Path | str | None = Non
 
 
 def load_spec(path: Path) -> EnvSpec:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise FarmError(
-            E.ENV_UNKNOWN,
-            f"cannot read the environment definition: {exc.strerror}",
-            file=path,
-            hint="pass the name of a file in the envs directory (e.g. bookworm-amd64), or use --envs DIR",
-        ) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise FarmError(
-            E.ENV_SPEC, f"invalid TOML: {exc}", file=path, hint="fix the syntax at the position shown"
-        ) from None
+    data = load_toml(
+        path,
+        E.ENV_SPEC,
+        what="environment definition",
+        read_code=E.ENV_UNKNOWN,
+        read_hint="pass the name of a file in the envs directory (e.g. bookworm-amd64), or use --envs DIR",
+    )
     return parse_spec(path.stem, data, path)
 
 
@@ -348,7 +340,7 @@ def build_env(
     host_env: Mapping[str, str] | None = None,
 ) -> EnvRecord:
     """Make the environment, store its tarball and its record, and return the record."""
-    tool = require_tool("mmdebstrap", "mmdebstrap")
+    tool = require_tool("mmdebstrap")
     workdir.mkdir(parents=True, exist_ok=True)
     mode = "root" if os.geteuid() == 0 else "unshare"
     start = time.monotonic()
@@ -367,7 +359,7 @@ def build_env(
             blob = record.content_bytes()
             record_digest = store.put_bytes(blob)
             if record_digest != sha256_hex(blob):
-                raise FarmError(E.STORE_CORRUPT, "the store returned a wrong digest for the record", hint="check it")
+                raise StoreError(E.STORE_CORRUPT, "the store returned a wrong digest for the record", hint="check it")
         record = EnvRecord(
             record.name,
             record.digest,

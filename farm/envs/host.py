@@ -26,7 +26,7 @@ class Environment:
 
 
 def installed_packages() -> list[str]:
-    require_tool("dpkg-query", "dpkg")
+    require_tool("dpkg-query")
     out = run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package} ${Version} ${Architecture}\n"]).text
     pkgs = []
     for line in out.splitlines():

@@ -166,7 +166,7 @@ def software_tpm(state: Path) -> Iterator[Path]:
     ``state`` persists the TPM (its seeds, hence what was sealed to it): reuse the directory for the next boot of the
     same disk, as a machine keeps its TPM.
     """
-    require_tool("swtpm", "swtpm")
+    require_tool("swtpm")
     state.mkdir(parents=True, exist_ok=True)
     sock, pidfile = state / "swtpm.sock", state / "swtpm.pid"
     sock.unlink(missing_ok=True)
@@ -245,7 +245,7 @@ def boot(
     ``writable`` lets the guest write the image (first-boot repart's partitions persist for the next boot): pass a
     copy, never a release artifact.
     """
-    require_tool("qemu-system-x86_64", "qemu-system-x86")
+    require_tool("qemu-system-x86_64")
     if not image.is_file():
         raise FarmError(E.IMAGE_INPUT, f"no image at {image}", file=str(image))
     work = workdir or Path(tempfile.mkdtemp(prefix="mangos-boot-"))

@@ -28,7 +28,7 @@ def mkfs_argv(tree: Path, out: Path, *, sde: int, uuid_: str, compress: str = "l
 
 def make(tree: Path, out: Path, *, sde: int, seed: str, compress: str = "lz4hc") -> Path:
     """Make ``out`` from ``tree``; xattrs are dropped (-x-1) so host labels never leak into the image."""
-    require_tool("mkfs.erofs", "erofs-utils")
+    require_tool("mkfs.erofs")
     out.unlink(missing_ok=True)
     run(mkfs_argv(tree, out, sde=sde, uuid_=fs_uuid(seed), compress=compress))
     pad_to_block(out)

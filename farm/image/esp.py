@@ -39,8 +39,8 @@ def copy_plan(tree: Path) -> tuple[list[str], list[tuple[Path, str]]]:
 
 
 def make(tree: Path, out: Path, *, sde: int, volume_id: str = "4d414e47") -> Path:
-    require_tool("mkfs.vfat", "dosfstools")
-    require_tool("mcopy", "mtools")
+    require_tool("mkfs.vfat")
+    require_tool("mcopy")
     out.unlink(missing_ok=True)
     run(mkfs_argv(out, size_for(tree), volume_id))
     env = {

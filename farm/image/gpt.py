@@ -102,7 +102,7 @@ def sfdisk_script(placed: Sequence[Placed], label_id: str) -> str:
 
 def write_disk(out: Path, partitions: Sequence[Partition], *, label_id: str, free: int = 0) -> list[Placed]:
     """Write the table and the contents; the file is sparse (``free`` and empty slots cost no disk)."""
-    require_tool("sfdisk", "fdisk")
+    require_tool("sfdisk")
     for part in partitions:
         if part.size % SECTOR:
             raise FarmError(E.IMAGE_BUILD, f"partition {part.name} size {part.size} is not whole sectors")
@@ -138,7 +138,7 @@ class TableEntry:
 
 def read_table(disk: Path) -> list[TableEntry]:
     """The partitions of a GPT disk image, as sfdisk reads them."""
-    require_tool("sfdisk", "fdisk")
+    require_tool("sfdisk")
     result = run(["sfdisk", "--json", str(disk)], check=False)
     if result.returncode != 0:
         raise FarmError(E.IMAGE_VERIFY, "no partition table readable", file=disk, hint="is this a MANGOS .raw image?")

@@ -15,116 +15,30 @@ lock (:mod:`farm.image.lock`) the archive pins are taken from the lock instead a
 from __future__ import annotations
 
 import base64
-import glob
-import hashlib
 import json
 import logging
-import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.archive import Pin, archive_checksums, deb_name, ensure_pins, parse_simulation
-from farm.errors import E, FarmError
-from farm.image.lock import ImageLock, LockedPackage
+from farm.archive import Pin, deb_name, ensure_pins, essential_packages, pin_from_index, resolve_install
+from farm.errors import E, FarmError, TrustError
+from farm.image.lock import ImageLock
+from farm.image.packages import ARCHIVE, FARM, Inputs, Package
 from farm.log import step
 from farm.run import run
-from farm.sources.dsc import APT_LISTS, apt_cat_argv
+from farm.sources.apt import APT_LISTS
 from farm.store import BuildRecord, Store
+from farm.tomlfile import load_toml
 from farm.trust import keyring
 from farm.trust.keys import PublicKey
 from farm.trust.verify import ENVELOPE_SUFFIX, verify_file
 
 log = logging.getLogger(__name__)
 
-FARM = "farm"
-ARCHIVE = "archive"
 # What every MANGOS image carries beyond the Essential set and the boot payload: the farm's demonstration package.
 BASE_PACKAGES: tuple[str, ...] = ("hello",)
 PROFILES: dict[str, tuple[str, ...]] = {"docker": ("docker.io",)}
-
-
-@dataclass(frozen=True)
-class Package:
-    name: str
-    version: str
-    arch: str
-    sha256: str
-    origin: str  # FARM or ARCHIVE
-    path: Path
-    recipe: str = ""
-    commit: str = ""
-    build_key: str = ""
-    builder: str = ""
-    keyid: str = ""
-    statement: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def filename(self) -> str:
-        return self.path.name
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "name": self.name,
-            "version": self.version,
-            "arch": self.arch,
-            "sha256": self.sha256,
-            "origin": self.origin,
-            "file": self.filename,
-        }
-        if self.origin == FARM:
-            data |= {
-                "recipe": self.recipe,
-                "commit": self.commit,
-                "build_key": self.build_key,
-                "builder": self.builder,
-                "keyid": self.keyid,
-            }
-        return data
-
-
-@dataclass(frozen=True)
-class Inputs:
-    packages: tuple[Package, ...]
-    requested: tuple[str, ...]
-    # What else an image lock records (not part of the digest: the image itself does not change with them).
-    recipes: tuple[tuple[str, str], ...] = ()  # every Debian recipe -> pinned commit
-    profile: str = ""
-    profile_requested: tuple[str, ...] = ()
-    profile_packages: tuple[Package, ...] = ()  # the profile sysext's archive packages, beyond the base image
-
-    @property
-    def digest(self) -> str:
-        """Identifies the package set: the rootfs cache key and the image version derive from it."""
-        doc = [[p.name, p.version, p.arch, p.sha256] for p in self.packages]
-        return hashlib.sha256(json.dumps([doc, list(self.requested)]).encode()).hexdigest()
-
-    def farm(self) -> list[Package]:
-        return [p for p in self.packages if p.origin == FARM]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "digest": self.digest,
-            "requested": list(self.requested),
-            "packages": [p.to_json() for p in self.packages],
-        }
-
-    def lock(self, sde: int) -> ImageLock:
-        """The lock that repeats this resolution (``out/image.lock`` of a build, ``mangos-farm image lock``)."""
-
-        def locked(p: Package) -> LockedPackage:
-            return LockedPackage(p.name, p.arch, p.version, p.sha256, p.origin, p.recipe, p.commit)
-
-        return ImageLock(
-            source_date_epoch=sde,
-            requested=self.requested,
-            packages=tuple(sorted(locked(p) for p in self.packages)),
-            recipes=self.recipes,
-            profile=self.profile,
-            profile_requested=self.profile_requested,
-            profile_packages=tuple(sorted(locked(p) for p in self.profile_packages)),
-        )
 
 
 # -- farm-built .debs ---------------------------------------------------------------------------------------------
@@ -132,10 +46,7 @@ def debian_recipes(recipes_dir: Path) -> dict[str, str]:
     """name -> pinned commit of every Debian recipe (``[build] kind = "debian"``) in the directory tree."""
     found = {}
     for path in sorted(recipes_dir.rglob("*.toml")):
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise FarmError(E.RECIPE_SYNTAX, f"cannot read recipe: {exc}", file=path, hint="fix the TOML") from None
+        data = load_toml(path, E.RECIPE_SYNTAX, what="recipe", hint="fix the TOML")
         if data.get("build", {}).get("kind") == "debian" and data.get("source", {}).get("commit"):
             found[str(data["name"])] = str(data["source"]["commit"])
     return found
@@ -185,7 +96,7 @@ def farm_debs(store: Store, recipes_dir: Path, trusted: Sequence[PublicKey], des
             envelope_path.write_bytes(envelope)
             verified = verify_file(path, trusted)
             if (verified.recipe, verified.commit) != (recipe, commit):
-                raise FarmError(
+                raise TrustError(
                     E.ARTIFACT_REFUSED,
                     f"{artifact.name} is signed as {verified.recipe} at {verified.commit[:12]}, but the store's "
                     f"index lists it for {recipe} at {commit[:12]}",
@@ -223,70 +134,7 @@ def verify_local(paths: Iterable[Path], trusted: Sequence[PublicKey]) -> dict[st
     return found
 
 
-# -- the closure ---------------------------------------------------------------------------------------------------
-def essential_packages(lists_dir: Path = APT_LISTS) -> list[str]:
-    """Every ``Essential: yes`` package of the archive's Packages indexes (what a Debian system cannot lack)."""
-    names: set[str] = set()
-    for path in sorted(glob.glob(str(lists_dir / "*_Packages*"))):
-        current = ""
-        for line in run(apt_cat_argv(Path(path))).text.splitlines():
-            if line.startswith("Package: "):
-                current = line[9:].strip()
-            elif line.strip() == "Essential: yes" and current:
-                names.add(current)
-    if not names:
-        raise FarmError(
-            E.ARCHIVE_UNKNOWN,
-            f"no Packages index with Essential packages in {lists_dir}",
-            hint="run 'apt-get update' (make apt sets up the archive)",
-        )
-    return sorted(names)
-
-
-def closure_argv(status: Path, packages: Sequence[str]) -> list[str]:
-    """apt on an empty dpkg status, in simulate mode: the exact versions a fresh install would get."""
-    return [
-        "apt-get", "-s", "-q", "--no-install-recommends",
-        "-o", f"Dir::State::status={status}",
-        "-o", "Debug::NoLocking=1",
-        "-o", "APT::Get::Show-User-Simulation-Note=false",
-        "install", *packages,
-    ]  # fmt: skip
-
-
-def closure(packages: Sequence[str], work: Path) -> list[Pin]:
-    status = work / "empty-status"
-    status.write_bytes(b"")
-    result = run(closure_argv(status, packages), check=False, env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/bin"})
-    if result.returncode != 0:
-        raise FarmError(
-            E.ARCHIVE_UNSATISFIABLE,
-            "the image's packages cannot be installed together: " + result.stdout.decode()[-1500:].strip(),
-            hint="check the package names (payload, profile) and run 'apt-get update'",
-        )
-    return parse_simulation(result.text)
-
-
-def pin_archive(pins: Sequence[Pin], store: Store) -> list[Pin]:
-    """Give each resolved pin its sha256 from the archive's Packages index (apt verified it against InRelease).
-
-    Nothing is downloaded. Should two indexes list different bytes for one version, the one already stored wins,
-    else the lowest digest: the download check (:func:`fetch_pinned`) holds the bytes to whichever is pinned."""
-    sums = archive_checksums(pins)
-    out = []
-    for pin in pins:
-        candidates = sorted(sums.get((pin.package, pin.version, pin.arch), set()))
-        if not candidates:
-            raise FarmError(
-                E.ARCHIVE_UNKNOWN,
-                f"{pin.spec} ({pin.arch}) is in no Packages index apt holds",
-                hint="run 'apt-get update' and check 'apt-cache policy " + pin.package + "'",
-            )
-        known = [s for s in candidates if store.has_blob(s)]
-        out.append(Pin(pin.package, pin.version, pin.arch, (known or candidates)[0]))
-    return sorted(out)
-
-
+# -- archive packages ----------------------------------------------------------------------------------------------
 def fetch_pinned(pins: Sequence[Pin], store: Store, dest: Path, lock: ImageLock | None = None) -> list[Package]:
     """The pins' .debs from the store; missing ones are downloaded by exact version and must hash as pinned.
 
@@ -299,7 +147,7 @@ def fetch_pinned(pins: Sequence[Pin], store: Store, dest: Path, lock: ImageLock 
             except FarmError as exc:
                 if lock is None:
                     raise
-                raise FarmError(
+                raise FarmError.of(
                     exc.code,
                     f"a locked archive package cannot be had as locked: {exc.message}",
                     file=lock.where,
@@ -324,7 +172,7 @@ def fetch_pinned(pins: Sequence[Pin], store: Store, dest: Path, lock: ImageLock 
 
 def archive_debs(pins: Sequence[Pin], store: Store, dest: Path) -> list[Package]:
     """The pins' .debs from the store, downloading (and checking against the archive index) what is missing."""
-    return fetch_pinned(pin_archive(pins, store), store, dest)
+    return fetch_pinned(pin_from_index(pins, store), store, dest)
 
 
 def requested_packages(extra: Sequence[str], payload: Sequence[str], lists_dir: Path = APT_LISTS) -> list[str]:
@@ -375,7 +223,7 @@ def gather(
         )
     requested = requested_packages(extra, payload)
     with step("resolving the package closure", log, requested=len(requested)):
-        pins = closure(requested, work)
+        pins = resolve_install(requested, work)
     from_archive = [p for p in pins if p.package not in farm]
     packages = [farm[p.package] for p in pins if p.package in farm]
     with step("pinning archive packages", log, count=len(from_archive)):
@@ -384,7 +232,7 @@ def gather(
     if names:
         with step("resolving the profile's packages", log, profile=profile):
             have = {p.name for p in packages}
-            more = [p for p in closure([*requested, *names], work) if p.package not in have]
+            more = [p for p in resolve_install([*requested, *names], work) if p.package not in have]
             profile_packages = _archive(more, store, work / "profile", fetch)
     return Inputs(
         tuple(sorted(packages, key=lambda p: p.name)), tuple(requested), tuple(sorted(recipes.items())), profile,
@@ -396,7 +244,8 @@ def _archive(pins: Sequence[Pin], store: Store, dest: Path, fetch: bool) -> list
     if fetch:
         return archive_debs(pins, store, dest)
     return [
-        Package(p.package, p.version, p.arch, p.sha256, ARCHIVE, dest / deb_name(p)) for p in pin_archive(pins, store)
+        Package(p.package, p.version, p.arch, p.sha256, ARCHIVE, dest / deb_name(p))
+        for p in pin_from_index(pins, store)
     ]
 
 
@@ -483,3 +332,25 @@ def spdx(inputs: Inputs, *, name: str, created: str) -> dict[str, Any]:
         "documentDescribes": [p["SPDXID"] for p in packages],
         "packages": packages,
     }
+
+
+__all__ = [
+    "ARCHIVE",
+    "BASE_PACKAGES",
+    "FARM",
+    "PROFILES",
+    "Inputs",
+    "Package",
+    "archive_debs",
+    "deb_fields",
+    "debian_recipes",
+    "farm_debs",
+    "fetch_pinned",
+    "gather",
+    "is_image_deb",
+    "latest_record",
+    "profile_names",
+    "requested_packages",
+    "spdx",
+    "verify_local",
+]

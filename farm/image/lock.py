@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from farm.archive import Pin
 from farm.errors import E, FarmError
+from farm.tomlfile import parse_toml
 
 LOCK_VERSION = 1
 DEFAULT_NAME = "image.lock"
@@ -242,10 +242,7 @@ def _package(path: Path, data: Any, field: str) -> LockedPackage:
 
 def parse(text: str, path: Path) -> ImageLock:
     """A lock from its text; every key and type checked, errors name the file and the field."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _bad(path, "", f"not valid TOML: {exc}") from None
+    data = parse_toml(text, path, E.IMAGE_LOCK, hint="the lock is damaged or hand-edited: " + REFRESH)
     unknown = sorted(set(data) - _TOP_KEYS - set(_PACKAGE_TABLES))
     if unknown:
         raise _bad(path, unknown[0], f"unknown key(s) {', '.join(unknown)}")

@@ -99,8 +99,8 @@ def build_tar(inputs: Inputs, *, sde: int, cache: Path, work: Path) -> Path:
     if out.is_file():
         log.info("root tree cached: %s", out)
         return out
-    require_tool("mmdebstrap", "mmdebstrap")
-    require_tool("dpkg-scanpackages", "dpkg-dev")
+    require_tool("mmdebstrap")
+    require_tool("dpkg-scanpackages")
     repo = work / "repo"
     with step("staging the local repository", log, packages=len(inputs.packages)):
         stage_repo(inputs, repo)

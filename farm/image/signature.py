@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from farm.errors import E, FarmError
+from farm.errors import E, FarmError, TrustError
+from farm.identity import canonical_json
 from farm.trust.release_keys import fingerprint
 
 PARTITION_SIZE = 4096
@@ -48,7 +49,7 @@ def partition_bytes(root_hash: str, der: bytes, cert: x509.Certificate) -> bytes
         "certificateFingerprint": fingerprint(cert),
         "signature": base64.b64encode(der).decode(),
     }
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    body = canonical_json(doc) + b"\n"
     if len(body) > PARTITION_SIZE:
         raise FarmError(E.IMAGE_BUILD, f"signature JSON is {len(body)} bytes, more than {PARTITION_SIZE}")
     return body + b"\0" * (PARTITION_SIZE - len(body))
@@ -137,7 +138,7 @@ def verify_root_hash(root_hash: str, der: bytes, cert: x509.Certificate) -> None
         raise FarmError(E.IMAGE_VERIFY, f"signature digest {info.digest_oid} is not sha256", hint="re-sign the image")
     public = cert.public_key()
     if not isinstance(public, rsa.RSAPublicKey):
-        raise FarmError(E.RELEASE_KEY, "the certificate's key is not RSA", hint="pass the release verity.crt")
+        raise TrustError(E.RELEASE_KEY, "the certificate's key is not RSA", hint="pass the release verity.crt")
     try:
         public.verify(info.signature, root_hash.encode(), padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:

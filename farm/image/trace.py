@@ -85,7 +85,7 @@ def md5_matches(root: Path, package: str, listed: str) -> bool | None:
 
 
 def extract_root(raw: Path, dest: Path) -> Path:
-    require_tool("fsck.erofs", "erofs-utils")
+    require_tool("fsck.erofs")
     table = gpt.read_table(raw)
     live = [e for e in table if e.type == gpt.ROOT_X86_64 and e.name != gpt.EMPTY_LABEL]
     if not live:

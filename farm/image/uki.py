@@ -89,7 +89,7 @@ def build_initrd(root: Path, *, kver: str, sde: int, workdir: Path) -> Path:
     """Run dracut (from the image root, with the payload's dracut.conf.d) and return the initrd path."""
     if os.geteuid() != 0:
         raise FarmError(E.IMAGE_BUILD, "building the initrd needs root (overlay mount and chroot)")
-    require_tool("unshare", "util-linux")
+    require_tool("unshare")
     if not (root / "usr/bin/dracut").exists():
         raise FarmError(
             E.IMAGE_BUILD, f"dracut is not installed in {root}", hint="add dracut-core to the image packages"
@@ -157,8 +157,8 @@ def pin_pe_timestamp(path: Path, sde: int) -> None:
 
 def sign_efi(src: Path, *, key: Path, cert: Path, sde: int, out: Path) -> Path:
     """Sign an EFI binary for Secure Boot with reproducible bytes."""
-    require_tool("sbsign", "sbsigntool")
-    require_tool("faketime", "faketime")
+    require_tool("sbsign")
+    require_tool("faketime")
     run(sbsign_argv(key=key, cert=cert, sde=sde, src=src, out=out))
     return out
 
@@ -180,7 +180,7 @@ def assemble_uki(
     *, root: Path, kver: str, initrd: Path, cmdline: str, workdir: Path, sde: int, stub: Path = STUB
 ) -> Path:
     """objcopy the sections into the stub; returns the unsigned UKI with a pinned PE timestamp."""
-    require_tool("objcopy", "binutils")
+    require_tool("objcopy")
     if not stub.exists():
         raise FarmError(E.TOOL_MISSING, f"the EFI stub {stub} is missing", hint="apt-get install systemd-boot-efi")
     osrel, cmd = workdir / "os-release", workdir / "cmdline.txt"

@@ -84,7 +84,7 @@ CMDLINE_ROOTHASH = re.compile(r"(?:^|\s)roothash=([0-9a-f]{64})(?:\s|$)")
 
 def extract_esp_file(raw: Path, esp_entry: gpt.TableEntry, pattern: str, dest: Path) -> Path | None:
     """Copy the first ESP file under EFI/Linux matching ``pattern`` out of the vfat image (mtools, no mount)."""
-    require_tool("mcopy", "mtools")
+    require_tool("mcopy")
     esp_img = dest / "esp.img"
     esp_img.write_bytes(gpt.read_partition(raw, esp_entry))
     env = {"PATH": "/usr/bin:/bin", "MTOOLS_SKIP_CHECK": "1"}
@@ -151,7 +151,7 @@ def verify_image(raw: Path, *, cert: Path, db_cert: Path | None = None) -> Repor
         )
         report.add("uki-panic-on-corruption", "panic-on-corruption" in cmdline, cmdline)
         if db_cert is not None:
-            require_tool("sbverify", "sbsigntool")
+            require_tool("sbverify")
             result = run(["sbverify", "--cert", str(db_cert), str(uki)], check=False)
             report.add("uki-secure-boot", result.returncode == 0, (result.stdout + result.stderr).decode().strip())
         report.uki_sha256 = hashlib.sha256(uki.read_bytes()).hexdigest()

@@ -68,7 +68,7 @@ def parse_format_output(text: str) -> dict[str, str]:
 
 def format_file(data: Path, hash_file: Path, *, seed: str) -> Verity:
     """Write ``hash_file`` (verity superblock + tree) for ``data``; ``data`` must be a multiple of 4 KiB."""
-    require_tool("veritysetup", "cryptsetup-bin")
+    require_tool("veritysetup")
     size = data.stat().st_size
     if size % BLOCK:
         raise FarmError(E.IMAGE_BUILD, f"{data.name} is {size} bytes, not a multiple of {BLOCK}", file=data)

@@ -12,11 +12,8 @@ like any other git source (see :mod:`farm.sources.git`). The steps:
    ``dpkg-buildpackage`` needs no patching step of its own. For ``3.0 (quilt)`` packages the ``.pc/`` directory
    dpkg-source writes is kept in the tree on purpose: it records that the patches are applied, so a later
    ``dpkg-source --before-build`` does not try to apply them again.
-4. **Commit** with git plumbing (``write-tree`` + ``commit-tree``: no hooks, no signing, no user configuration)
-   with a fixed author and committer, the date of the top ``debian/changelog`` entry and a fixed message; tagged
-   ``debian/VERSION`` (DEP-14). Git stores only what is deterministic here: contents, the executable bit (every
-   file is normalised to 0644/0755 first), symlinks, and paths in sorted order. It cannot keep empty directories:
-   those in the source package are not in the commit, and a build that needs one must create it.
+4. **Commit** deterministically (:mod:`farm.sources.dsc_git`): a fixed author, committer and message, the date of
+   the top ``debian/changelog`` entry, tagged ``debian/VERSION`` (DEP-14).
 
 The result is a bare repository ``CACHE/dsc/NAME_VERSION.git``, built in a temporary directory next to it and
 renamed into place under a lock file, so concurrent importers of one package do the work once and a crash never
@@ -25,50 +22,42 @@ leaves a half-made repository where a reader would find it.
 
 from __future__ import annotations
 
-import email.utils
 import fcntl
-import glob
 import hashlib
 import logging
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from debian import changelog, deb822
+from debian import deb822
 
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.run import CommandFailed, run
+from farm.sources.apt import APT_HELPER, APT_LISTS, apt_cat_argv, archive_label, read_list, source_lists
+from farm.sources.dsc_git import (
+    ImportedSource,
+    changelog_date,
+    commit_message,
+    commit_tree,
+    dep14,
+    dpkg_source_argv,
+    git_argv,
+    git_env,
+    git_init_argv,
+    read_existing,
+    repo_path,
+    tag_name,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
-APT_LISTS = Path("/var/lib/apt/lists")
-APT_HELPER = "/usr/lib/apt/apt-helper"
-IMPORT_NAME = "MANGOS import"
-IMPORT_EMAIL = "import@mangos.invalid"
-UMASK = 0o022
-
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
 _VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9A-Za-z][0-9A-Za-z.+~-]*$")
-
-# Highest-precedence attributes ($GIT_DIR/info/attributes): whatever .gitattributes the source ships, no
-# end-of-line conversion, filter, ident expansion or re-encoding changes a file on its way into the commit.
-GIT_ATTRIBUTES = "* -text -eol -crlf -filter -ident -working-tree-encoding -diff -merge\n"
-
-
-@dataclass(frozen=True)
-class ImportedSource:
-    name: str
-    version: str
-    repo: Path
-    commit: str
-    tree: str
-    tag: str
-    commit_time: int
 
 
 @dataclass(frozen=True)
@@ -81,11 +70,6 @@ class IndexEntry:
     dsc_size: int
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Pure helpers: names, argv lists, environments
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def check_spec(name: str, version: str) -> None:
     """Refuse anything that is not a Debian source package name and version (also keeps options out of argv)."""
     if not _NAME_RE.match(name) or not _VERSION_RE.match(version):
@@ -96,17 +80,6 @@ def check_spec(name: str, version: str) -> None:
         )
 
 
-def dep14(version: str) -> str:
-    """A Debian version as a git ref component, per DEP-14: ':' -> '%', '~' -> '_', and '.' never ends a
-    component, doubles up or starts '.lock' ('.#' instead)."""
-    mangled = version.replace(":", "%").replace("~", "_")
-    return re.sub(r"\.(?=\.|$|lock$)", ".#", mangled)
-
-
-def tag_name(version: str) -> str:
-    return f"debian/{dep14(version)}"
-
-
 def upstream_dsc_name(name: str, version: str) -> str:
     """The .dsc file name: the epoch is not part of it."""
     return f"{name}_{version.split(':', 1)[-1]}.dsc"
@@ -114,80 +87,6 @@ def upstream_dsc_name(name: str, version: str) -> str:
 
 def apt_source_argv(name: str, version: str) -> list[str]:
     return ["apt-get", "source", "--download-only", "-q", f"{name}={version}"]
-
-
-def apt_cat_argv(path: Path) -> list[str]:
-    """apt keeps its lists compressed (lz4 here); apt-helper reads any of its formats."""
-    return [APT_HELPER, "cat-file", str(path)]
-
-
-def dpkg_source_argv(dsc: Path, dest: Path) -> list[str]:
-    """Unpack with patches applied; ``--no-copy`` leaves the tarballs out of the tree's parent directory."""
-    return ["dpkg-source", "--no-copy", "-x", str(dsc), str(dest)]
-
-
-def git_argv(git_dir: Path, *args: str, work_tree: Path | None = None) -> list[str]:
-    """Every git call: the repository explicit, and the settings that could make a commit differ pinned."""
-    argv = ["git", "--git-dir", str(git_dir)]
-    if work_tree is not None:
-        argv += ["--work-tree", str(work_tree)]
-    for setting in (
-        "core.autocrlf=false",
-        "core.safecrlf=false",
-        "core.fileMode=true",
-        "core.symlinks=true",
-        "core.precomposeUnicode=false",
-        "commit.gpgSign=false",
-        "tag.gpgSign=false",
-        "init.defaultBranch=main",
-    ):
-        argv += ["-c", setting]
-    return [*argv, *args]
-
-
-def git_init_argv(git_dir: Path) -> list[str]:
-    return ["git", "-c", "init.defaultBranch=main", "init", "-q", "--bare", str(git_dir)]
-
-
-def commit_message(name: str, version: str, archive: str) -> str:
-    return f"Import {name} {version} from {archive}\n"
-
-
-def git_env(epoch: int, offset: str) -> dict[str, str]:
-    """A clean environment: no user or system git configuration, fixed identity and dates, C locale, UTC."""
-    date = f"{epoch} {offset}"
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": "/nonexistent",
-        "LC_ALL": "C",
-        "TZ": "UTC",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": IMPORT_NAME,
-        "GIT_AUTHOR_EMAIL": IMPORT_EMAIL,
-        "GIT_AUTHOR_DATE": date,
-        "GIT_COMMITTER_NAME": IMPORT_NAME,
-        "GIT_COMMITTER_EMAIL": IMPORT_EMAIL,
-        "GIT_COMMITTER_DATE": date,
-    }
-
-
-def changelog_date(text: str, where: str = "debian/changelog") -> tuple[int, str]:
-    """The top entry's date as (epoch, '+HHMM' offset) from ``debian/changelog``."""
-    try:
-        top = next(iter(changelog.Changelog(text, max_blocks=1)))
-        parsed = email.utils.parsedate_to_datetime(top.date or "")
-    except (StopIteration, changelog.ChangelogParseError, TypeError, ValueError) as exc:
-        raise FarmError(
-            E.DSC_UNKNOWN,
-            f"cannot read the date of the top entry of {where}: {exc}",
-            hint="the source package's debian/changelog must start with a well-formed entry",
-        ) from None
-    offset = parsed.utcoffset()
-    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
-    sign = "-" if minutes < 0 else "+"
-    hh, mm = divmod(abs(minutes), 60)
-    return int(parsed.timestamp()), f"{sign}{hh:02d}{mm:02d}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,43 +196,12 @@ def check_dsc_against_index(dsc_path: Path, entries: Sequence[IndexEntry]) -> In
     raise _mismatch(dsc_path, mine[0].dsc_sha256, actual)
 
 
-def _archive_label(sources_list: Path) -> str:
-    """'Origin Codename' of the InRelease an index file belongs to: names the archive independently of the mirror."""
-    releases = sorted(
-        (
-            p
-            for p in sources_list.parent.glob("*_InRelease")
-            if sources_list.name.startswith(p.name[: -len("InRelease")])
-        ),
-        key=lambda p: len(p.name),
-    )
-    if releases:
-        release = deb822.Release(releases[-1].read_bytes())
-        origin, suite = release.get("Origin"), release.get("Codename") or release.get("Suite")
-        if origin and suite:
-            return f"{origin} {suite}"
-    return sources_list.name.split("_source_Sources")[0]
-
-
-def source_lists(lists_dir: Path = APT_LISTS) -> list[Path]:
-    """apt's Sources indexes (each verified by apt against its signed InRelease); an error if there are none."""
-    lists = sorted(Path(p) for p in glob.glob(str(lists_dir / "*_source_Sources*")))
-    if not lists:
-        raise FarmError(
-            E.DSC_UNKNOWN,
-            f"apt has no Sources index in {lists_dir}: no deb-src entry is configured",
-            hint="run 'make apt' as root (it adds a deb-src entry and runs apt-get update)",
-        )
-    return lists
-
-
 def archive_index(name: str, version: str, lists_dir: Path = APT_LISTS) -> list[IndexEntry]:
     """Every Sources index apt holds, searched for the package."""
     lists = source_lists(lists_dir)
     found: list[IndexEntry] = []
     for path in lists:
-        text = run(apt_cat_argv(path)).text
-        found += index_entries(text, name, version, _archive_label(path))
+        found += index_entries(read_list(path), name, version, archive_label(path))
     return found
 
 
@@ -368,56 +236,6 @@ def fetch(name: str, version: str, dest: Path) -> Path:
     return dsc
 
 
-def _normalise_modes(root: Path) -> None:
-    """0755 for directories and files with an executable bit, 0644 for other files: what git stores anyway."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)  # noqa: S103 (a source tree, world-readable as git checks it out)
-        for n in filenames:
-            p = Path(dirpath, n)
-            st = p.lstat()
-            if stat.S_ISREG(st.st_mode):
-                p.chmod(0o755 if st.st_mode & 0o111 else 0o644)
-        dirnames.sort()
-
-
-def _unpack(dsc: Path, dest: Path) -> None:
-    with step("dpkg-source -x", log, dsc=dsc.name):
-        run(dpkg_source_argv(dsc, dest), env=os.environ | {"LC_ALL": "C"}, umask=UMASK)
-    _normalise_modes(dest)
-
-
-def _commit(git_dir: Path, tree_dir: Path, name: str, version: str, archive: str) -> tuple[str, str, int]:
-    clog = tree_dir / "debian" / "changelog"
-    if not clog.is_file():
-        raise FarmError(E.DSC_UNKNOWN, f"{name}={version} has no debian/changelog", hint="is this a Debian source?")
-    epoch, offset = changelog_date(clog.read_text("utf-8", "replace"), f"{name}={version}: debian/changelog")
-    env = git_env(epoch, offset)
-    run(git_init_argv(git_dir), env=env, umask=UMASK)
-    (git_dir / "info").mkdir(exist_ok=True)
-    (git_dir / "info" / "attributes").write_text(GIT_ATTRIBUTES)
-    index_env = env | {"GIT_INDEX_FILE": str(git_dir / "import.index")}
-    # --force: the source's own .gitignore files must not drop files the package ships.
-    run(git_argv(git_dir, "add", "--all", "--force", ".", work_tree=tree_dir), cwd=tree_dir, env=index_env)
-    tree = run(git_argv(git_dir, "write-tree"), env=index_env).text.strip()
-    message = commit_message(name, version, archive).encode()
-    commit = run(git_argv(git_dir, "commit-tree", "--no-gpg-sign", tree), env=env, input=message).text.strip()
-    run(git_argv(git_dir, "update-ref", "refs/heads/main", commit), env=env)
-    run(git_argv(git_dir, "update-ref", f"refs/tags/{tag_name(version)}", commit), env=env)
-    (git_dir / "import.index").unlink()
-    return commit, tree, epoch
-
-
-def _read_existing(repo: Path, name: str, version: str) -> ImportedSource:
-    env = git_env(0, "+0000")
-    ref = f"refs/tags/{tag_name(version)}"
-    out = run(git_argv(repo, "log", "-1", "--format=%H %T %ct", ref), env=env).text.split()
-    return ImportedSource(name, version, repo, out[0], out[1], tag_name(version), int(out[2]))
-
-
-def repo_path(cache_dir: Path, name: str, version: str) -> Path:
-    return cache_dir / "dsc" / f"{name}_{dep14(version)}.git"
-
-
 def import_dsc(
     name: str,
     version: str,
@@ -437,7 +255,7 @@ def import_dsc(
     with repo.with_name(repo.name + ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if repo.exists():
-            return _read_existing(repo, name, version)
+            return read_existing(repo, name, version)
         with step("import dsc", log, package=f"{name}={version}"):
             entries = archive_index(name, version, lists_dir)
             if not entries:
@@ -451,27 +269,37 @@ def import_dsc(
                 with step("verify", log, dsc=dsc.name):
                     entry = check_dsc_against_index(dsc, entries)
                     check_dsc_files(dsc)
-                _unpack(dsc, tmp / "src")
+                unpack(dsc, tmp / "src")
                 with step("commit", log):
-                    commit, tree, epoch = _commit(tmp / "repo.git", tmp / "src", name, version, entry.archive)
+                    commit, tree, epoch = commit_tree(tmp / "repo.git", tmp / "src", name, version, entry.archive)
                 os.rename(tmp / "repo.git", repo)
         log.info("imported %s=%s as %s (tree %s)", name, version, commit, tree)
         return ImportedSource(name, version, repo, commit, tree, tag_name(version), epoch)
 
 
 __all__ = [
+    "APT_HELPER",
+    "APT_LISTS",
     "ImportedSource",
     "IndexEntry",
     "apt_cat_argv",
     "apt_source_argv",
+    "changelog_date",
     "check_dsc_against_index",
     "check_dsc_files",
+    "check_spec",
+    "commit_message",
     "dep14",
     "dpkg_source_argv",
     "fetch",
     "git_argv",
+    "git_env",
+    "git_init_argv",
     "import_dsc",
     "index_entries",
     "repo_path",
+    "sha256_file",
+    "source_lists",
     "tag_name",
+    "upstream_dsc_name",
 ]

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,11 @@ class ResolvedSource:
     commit: str
     tree: str
     commit_time: int
+
+
+def _fetch_failed(what: str, exc: git.GitCommandError, hint: str, **where: str) -> FarmError:
+    """E-SOURCE-FETCH for a clone or fetch that git refused, with git's own complaint."""
+    return FarmError(E.SOURCE_FETCH, f"{what}: {exc.stderr.strip() or exc}", hint=hint, **where)
 
 
 def _cache_name(url: str) -> str:
@@ -56,18 +62,13 @@ class SourceCache:
                 with step("clone", log, url=url):
                     tmp = path.with_suffix(".tmp")
                     if tmp.exists():
-                        import shutil
-
                         shutil.rmtree(tmp)
                     git.Repo.clone_from(url, tmp, mirror=True)
                     os.replace(tmp, path)
             return git.Repo(path)
         except git.GitCommandError as exc:
-            raise FarmError(
-                E.SOURCE_FETCH,
-                f"cannot fetch {url}: {exc.stderr.strip() or exc}",
-                hint="check source.git: the URL or path must be a reachable git repository",
-            ) from None
+            hint = "check source.git: the URL or path must be a reachable git repository"
+            raise _fetch_failed(f"cannot fetch {url}", exc, hint) from None
 
     def _has_commit(self, repo: git.Repo, commit: str) -> bool:
         try:
@@ -96,13 +97,8 @@ class SourceCache:
                     try:
                         repo.git.fetch("--prune", "origin", "+refs/*:refs/*")
                     except git.GitCommandError as exc:
-                        raise FarmError(
-                            E.SOURCE_FETCH,
-                            f"cannot update {url}: {exc.stderr.strip() or exc}",
-                            file=where,
-                            field="source.git",
-                            hint="check that the repository is reachable",
-                        ) from None
+                        hint = "check that the repository is reachable"
+                        raise _fetch_failed(f"cannot update {url}", exc, hint, file=where, field="source.git") from None
             if not self._has_commit(repo, commit):
                 raise FarmError(
                     E.SOURCE_COMMIT,

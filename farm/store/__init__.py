@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm.errors import E, FarmError
+from farm.errors import E, StoreError
 from farm.store.base import Artifact, BuildRecord, Store
 
 __all__ = ["Artifact", "BuildRecord", "Store", "open_store"]
@@ -26,7 +26,7 @@ def open_store(url: str) -> Store:
 
         return S3Store(url)
     if "://" in url:
-        raise FarmError(
+        raise StoreError(
             E.STORE_URL,
             f"unsupported store URL '{url}'",
             field="MANGOS_FARM_STORE",

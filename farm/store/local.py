@@ -17,35 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from farm.errors import E, FarmError
+from farm.errors import E, StoreError
 from farm.store.base import Artifact, BuildRecord, Store
+from farm.store.names import check_digest, check_record_names
 
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-INDEX_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]*")
 CHUNK = 1 << 20
-
-
-def _check_digest(digest: str) -> None:
-    if not DIGEST_RE.fullmatch(digest):  # fullmatch: '$' alone would accept a trailing newline
-        raise FarmError(E.STORE_MISSING, f"'{digest}' is not a sha256 digest", hint="pass 64 lowercase hex")
-
-
-def check_record_names(record: BuildRecord) -> None:
-    """Record fields become index paths: refuse names that could not have come from a validated recipe."""
-    if not INDEX_NAME_RE.fullmatch(record.recipe) or not COMMIT_RE.fullmatch(record.commit):
-        raise FarmError(
-            E.STORE_CORRUPT,
-            f"record {record.build_key} has an unusable recipe name or commit id",
-            hint="records come from validated recipes; this is a bug in the caller",
-        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,7 +47,7 @@ class LocalStore(Store):
 
     # -- blobs ------------------------------------------------------------------------------------------------
     def _blob_path(self, digest: str) -> Path:
-        _check_digest(digest)
+        check_digest(digest)
         return self.root / "blobs" / "sha256" / digest[:2] / digest
 
     @contextmanager
@@ -121,7 +103,7 @@ class LocalStore(Store):
         try:
             return path.open("rb")
         except FileNotFoundError:
-            raise FarmError(
+            raise StoreError(
                 E.STORE_MISSING,
                 f"blob {digest} is not in the store {self.url}",
                 hint="the artifact was never stored here; check MANGOS_FARM_STORE",
@@ -138,7 +120,7 @@ class LocalStore(Store):
                     h.update(chunk)
                     out.write(chunk)
             if h.hexdigest() != digest:
-                raise FarmError(
+                raise StoreError(
                     E.STORE_CORRUPT,
                     f"blob {digest} in {self.url} is corrupt (its bytes hash to {h.hexdigest()})",
                     hint="delete the blob file and rebuild with --force; investigate who wrote to the store",
@@ -151,7 +133,7 @@ class LocalStore(Store):
         with self.open_blob(digest) as src:
             data = src.read()
         if hashlib.sha256(data).hexdigest() != digest:
-            raise FarmError(
+            raise StoreError(
                 E.STORE_CORRUPT,
                 f"blob {digest} in {self.url} is corrupt",
                 hint="delete the blob file and rebuild with --force; investigate who wrote to the store",
@@ -160,14 +142,14 @@ class LocalStore(Store):
 
     # -- records ----------------------------------------------------------------------------------------------
     def _record_path(self, key: str) -> Path:
-        _check_digest(key)
+        check_digest(key)
         return self.root / "records" / f"{key}.json"
 
     def put_record(self, record: BuildRecord) -> bool:
         check_record_names(record)
         missing = [d for d in record.blob_digests() if not self.has_blob(d)]
         if missing:
-            raise FarmError(
+            raise StoreError(
                 E.STORE_MISSING,
                 f"record {record.build_key} names blobs that are not stored: {', '.join(missing)}",
                 hint="store every blob before its record (this is a bug in the caller)",
@@ -195,7 +177,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise FarmError(
+            raise StoreError(
                 E.STORE_CORRUPT,
                 f"record {build_key} in {self.url} is unreadable: {exc}",
                 hint="records are immutable; restore it from a backup or rebuild with --force",

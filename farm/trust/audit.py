@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import metrics
-from farm.errors import E, FarmError
+from farm.errors import E, TrustError
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 entry = json.loads(raw)
             except ValueError as exc:
-                raise FarmError(
+                raise TrustError(
                     E.AUDIT,
                     f"line {n} of the audit log is not JSON: {exc}",
                     file=path,
                     hint="the log was edited or truncated by hand; keep a copy and investigate",
                 ) from None
             if not isinstance(entry, dict) or "event" not in entry:
-                raise FarmError(E.AUDIT, f"line {n} of the audit log is not an event", file=path, hint="investigate")
+                raise TrustError(E.AUDIT, f"line {n} of the audit log is not an event", file=path, hint="investigate")
             yield entry

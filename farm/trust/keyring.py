@@ -1,82 +1,35 @@
-"""The organization's builder keyring: trusted builder public keys and their revocations.
+"""The organization's builder keyring: trusting a key, revoking one, listing them, and checking a store record.
 
-Trusted keys are PEM files in ``$MANGOS_FARM_HOME/keys/trusted/`` (plus the organization's own builder key);
-revocations are in ``$MANGOS_FARM_HOME/keys/revoked.json``, ``{keyid: {"time", "reason", "by"}}``. A revoked key
-stays revoked (its PEM may stay in trusted/ for the record): :func:`farm.trust.keys.trusted_keys` leaves it out, so from
-the revocation on every verification refuses what it signed, old artifacts included.
+The keyring's files (``keys/trusted/*.pem``, ``keys/revoked.json``) and the set a verifier trusts are described
+and read in :mod:`farm.trust.keys`; this module changes them. A revoked key cannot be trusted again.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from farm.errors import E, FarmError
+from farm.errors import E, FarmError, TrustError
 from farm.fsutil import atomic_write
 from farm.store import BuildRecord, Store
 from farm.trust import keys as keymod
-
-REVOKED_NAME = "revoked.json"
-KEYID = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class Revocation:
-    keyid: str
-    time: str
-    reason: str
-    by: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return {"time": self.time, "reason": self.reason, "by": self.by}
-
-
-def revoked_path(keys_dir: Path) -> Path:
-    return keys_dir / REVOKED_NAME
-
-
-def revocations(keys_dir: Path) -> dict[str, Revocation]:
-    """The revoked keys. A damaged file is an error, never "nothing revoked" (that would re-trust them all)."""
-    path = revoked_path(keys_dir)
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise FarmError(
-            E.KEY_INVALID,
-            f"cannot read the revocation list: {exc}",
-            file=path,
-            hint="restore it from a backup; until then no key is trusted",
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and KEYID.match(str(k)) for k, v in data.items()):
-        raise FarmError(
-            E.KEY_INVALID,
-            "the revocation list is not {keyid: {time, reason}}",
-            file=path,
-            hint="restore it from a backup",
-        )
-    return {
-        k: Revocation(k, str(v.get("time", "")), str(v.get("reason", "")), str(v.get("by", "")))
-        for k, v in data.items()
-    }
+from farm.trust.keys import KEYID, Revocation, revocations, revoked_path
+from farm.trust.provenance import verify_envelope
 
 
 def revoke(keys_dir: Path, keyid: str, reason: str, by: str = "") -> Revocation:
     if not KEYID.match(keyid):
-        raise FarmError(
+        raise TrustError(
             E.KEY_INVALID,
             f"'{keyid}' is not a key id (64 lowercase hex digits)",
             field="KEYID",
             hint="see 'mangos-farm keys list' for the ids",
         )
     if not reason.strip():
-        raise FarmError(E.KEY_INVALID, "a revocation needs a reason", field="--reason", hint="say why, for the audit")
+        raise TrustError(E.KEY_INVALID, "a revocation needs a reason", field="--reason", hint="say why, for the audit")
     current = revocations(keys_dir)
     if keyid in current:
         return current[keyid]
@@ -92,7 +45,7 @@ def trust(keys_dir: Path, trusted_dir: Path, pem: Path) -> keymod.PublicKey:
     key = keymod.load_public(pem)
     rev = revocations(keys_dir).get(key.keyid)
     if rev is not None:
-        raise FarmError(
+        raise TrustError(
             E.KEY_REVOKED,
             f"key {key.keyid[:16]}... was revoked at {rev.time} ({rev.reason}); it cannot be trusted again",
             file=pem,
@@ -127,10 +80,9 @@ def check_published(
     same sha256; and when ``expected`` (name -> sha256, e.g. what the coordinator passed) is given, those too. So a
     swapped index entry or blob is refused before anything uses it. Raises E-ARTIFACT-REFUSED / E-KEY-REVOKED.
     """
-    from farm.trust.provenance import verify_envelope
 
     def refuse(why: str) -> FarmError:
-        return FarmError(
+        return TrustError(
             E.ARTIFACT_REFUSED,
             f"build {build_key[:16]}... in the store is refused: {why}",
             hint="the store or its index was tampered with, or the builder is not trusted; investigate before use",

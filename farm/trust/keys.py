@@ -2,21 +2,29 @@
 
 Builder keys sign provenance on workers. Release keys (image, Secure Boot, verity) are a different type in a
 different place and are never loaded by this module's callers on workers.
+
+The keys a verifier trusts (:func:`trusted_keys`) are the organization's own builder key, the PEM files in
+``$MANGOS_FARM_HOME/keys/trusted/`` and explicit extras, minus every key in ``$MANGOS_FARM_HOME/keys/revoked.json``
+(``{keyid: {"time", "reason", "by"}}``, written by :func:`farm.trust.keyring.revoke`). A revoked key stays revoked
+(its PEM may stay in trusted/ for the record), so from the revocation on every verification refuses what it
+signed, old artifacts included.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from farm.errors import E, FarmError
+from farm.errors import E, TrustError
 from farm.fsutil import atomic_write
 
 PRIVATE_NAME = "builder.key"
@@ -25,6 +33,50 @@ PUBLIC_NAME = "builder.pub"
 # that can reach the broker but has no coordinator key cannot get a build run. It is not a builder key.
 COORDINATOR_PRIVATE = "coordinator.key"
 COORDINATOR_PUBLIC = "coordinator.pub"
+REVOKED_NAME = "revoked.json"
+KEYID = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Revocation:
+    keyid: str
+    time: str
+    reason: str
+    by: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"time": self.time, "reason": self.reason, "by": self.by}
+
+
+def revoked_path(keys_dir: Path) -> Path:
+    return keys_dir / REVOKED_NAME
+
+
+def revocations(keys_dir: Path) -> dict[str, Revocation]:
+    """The revoked keys. A damaged file is an error, never "nothing revoked" (that would re-trust them all)."""
+    path = revoked_path(keys_dir)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise TrustError(
+            E.KEY_INVALID,
+            f"cannot read the revocation list: {exc}",
+            file=path,
+            hint="restore it from a backup; until then no key is trusted",
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and KEYID.match(str(k)) for k, v in data.items()):
+        raise TrustError(
+            E.KEY_INVALID,
+            "the revocation list is not {keyid: {time, reason}}",
+            file=path,
+            hint="restore it from a backup",
+        )
+    return {
+        k: Revocation(k, str(v.get("time", "")), str(v.get("reason", "")), str(v.get("by", "")))
+        for k, v in data.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -73,7 +125,7 @@ def generate(keys_dir: Path, force: bool = False, coordinator_dir: Path | None =
     (see :func:`ensure_coordinator_key`)."""
     private = keys_dir / PRIVATE_NAME
     if private.exists() and not force:
-        raise FarmError(
+        raise TrustError(
             E.KEY_EXISTS,
             f"a builder key already exists at {private}",
             hint="keep it (peers trust it), or pass --force to replace it and redistribute the public key",
@@ -116,7 +168,7 @@ def coordinator_key(keys_dir: Path) -> BuilderKey:
 def coordinator_public(keys_dir: Path) -> PublicKey:
     path = keys_dir / COORDINATOR_PUBLIC
     if not path.is_file():
-        raise FarmError(
+        raise TrustError(
             E.KEY_MISSING,
             f"no coordinator public key at {path}: this worker cannot authenticate task messages",
             hint="copy the coordinator's keys/coordinator.pub into this worker's MANGOS_FARM_HOME/keys/",
@@ -132,13 +184,13 @@ def _load_private(private: Path, what: str) -> BuilderKey:
     try:
         data = private.read_bytes()
     except FileNotFoundError:
-        raise FarmError(
+        raise TrustError(
             E.KEY_MISSING,
             f"no {what} at {private}",
             hint="run 'mangos-farm keys generate' (or set MANGOS_FARM_HOME to where your key lives)",
         ) from None
     except OSError as exc:
-        raise FarmError(
+        raise TrustError(
             E.KEY_MISSING,
             f"cannot read the {what}: {exc.strerror}",
             file=private,
@@ -147,9 +199,9 @@ def _load_private(private: Path, what: str) -> BuilderKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise FarmError(E.KEY_INVALID, f"cannot read the {what}: {exc}", file=private, hint="regenerate it") from None
+        raise TrustError(E.KEY_INVALID, f"cannot read the {what}: {exc}", file=private, hint="regenerate it") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise FarmError(E.KEY_INVALID, "not an Ed25519 key", file=private, hint="builder keys are Ed25519")
+        raise TrustError(E.KEY_INVALID, "not an Ed25519 key", file=private, hint="builder keys are Ed25519")
     return BuilderKey(key)
 
 
@@ -157,20 +209,20 @@ def load_public(path: Path) -> PublicKey:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise FarmError(
+        raise TrustError(
             E.KEY_MISSING, f"cannot read public key: {exc.strerror}", file=path, hint="check the path"
         ) from None
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
-        raise FarmError(
+        raise TrustError(
             E.KEY_INVALID,
             f"not a PEM public key: {exc}",
             file=path,
             hint="export one with 'mangos-farm keys export-public'",
         ) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise FarmError(E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519")
+        raise TrustError(E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519")
     return PublicKey(key, str(path))
 
 
@@ -178,17 +230,20 @@ class TrustedKeys(list[PublicKey]):
     """Trusted builder keys, carrying the revocations they were filtered by so that verification can say
     "revoked" rather than "unknown" for a signature by a revoked key."""
 
-    def __init__(self, keys: list[PublicKey], revoked: dict[str, Any] | None = None) -> None:
+    def __init__(self, keys: list[PublicKey], revoked: Mapping[str, Revocation] | None = None) -> None:
         super().__init__(keys)
-        self.revoked: dict[str, Any] = dict(revoked or {})
+        self.revoked: dict[str, Revocation] = dict(revoked or {})
+
+
+def revoked_among(trusted: Sequence[PublicKey]) -> dict[str, Revocation]:
+    """The revocations ``trusted`` was filtered by: none for a plain list of keys."""
+    return trusted.revoked if isinstance(trusted, TrustedKeys) else {}
 
 
 def trusted_keys(keys_dir: Path, trusted_dir: Path, extra: list[Path] | None = None) -> TrustedKeys:
     """This organization's own builder key, every PEM in the trusted directory, and explicit extras, minus every
-    key revoked in ``keys_dir/revoked.json`` (farm.trust.keyring): every verifier goes through here, so a revocation
-    reaches fetch, verify, dependency staging, result acceptance and image assembly alike."""
-    from farm.trust.keyring import revocations
-
+    key revoked in ``keys_dir/revoked.json``: every verifier goes through here, so a revocation reaches fetch, verify,
+    dependency staging, result acceptance and image assembly alike."""
     found: list[PublicKey] = []
     own = keys_dir / PUBLIC_NAME
     if own.is_file():

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from farm.errors import E, FarmError
-from farm.trust.keys import BuilderKey, PublicKey
+from farm.errors import E, FarmError, TrustError
+from farm.trust.keys import BuilderKey, PublicKey, revoked_among
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -90,20 +90,19 @@ class Verified:
 
 
 def _bad(message: str, hint: str = "the envelope is damaged; fetch it again from the store") -> FarmError:
-    return FarmError(E.VERIFY_ENVELOPE, message, hint=hint)
+    return TrustError(E.VERIFY_ENVELOPE, message, hint=hint)
 
 
 def _refuse_revoked(keyids: Sequence[str], trusted: Sequence[PublicKey]) -> None:
     """Say "revoked" (not just "untrusted") when a signature's key id is one the keyring revoked
     (``farm.trust.keys.TrustedKeys`` carries the revocations it left out)."""
-    revoked = getattr(trusted, "revoked", None) or {}
+    revoked = revoked_among(trusted)
     for keyid in keyids:
         if keyid in revoked:
             rev = revoked[keyid]
-            raise FarmError(
+            raise TrustError(
                 E.KEY_REVOKED,
-                f"signed by revoked builder key {keyid[:16]}... (revoked {getattr(rev, 'time', '')}: "
-                f"{getattr(rev, 'reason', '')})",
+                f"signed by revoked builder key {keyid[:16]}... (revoked {rev.time}: {rev.reason})",
                 hint="do not use this artifact; rebuild it on a builder whose key is trusted",
             )
 
@@ -122,7 +121,7 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
     if not all(isinstance(keyid, str) for keyid, _ in sigs):
         raise _bad("malformed DSSE envelope: a signature's keyid is not a string")
     if not sigs:
-        raise FarmError(E.VERIFY_SIGNATURE, "the envelope carries no signature", hint="it was never signed")
+        raise TrustError(E.VERIFY_SIGNATURE, "the envelope carries no signature", hint="it was never signed")
     message = pae(PAYLOAD_TYPE, payload)
     by_id = {k.keyid: k for k in trusted}
     untrusted = []
@@ -142,7 +141,7 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
                     raise _bad("signed payload is not an in-toto Statement v1")
                 return Verified(stmt, key.keyid, key.source)
         if keyid in by_id:
-            raise FarmError(
+            raise TrustError(
                 E.VERIFY_SIGNATURE,
                 f"signature by trusted key {keyid[:16]}... does not match the statement: "
                 "the statement or the signature was altered",
@@ -150,7 +149,7 @@ def verify_envelope(envelope: Mapping[str, Any], trusted: Sequence[PublicKey]) -
             )
         untrusted.append(keyid)
     _refuse_revoked(untrusted, trusted)
-    raise FarmError(
+    raise TrustError(
         E.VERIFY_UNTRUSTED,
         f"signed by a key that is not trusted ({', '.join(k[:16] + '...' for k in untrusted)})",
         hint="add the builder's public key with --key PEM, or to $MANGOS_FARM_HOME/keys/trusted/",

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from farm.errors import E, FarmError
+from farm.errors import E, TrustError
 from farm.fsutil import atomic_write
 
 VERITY = "verity"
@@ -68,7 +68,7 @@ class ReleaseKeys:
     def check(self) -> ReleaseKeys:
         missing = [p.name for n in NAMES for p in (self.key(n), self.cert(n)) if not p.is_file()]
         if missing:
-            raise FarmError(
+            raise TrustError(
                 E.RELEASE_KEY,
                 f"release keys missing in {self.dir}: {', '.join(missing)}",
                 hint="run 'mangos-farm keys generate --release [DIR]' (or pass --release-keys DIR)",
@@ -105,7 +105,7 @@ def generate(directory: Path, *, force: bool = False) -> ReleaseKeys:
     keys = ReleaseKeys(directory)
     existing = [p for n in NAMES for p in (keys.key(n),) if p.exists()]
     if existing and not force:
-        raise FarmError(
+        raise TrustError(
             E.KEY_EXISTS,
             f"release keys already exist in {directory}",
             hint="keep them (enrolled firmware and issued images trust them), or pass --force to replace them",
@@ -127,11 +127,11 @@ def load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except OSError as exc:
-        raise FarmError(
+        raise TrustError(
             E.RELEASE_KEY, f"cannot read certificate: {exc.strerror}", file=path, hint="check the path"
         ) from None
     except ValueError as exc:
-        raise FarmError(
+        raise TrustError(
             E.RELEASE_KEY, f"not a PEM X.509 certificate: {exc}", file=path, hint="pass the release .crt file"
         ) from None
 
@@ -140,11 +140,11 @@ def load_key(path: Path) -> rsa.RSAPrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise FarmError(E.RELEASE_KEY, f"cannot read key: {exc.strerror}", file=path, hint="check the path") from None
+        raise TrustError(E.RELEASE_KEY, f"cannot read key: {exc.strerror}", file=path, hint="check the path") from None
     except (ValueError, TypeError) as exc:
-        raise FarmError(E.RELEASE_KEY, f"not a PEM private key: {exc}", file=path, hint="regenerate it") from None
+        raise TrustError(E.RELEASE_KEY, f"not a PEM private key: {exc}", file=path, hint="regenerate it") from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise FarmError(E.RELEASE_KEY, "not an RSA key", file=path, hint="release keys are RSA-2048")
+        raise TrustError(E.RELEASE_KEY, "not an RSA key", file=path, hint="release keys are RSA-2048")
     return key
 
 

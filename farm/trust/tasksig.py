@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from farm.errors import E, FarmError
+from farm.errors import E, FarmError, TrustError
 from farm.trust.keys import BuilderKey, PublicKey
 
 DOMAIN = b"mangos-farm task v1\n"
@@ -37,7 +37,7 @@ def sign(task_id: str, request: Mapping[str, Any], key: BuilderKey, now: float |
 
 
 def _refused(why: str) -> FarmError:
-    return FarmError(
+    return TrustError(
         E.TASK_UNSIGNED,
         f"task refused: {why}",
         hint="only the coordinator (holder of keys/coordinator.key) can get builds run; check who wrote to the broker",

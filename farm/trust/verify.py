@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from farm import metrics
-from farm.errors import E, FarmError
-from farm.trust.keys import PublicKey
+from farm.errors import E, FarmError, TrustError
+from farm.trust.keys import PublicKey, revoked_among
 from farm.trust.provenance import verify_envelope
 
 ENVELOPE_SUFFIX = ".intoto.json"
@@ -61,22 +61,22 @@ def expand(paths: Sequence[Path]) -> list[Path]:
 def verify_file(path: Path, trusted: Sequence[PublicKey]) -> VerifiedArtifact:
     envelope_path = path.with_name(path.name + ENVELOPE_SUFFIX)
     if not path.is_file():
-        raise FarmError(E.VERIFY_DIGEST, "no such artifact file", file=path, hint="check the path")
+        raise TrustError(E.VERIFY_DIGEST, "no such artifact file", file=path, hint="check the path")
     try:
         envelope = json.loads(envelope_path.read_bytes())
     except FileNotFoundError:
-        raise FarmError(
+        raise TrustError(
             E.VERIFY_NO_ENVELOPE,
             f"no provenance next to it (expected {envelope_path.name})",
             file=path,
             hint="fetch artifacts with 'mangos-farm fetch -o DIR', which writes each envelope beside them",
         ) from None
     except json.JSONDecodeError as exc:
-        raise FarmError(
+        raise TrustError(
             E.VERIFY_ENVELOPE, f"envelope is not JSON: {exc}", file=envelope_path, hint="fetch it again"
         ) from None
-    if not trusted and not getattr(trusted, "revoked", None):  # with revocations: say which key was revoked
-        raise FarmError(
+    if not trusted and not revoked_among(trusted):  # with revocations: say which key was revoked
+        raise TrustError(
             E.VERIFY_UNTRUSTED,
             "no trusted builder keys",
             hint="pass --key PEM, or generate this organization's key with 'mangos-farm keys generate'",
@@ -89,7 +89,7 @@ def verify_file(path: Path, trusted: Sequence[PublicKey]) -> VerifiedArtifact:
         raise
     subjects = verified.subjects()
     if path.name not in subjects:
-        raise FarmError(
+        raise TrustError(
             E.VERIFY_NOT_SUBJECT,
             f"the signed statement does not name '{path.name}' (it names {', '.join(sorted(subjects))})",
             file=path,
@@ -97,7 +97,7 @@ def verify_file(path: Path, trusted: Sequence[PublicKey]) -> VerifiedArtifact:
         )
     actual = file_sha256(path)
     if actual != subjects[path.name]:
-        raise FarmError(
+        raise TrustError(
             E.VERIFY_DIGEST,
             f"sha256 {actual} does not match the signed {subjects[path.name]}: the file was altered",
             file=path,

@@ -22,7 +22,7 @@ from farm.coordinator.engine import Coordinator, Dispatcher
 from farm.coordinator.kv import KV
 from farm.coordinator.runs import RunStore
 from farm.coordinator.views import run_rows, worker_rows
-from farm.errors import E, FarmError
+from farm.errors import E, FarmError, StoreError
 from farm.store import Artifact, BuildRecord, Store
 from farm.trust.fetch import records_for
 
@@ -118,7 +118,7 @@ def verified_blob(store: Store, artifact: Artifact, chunk: int = CHUNK) -> Gener
     finally:
         reader.close()
     if seen != artifact.size or h.hexdigest() != artifact.digest:
-        raise FarmError(
+        raise StoreError(
             E.STORE_CORRUPT,
             f"blob {artifact.digest} in {store.url} is corrupt (its bytes do not match the record)",
             hint="the download was cut short on purpose; rebuild the artifact with --force and check the store",

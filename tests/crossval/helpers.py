@@ -8,18 +8,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.build.execute import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build import BuildOutcome, BuildRequest
+from farm.build.context import WorkerContext
+from farm.build.execute import execute_build
 from farm.crossval.log import InputsKey, Log
 from farm.crossval.publish import log_dir
 from farm.envs.host import host_environment
-from farm.identity import build_key
-from farm.recipes import Recipe, Source
 from farm.settings import Settings
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, open_store
 from farm.trust.keys import BuilderKey, generate
 from farm.trust.provenance import sign
-from tests.conftest import git
+from tests.lib.git import make_repo
+from tests.lib.recipes import build_request
 
 
 @dataclass
@@ -56,23 +57,7 @@ def make_org(root: Path, name: str) -> Org:
 
 
 def request(repo: Path, commit: str, name: str, steps: list[str], outputs: list[str]) -> BuildRequest:
-    recipe = Recipe(
-        name=name,
-        version="1.0",
-        source=Source(git=str(repo), commit=commit),
-        steps=tuple(steps),
-        outputs=tuple(outputs),
-    )
-    tree = git(repo, "rev-parse", f"{commit}^{{tree}}")
-    env = host_environment().digest
-    return BuildRequest(
-        build_key=build_key(recipe.content(), commit, tree, env, {}),
-        recipe=recipe.content(),
-        recipe_path=str(repo / f"{name}.toml"),
-        fetch_url=str(repo),
-        tree=tree,
-        environment=env,
-    )
+    return build_request(repo, commit, steps, outputs, name=name)
 
 
 def log_tampered(org: Org, record: BuildRecord, artifact: str, digest: str) -> None:
@@ -98,10 +83,4 @@ def log_tampered(org: Org, record: BuildRecord, artifact: str, digest: str) -> N
 
 def source_repo(repo: Path, files: dict[str, str]) -> str:
     """A real git repository at ``repo`` with ``files`` in one commit; returns the commit."""
-    repo.mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "src")
-    return git(repo, "rev-parse", "HEAD")
+    return make_repo(repo, files)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from farm.build.variation import Variation
-from farm.crossval.recheck import RecheckResult, classify, diffoscope_argv, rates
+from farm.crossval.diffreport import classify, diffoscope_argv
+from farm.crossval.results import RecheckResult, rates
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,8 @@ import pytest
 
 from farm import metrics
 from farm.build.variation import Variation
-from farm.crossval.recheck import load_results, recheck_one, results_dir
+from farm.crossval.recheck import recheck_one
+from farm.crossval.results import load_results, results_dir
 from farm.store import open_store
 from tests.conftest import require
 from tests.crossval.helpers import make_org, request, source_repo

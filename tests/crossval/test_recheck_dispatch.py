@@ -7,19 +7,11 @@ from typing import Any
 
 import pytest
 
-from farm.build.execute import BuildRequest, DependencyInput
+from farm.build import BuildRequest, DependencyInput
 from farm.build.variation import Variation
 from farm.coordinator.runs import Job, State
-from farm.crossval.recheck import (
-    RecheckResult,
-    choose_worker,
-    load_results,
-    original_workers,
-    recheck_payload,
-    recheck_queue,
-    save_result,
-    variation_from_json,
-)
+from farm.crossval.dispatch import choose_worker, original_workers, recheck_payload, recheck_queue, variation_from_json
+from farm.crossval.results import RecheckResult, load_results, save_result
 from farm.settings import Settings
 from farm.store import BuildRecord, open_store
 from farm.store.base import Artifact

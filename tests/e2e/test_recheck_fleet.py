@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from farm.crossval.recheck import RECHECK_TASK, load_results, recheck_queue
+from farm.crossval.dispatch import RECHECK_TASK, recheck_queue
+from farm.crossval.results import load_results
 from farm.errors import E
 from farm.settings import Settings
 from farm.trust import audit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.cli.image import _stage_status
+from farm.cli.image import stage_status
 from farm.errors import FarmError
 from farm.image.assemble import Stages, _exclusive
 
@@ -35,7 +35,7 @@ def test_a_failing_stage_is_not_reported_done() -> None:
 
 def test_status_lines_name_each_stage_and_its_time() -> None:
     out = io.StringIO()
-    show = _stage_status(out)
+    show = stage_status(out)
     show("rootfs", None)
     show("rootfs", 12.34)
     lines = out.getvalue().splitlines()

@@ -133,7 +133,7 @@ def test_a_bad_lock_names_the_file_the_field_and_the_fix(
 
 @pytest.mark.unit
 def test_a_lock_that_is_not_toml_or_locks_a_package_twice_is_refused(tmp_path: Path) -> None:
-    assert "not valid TOML" in _parse_error("lock-version = [", tmp_path).message
+    assert "invalid TOML" in _parse_error("lock-version = [", tmp_path).message
     text = lock.dumps(_lock())
     block = text[text.index("[[package]]") : text.index("[[package]]", text.index("[[package]]") + 1)]
     assert "locked twice" in _parse_error(text + "\n" + block, tmp_path).message

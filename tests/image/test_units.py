@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.archive.resolve import install_argv
 from farm.errors import FarmError
 from farm.image import erofs, esp, gpt, inputs, rootfs, signature, sysext, trace, verity
 from farm.trust.release_keys import ReleaseKeys, generate, load_cert, load_key
@@ -133,7 +134,7 @@ def test_spdx_names_every_package_with_its_origin() -> None:
 
 
 def test_closure_and_mmdebstrap_argv_are_offline_and_pinned(tmp_path: Path) -> None:
-    argv = inputs.closure_argv(tmp_path / "status", ["hello", "systemd"])
+    argv = install_argv(tmp_path / "status", ["hello", "systemd"])
     assert argv[:2] == ["apt-get", "-s"] and argv[-3:] == ["install", "hello", "systemd"]
     assert f"Dir::State::status={tmp_path / 'status'}" in argv
     mm = rootfs.mmdebstrap_argv(tmp_path / "repo", tmp_path / "out.tar", ["hello"])

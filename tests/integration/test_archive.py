@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import json
 import re
@@ -17,8 +16,7 @@ import pytest
 from farm.archive import Pin, ensure_pins
 from farm.cli.main import main
 from farm.errors import E, FarmError
-from farm.sources import dsc
-from tests.conftest import IN_CI, require
+from tests.integration.apt_sources import require_deb_src
 from tests.integration.conftest import REPO, Made
 
 pytestmark = pytest.mark.integration
@@ -28,13 +26,7 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 @pytest.fixture(scope="module")
 def imported(made_env: Made, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Made]:
-    for tool in ("apt-get", "dpkg-source", "git", "tar", dsc.APT_HELPER):
-        require(tool)
-    if not glob.glob(str(dsc.APT_LISTS / "*_source_Sources*")):
-        message = "apt has no Sources index: run 'make apt' as root (it adds the deb-src entry)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_deb_src("tar")
     root = tmp_path_factory.mktemp("import")
     home = root / "home"
     (home / "envs").mkdir(parents=True)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.build.execute import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build import BuildOutcome, BuildRequest, DependencyInput
+from farm.build.context import WorkerContext
+from farm.build.execute import execute_build
 from farm.envs.host import host_environment
 from farm.errors import E
 from farm.identity import build_key

@@ -5,7 +5,6 @@ Needs a deb-src entry ('make apt' writes one) and the archive reachable; a handf
 
 from __future__ import annotations
 
-import glob
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import pytest
 
 from farm.errors import E, FarmError
 from farm.sources import dsc
-from tests.conftest import IN_CI, require
+from tests.integration.apt_sources import require_deb_src
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +23,7 @@ NAME = "hello"
 
 @pytest.fixture(scope="module")
 def version() -> str:
-    for tool in ("apt-get", "dpkg-source", "git", dsc.APT_HELPER):
-        require(tool)
-    if not glob.glob(str(dsc.APT_LISTS / "*_source_Sources*")):
-        message = "apt has no Sources index: run 'make apt' as root (it adds the deb-src entry)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_deb_src()
     out = subprocess.run(["apt-cache", "showsrc", NAME], capture_output=True, text=True, check=True).stdout
     versions = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Version:")]
     assert versions, out

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from farm.build.execute import BuildOutcome, BuildRequest, WorkerContext, execute_build
+from farm.build import BuildOutcome, BuildRequest
+from farm.build.context import WorkerContext
+from farm.build.execute import execute_build
 from farm.build.sandbox import MIB, Limits
 from farm.envs.host import host_environment
 from farm.errors import E

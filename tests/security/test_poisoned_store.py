@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from farm.build.execute import BuildOutcome, BuildRequest, DependencyInput, WorkerContext, execute_build
+from farm.build import BuildOutcome, BuildRequest, DependencyInput
+from farm.build.context import WorkerContext
+from farm.build.execute import execute_build
 from farm.envs.host import host_environment
 from farm.errors import E, FarmError
 from farm.sources.git import SourceCache

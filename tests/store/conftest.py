@@ -15,35 +15,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from farm.store import Store, open_store
 from farm.store.local import LocalStore
 from farm.store.s3 import S3Store
 from tests.conftest import IN_CI
+from tests.lib.moto import FAKE_CREDENTIALS, REGION, MotoServer
+from tests.lib.tools import free_port
+
+__all__ = ["FAKE_CREDENTIALS", "REGION", "MotoServer", "free_port"]  # the moto server lives in tests.lib.moto
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 BACKENDS = ["local", "s3"]
-
-LAUNCHER = Path(__file__).with_name("moto_launcher.py")
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-REGION = "us-east-1"
-SERVER_START_TIMEOUT = 30.0
 
 
 def require_module(module: str, package: str) -> None:
@@ -54,77 +45,16 @@ def require_module(module: str, package: str) -> None:
         pytest.skip(f"'{package}' is not installed")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def s3_client(endpoint: str) -> S3Client:
-    """A client of the test server that does not depend on the environment (for setup and for tampering)."""
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
-
-
-@dataclass
-class MotoServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    client: S3Client
-
-
-def start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = SERVER_START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the moto server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the moto server did not answer within {timeout:g} s: {exc}") from exc
-            time.sleep(0.1)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     """A moto S3 server on a free port of 127.0.0.1, for the whole session."""
     require_module("moto.server", "moto[server]")
     require_module("flask", "moto[server]")
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_moto(port, log)
+    server = MotoServer.start(tmp_path_factory.mktemp("moto") / "server.log")
     try:
-        wait_until_up(url, process, log)
-        yield MotoServer(url=url, process=process, client=s3_client(url))
+        yield server
     finally:
-        stop(process)
+        server.stop()
 
 
 @pytest.fixture

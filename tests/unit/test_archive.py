@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from farm.archive import (
-    Pin,
-    SourcesIndex,
-    build_dep_argv,
-    deb_name,
-    exclude_pins,
-    packages_entries,
-    parse_simulation,
-    parse_sources,
-    recipe_dependencies,
-    recipe_toml,
-    split_spec,
-)
+from farm.archive import Pin, SourcesIndex, deb_name, exclude_pins, parse_simulation, recipe_dependencies, recipe_toml
+from farm.archive.import_ import split_spec
+from farm.archive.index import packages_entries, parse_sources
+from farm.archive.resolve import build_dep_argv
 from farm.errors import E, FarmError
 
 SHA_A = "a" * 64

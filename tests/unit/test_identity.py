@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -244,3 +246,20 @@ def test_keys_of_all_variants_are_distinct() -> None:
 def test_build_key_rejects_floats_in_the_recipe() -> None:
     with pytest.raises(NotCanonical):
         key(recipe=_recipe_with("version", 1.0))
+
+
+def test_the_image_signature_partition_is_canonical_json(tmp_path: Path) -> None:
+    """The signature partition's JSON goes through canonical_json: the bytes are those it always had."""
+    from farm.image import signature
+    from farm.trust.release_keys import fingerprint, load_cert
+    from tests.image.bootkeys import make_db_key
+
+    cert = load_cert(make_db_key(tmp_path, "t")[1])
+    der = b"\x00\x01signature"
+    doc = {
+        "rootHash": "ab" * 32,
+        "certificateFingerprint": fingerprint(cert),
+        "signature": base64.b64encode(der).decode(),
+    }
+    before = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    assert signature.partition_bytes("ab" * 32, der, cert).rstrip(b"\0") == before

@@ -1,0 +1,110 @@
+"""``recipes check|import`` and ``plan``: what there is to build, and what of it would build."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from farm.cli.common import Subparsers, add_command, add_group, json_flag, print_json
+from farm.errors import E, FarmError, StoreError
+from farm.settings import Settings
+
+
+def cmd_recipes_check(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.graph import render_tree
+    from farm.recipes import load_dir
+
+    recipes = load_dir(Path(args.dir))
+    graph = {r.name: list(r.build_depends) for r in recipes.recipes.values()}
+    if args.json:
+        print_json({"ok": True, "recipes": {n: sorted(d) for n, d in graph.items()}})
+        return 0
+    for line in render_tree(graph):
+        print(line)
+    print(f"{len(recipes)} recipe(s) OK in {args.dir}")
+    return 0
+
+
+def cmd_recipes_import(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.archive import import_recipes
+    from farm.envs.debian import find_spec, load_records
+    from farm.store import open_store
+
+    records = {r.name: r for r in load_records(settings.home / "envs")}
+    record = records.get(args.env)
+    if record is None:
+        find_spec(args.env, Path(args.envs))  # an unknown name fails here, with the list of definitions
+        raise FarmError(
+            E.ENV_UNKNOWN,
+            f"the build environment '{args.env}' has not been built on this machine",
+            file=settings.home / "envs" / f"{args.env}.json",
+            hint=f"make it first: mangos-farm env build {args.env} --envs {args.envs}",
+        )
+    store = open_store(settings.store_url)
+    if not store.has_blob(record.digest):
+        raise StoreError(
+            E.STORE_MISSING,
+            f"the tarball of environment '{args.env}' (sha256 {record.digest}) is not in the store {store.url}",
+            hint=f"rebuild it: mangos-farm env build {args.env} --envs {args.envs}",
+        )
+    start = time.monotonic()
+    imported = import_recipes(
+        args.packages,
+        Path(args.dir),
+        env_name=record.name,
+        env_digest=record.digest,
+        store=store,
+        cache_dir=settings.cache_dir,
+    )
+    if args.json:
+        print_json({"environment": record.digest, "recipes": [i.to_json() for i in imported]})
+        return 0
+    for i in imported:
+        deps = f", build-depends {', '.join(i.build_depends)}" if i.build_depends else ""
+        print(f"wrote {i.path}: {i.name} {i.version} @ {i.commit[:12]}, {len(i.pins)} archive pin(s){deps}")
+    print(f"{len(imported)} recipe(s) imported in {time.monotonic() - start:.1f}s (environment {record.digest[:12]})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.coordinator.planning import plan_recipes
+
+    plan, _ = plan_recipes(Path(args.dir), settings, force=args.force)
+    if args.json:
+        print_json(plan.to_json())
+        return 0
+    width = max(len(n) for n in plan.order)
+    for name in plan.order:
+        b = plan.builds[name]
+        key = b.key[:12] if b.key else "?" * 12
+        print(f"{b.decision.value:<6} {name:<{width}} {key}  {b.reason}")
+    s = plan.to_json()["summary"]
+    env = plan.environment.digest[:12]
+    print(f"{s['total']} recipe(s): {s['cached']} cached, {s['build']} to build (environment {env})")
+    return 0
+
+
+def add_recipes(sub: Subparsers) -> None:
+    recipes = add_group(sub, "recipes", "work with recipes", "recipes_cmd")
+    sp = add_command(recipes, "check", cmd_recipes_check, "validate recipes and print the dependency graph")
+    sp.add_argument("dir", nargs="?", default="recipes")
+    json_flag(sp)
+    sp = add_command(
+        recipes, "import", cmd_recipes_import, "write recipes for Debian source packages, build-depends pinned"
+    )
+    sp.add_argument("packages", nargs="+", metavar="NAME[=VERSION]", help="source packages (default: candidate)")
+    sp.add_argument("--dir", default="recipes", help="write NAME.toml here (default recipes/)")
+    sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
+    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+    json_flag(sp)
+
+
+def add_plan(sub: Subparsers) -> None:
+    sp = add_command(sub, "plan", cmd_plan, "what would build, in what order, what is cached and why")
+    sp.add_argument("dir", nargs="?", default="recipes")
+    sp.add_argument("--force", action="store_true", help="plan as if nothing were cached")
+    json_flag(sp)
+
+
+COMMANDS = {"recipes": add_recipes, "plan": add_plan}

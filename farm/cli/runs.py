@@ -1,0 +1,178 @@
+"""``rebuild``, ``status``, ``cancel``, ``retry``: runs of the farm, from submitting one to its last build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from farm.cli.common import Subparsers, add_command, json_flag, print_json
+from farm.errors import E
+from farm.settings import Settings
+
+if TYPE_CHECKING:
+    from farm.coordinator.engine import Coordinator
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.cli.progress import Progress
+    from farm.coordinator.planning import plan_recipes
+    from farm.coordinator.policy import Lane
+    from farm.trust import keys as keymod
+    from workers.fleet import open_fleet
+
+    keymod.load_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
+    plan, store = plan_recipes(Path(args.dir), settings, force=args.force)
+    progress = Progress(len(plan.order), quiet_cached=not args.verbose)
+    lane = Lane(args.lane or settings.lane)
+    fleet = open_fleet(settings, store, progress)
+    coordinator = fleet.coordinator
+    run = coordinator.submit(plan, lane=lane, arch=settings.build_arch, force=args.force)
+    run_dir = settings.runs_dir / run.id
+    fleet.worker_log = run_dir / "workers.log"
+    if not settings.embedded_broker and not args.wait:
+        print(run.id)
+        return 0
+    start = time.monotonic()
+    try:
+        if settings.embedded_broker:
+            coordinator.run_until_done(run.id)
+        else:
+            _follow(coordinator, run.id, progress)
+    finally:
+        progress.close()
+        fleet.close()
+    status = coordinator.status(run.id)
+    status["seconds"] = round(time.monotonic() - start, 3)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").write_text(json.dumps(status, indent=1, sort_keys=True))
+    if args.json:
+        print_json(status)
+    else:
+        _print_summary(status)
+    return 0 if status["ok"] else 1
+
+
+def _print_summary(status: dict[str, Any]) -> None:
+    s = status["summary"]
+    print(
+        f"run {status['run']}: {s['built']} built, {s['cached']} cached, {s['failed']} failed, "
+        f"{s['blocked']} blocked" + (f", {s['cancelled']} cancelled" if s["cancelled"] else "")
+    )
+    for b in status["builds"]:
+        if b["state"] == "failed":
+            err = b.get("error") or {}
+            print(f"\n--- {b['recipe']} failed: error[{err.get('code', E.BUILD_FAILED)}]: {err.get('message', '')}")
+            if err.get("hint"):
+                print(f"    hint: {err['hint']}")
+            if b.get("log"):
+                print(f"    full log: blob {b['log']}")
+            tail = (b.get("log_tail") or "").splitlines()[-25:]
+            if tail:
+                print("    log tail:\n" + "\n".join("    | " + ln for ln in tail))
+        elif b["state"] == "blocked":
+            print(f"--- {b['recipe']} not built: {b['why']}")
+
+
+def _follow(coordinator: Coordinator, run_id: str, progress: Any) -> None:
+    """Watch a run that the fleet's coordinator drives, reporting each change."""
+    seen: dict[str, str] = {}
+    while True:
+        jobs = coordinator.runs.jobs(run_id)
+        for job in jobs.values():
+            if seen.get(job.name) != job.state.value + job.why:
+                seen[job.name] = job.state.value + job.why
+                progress(job, jobs)
+        if coordinator.runs.get(run_id).status != "active":
+            return
+        time.sleep(0.5)
+
+
+def _coordinator(settings: Settings) -> Coordinator:
+    """The coordinator over this farm's state and store, for commands that dispatch nothing themselves."""
+    from farm.store import open_store
+    from workers.fleet import open_fleet
+
+    return open_fleet(settings, open_store(settings.store_url)).coordinator
+
+
+def _run_id(coordinator: Coordinator, run: str | None) -> str:
+    return str(run or coordinator.runs.latest().id)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    coordinator = _coordinator(settings)
+    status = coordinator.status(_run_id(coordinator, args.run))
+    from farm.crossval.results import update_metrics
+
+    reproducibility = update_metrics(settings)  # from 'mangos-farm recheck' results, per recipe and "all"
+    if args.json:
+        print_json(status | {"reproducibility": reproducibility})
+        return 0
+    s = status["summary"]
+    print(
+        f"run {status['run']} ({status['status']}, lane {status['lane']}, arch {status['arch']}): "
+        + ", ".join(f"{v} {k}" for k, v in s.items() if v)
+        + f"; oldest waiting {status['oldest_waiting_seconds']:.0f}s"
+    )
+    width = max((len(b["recipe"]) for b in status["builds"]), default=0)
+    for b in status["builds"]:
+        extra = f" [{b['worker']}]" if b.get("worker") and b["state"] in ("running", "built") else ""
+        print(f"{b['state']:<9} {b['recipe']:<{width}}  {b['why']}{extra}")
+    if reproducibility:
+        print(
+            "reproducibility (recheck): "
+            + ", ".join(
+                f"{n} {r['reproducible']}/{r['checked']}"
+                + (f" ({r['rate']:.0%})" if r["rate"] is not None else "")
+                + (f", {r['failed']} failed to build" if r["failed"] else "")
+                for n, r in reproducibility.items()
+            )
+        )
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    run = _coordinator(settings).cancel(args.run)
+    print(f"run {run.id} cancelled")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    coordinator = _coordinator(settings)
+    run_id, _, name = args.build.rpartition("/")
+    run_id = run_id or _run_id(coordinator, None)
+    coordinator.retry(run_id, name)
+    print(f"build {name} of run {run_id} will be retried")
+    return 0
+
+
+def add_rebuild(sub: Subparsers) -> None:
+    sp = add_command(sub, "rebuild", cmd_rebuild, "build everything not already built, in dependency order")
+    sp.add_argument("dir", nargs="?", default="recipes")
+    sp.add_argument("--force", action="store_true", help="rebuild even what is cached")
+    sp.add_argument("--workers", type=int, help="local build processes (env MANGOS_FARM_WORKERS)")
+    sp.add_argument("--lane", choices=["security", "interactive", "rebuild"], help="priority lane (default rebuild)")
+    sp.add_argument("--wait", action="store_true", help="with a fleet: follow the run to its end, exit 1 on failure")
+    json_flag(sp)
+
+
+def add_status(sub: Subparsers) -> None:
+    sp = add_command(sub, "status", cmd_status, "every build's state in a run, and for each waiting one why")
+    sp.add_argument("run", nargs="?", help="run id (default: the latest)")
+    json_flag(sp)
+
+
+def add_cancel(sub: Subparsers) -> None:
+    sp = add_command(sub, "cancel", cmd_cancel, "cancel a run: nothing more is dispatched, running builds are revoked")
+    sp.add_argument("run")
+
+
+def add_retry(sub: Subparsers) -> None:
+    sp = add_command(sub, "retry", cmd_retry, "retry a failed build (and what it blocked)")
+    sp.add_argument("build", help="RUN/RECIPE, or RECIPE for the latest run")
+
+
+COMMANDS = {"rebuild": add_rebuild, "status": add_status, "cancel": add_cancel, "retry": add_retry}

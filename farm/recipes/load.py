@@ -1,0 +1,104 @@
+"""Loading recipes: one file, or a whole directory checked as a set (duplicates, unknown dependencies, cycles)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import E, ErrorGroup, FarmError, RecipeError
+from farm.graph import find_cycle
+from farm.recipes.model import Recipe, parse
+from farm.recipes.schema import err
+from farm.tomlfile import SYNTAX_HINT, load_toml
+
+
+def load_file(path: Path) -> Recipe:
+    data = load_toml(path, E.RECIPE_SYNTAX, read_code=E.RECIPE_DIR, hint=f"{SYNTAX_HINT} (https://toml.io)")
+    return parse(data, path)
+
+
+@dataclass(frozen=True)
+class RecipeSet:
+    """All recipes of a directory, by name, checked as a whole (duplicates, dependencies, cycles)."""
+
+    recipes: Mapping[str, Recipe]
+    directory: Path
+
+    def __iter__(self) -> Iterator[Recipe]:
+        return iter(self.recipes.values())
+
+    def __len__(self) -> int:
+        return len(self.recipes)
+
+
+def load_dir(directory: Path) -> RecipeSet:
+    if not directory.is_dir():
+        raise RecipeError(
+            E.RECIPE_DIR,
+            "not a directory of recipes",
+            file=directory,
+            hint="pass the directory holding the *.toml recipes, e.g. 'recipes/'",
+        )
+    files = sorted(directory.rglob("*.toml"))  # a set may be grouped in subdirectories (recipes/debian/)
+    if not files:
+        raise RecipeError(
+            E.RECIPE_DIR,
+            "holds no *.toml recipes",
+            file=directory,
+            hint="add recipes or pass another directory",
+        )
+    errors: list[FarmError] = []
+    by_name: dict[str, Recipe] = {}
+    for path in files:
+        try:
+            recipe = load_file(path)
+        except ErrorGroup as group:
+            errors.extend(group.errors)
+            continue
+        except FarmError as exc:
+            errors.append(exc)
+            continue
+        if recipe.name in by_name:
+            other = by_name[recipe.name].path
+            errors.append(
+                err(
+                    E.RECIPE_DUPLICATE,
+                    path,
+                    "name",
+                    f"recipe '{recipe.name}' is also defined in {other}",
+                    "rename one of them or delete the duplicate",
+                )
+            )
+            continue
+        by_name[recipe.name] = recipe
+    for recipe in by_name.values():
+        for dep in recipe.build_depends:
+            if dep not in by_name:
+                close = difflib.get_close_matches(dep, list(by_name), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
+                errors.append(
+                    err(
+                        E.RECIPE_UNKNOWN_DEP,
+                        recipe.path,
+                        "build-depends",
+                        f"depends on '{dep}', which no recipe defines",
+                        hint,
+                    )
+                )
+    if not errors:
+        cycle = find_cycle({n: r.build_depends for n, r in by_name.items()})
+        if cycle:
+            errors.append(
+                err(
+                    E.RECIPE_CYCLE,
+                    by_name[cycle[0]].path,
+                    "build-depends",
+                    "dependency cycle: " + " -> ".join(cycle),
+                    "break the cycle by removing one of these build-depends",
+                )
+            )
+    if errors:
+        raise ErrorGroup(errors)
+    return RecipeSet(recipes=dict(sorted(by_name.items())), directory=directory)

@@ -1,0 +1,144 @@
+"""A recipe: one source package pinned to a commit, and how to build it; validated strictly on the way in.
+
+A recipe pins its source to a full git commit. A human ``ref`` (tag or branch) may be given, but it is only
+checked against the commit when the source is fetched, never followed: the commit is the identity.
+
+A recipe's :meth:`Recipe.content` is what its build key and provenance record (everything but where the file lies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from farm.errors import ErrorGroup, FarmError
+from farm.identity import digest_of
+from farm.recipes.schema import (
+    check_depends,
+    check_identity,
+    check_outputs,
+    check_source,
+    check_table,
+    non_empty,
+    parse_debian,
+    parse_env,
+    str_field,
+    string_list,
+    subtable,
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    git: str
+    commit: str
+    ref: str | None = None
+    dsc: str = ""  # NAME=VERSION of a Debian source package, imported deterministically (farm.sources.dsc)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    source: Source
+    steps: tuple[str, ...]
+    outputs: tuple[str, ...]
+    build_depends: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+    kind: str = "script"
+    environment: str = ""
+    archive: tuple[tuple[tuple[str, str], ...], ...] = ()  # pins, each as sorted (key, value) pairs
+    path: Path = Path("<memory>")
+
+    def content(self) -> dict[str, Any]:
+        """What a build key and provenance record of the recipe: everything but where the file lies."""
+        source: dict[str, Any] = {"commit": self.source.commit}
+        if self.source.dsc:
+            source["dsc"] = self.source.dsc
+        else:
+            source["git"] = self.source.git
+        if self.source.ref:
+            source["ref"] = self.source.ref
+        build: dict[str, Any] = {"steps": list(self.steps), "env": dict(self.env)}
+        if self.kind != "script":  # script recipes keep the content (and so the keys) they always had
+            build |= {"kind": self.kind, "environment": self.environment, "archive": self.pins()}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "build-depends": list(self.build_depends),
+            "outputs": list(self.outputs),
+            "source": source,
+            "build": build,
+        }
+
+    def pins(self) -> list[dict[str, str]]:
+        return [dict(p) for p in self.archive]
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.content())
+
+    @property
+    def git_location(self) -> str:
+        """Where to fetch from: URLs as written, relative paths resolved against the recipe's directory."""
+        if self.source.dsc:
+            return f"dsc:{self.source.dsc}"
+        url = self.source.git
+        if "://" in url or url.startswith(("git@", "/")):
+            return url
+        return str((self.path.parent / url).resolve())
+
+    @classmethod
+    def from_content(cls, content: Mapping[str, Any], path: Path = Path("<memory>")) -> Recipe:
+        """Rebuild a recipe from :meth:`content` (how workers receive it)."""
+        return parse(dict(content), path)
+
+
+def parse(data: dict[str, Any], path: Path) -> Recipe:
+    """Validate one recipe document. Raises ErrorGroup listing every problem in it."""
+    errors: list[FarmError] = []
+    check_table(data, "", path, errors)
+    source, build = subtable(data, "source"), subtable(data, "build")
+    if isinstance(data.get("source"), dict):
+        check_table(source, "source", path, errors)
+    if isinstance(data.get("build"), dict):
+        check_table(build, "build", path, errors)
+    check_identity(data, path, errors)
+    check_source(source, path, errors)
+    name = str_field(data, "name")
+    depends = string_list(data.get("build-depends", []), path, "build-depends", errors, '["zlib"]')
+    check_depends(depends, name, path, errors)
+    steps = string_list(build.get("steps", []), path, "build.steps", errors, '["make"]')
+    if build.get("kind", "script") == "script":  # a debian build's step is dpkg-buildpackage
+        non_empty(build, "steps", "build.steps", "one step", path=path, errors=errors)
+    outputs = string_list(data.get("outputs", []), path, "outputs", errors, '["bin/hello"]')
+    non_empty(data, "outputs", "outputs", "one path", path=path, errors=errors)
+    check_outputs(outputs, path, errors)
+    env = parse_env(build, path, errors)
+    kind, environment, pins = parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
+    if errors:
+        raise ErrorGroup(errors)
+    ref = source.get("ref")
+    return Recipe(
+        name=name,
+        version=str_field(data, "version"),
+        description=str_field(data, "description"),
+        source=Source(
+            git=str_field(source, "git"),
+            commit=str_field(source, "commit"),
+            ref=ref if isinstance(ref, str) else None,
+            dsc=str_field(source, "dsc"),
+        ),
+        kind=kind,
+        environment=environment,
+        archive=pins,
+        steps=steps,
+        outputs=outputs,
+        build_depends=depends,
+        env=env,
+        path=path,
+    )

@@ -1,0 +1,63 @@
+"""apt's lists on this machine: where they are, how to read them, and which archive each belongs to.
+
+apt verified every list against its signed InRelease when it updated them, so what is read here is what the
+archive's key vouches for. Both the source imports (Sources) and the archive pins (Packages) read them.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from debian import deb822
+
+from farm.errors import E, FarmError
+from farm.run import run
+
+APT_LISTS = Path("/var/lib/apt/lists")
+APT_HELPER = "/usr/lib/apt/apt-helper"
+
+
+def apt_cat_argv(path: Path) -> list[str]:
+    """apt keeps its lists compressed (lz4 here); apt-helper reads any of its formats."""
+    return [APT_HELPER, "cat-file", str(path)]
+
+
+def read_list(path: Path) -> str:
+    """The text of one of apt's lists, whatever its compression."""
+    return run(apt_cat_argv(path)).text
+
+
+def packages_lists(lists_dir: Path = APT_LISTS) -> list[Path]:
+    """apt's Packages indexes, sorted (none is not an error here: the caller says what it missed)."""
+    return sorted(Path(p) for p in glob.glob(str(lists_dir / "*_Packages*")))
+
+
+def archive_label(sources_list: Path) -> str:
+    """'Origin Codename' of the InRelease an index file belongs to: names the archive independently of the mirror."""
+    releases = sorted(
+        (
+            p
+            for p in sources_list.parent.glob("*_InRelease")
+            if sources_list.name.startswith(p.name[: -len("InRelease")])
+        ),
+        key=lambda p: len(p.name),
+    )
+    if releases:
+        release = deb822.Release(releases[-1].read_bytes())
+        origin, suite = release.get("Origin"), release.get("Codename") or release.get("Suite")
+        if origin and suite:
+            return f"{origin} {suite}"
+    return sources_list.name.split("_source_Sources")[0]
+
+
+def source_lists(lists_dir: Path = APT_LISTS) -> list[Path]:
+    """apt's Sources indexes (each verified by apt against its signed InRelease); an error if there are none."""
+    lists = sorted(Path(p) for p in glob.glob(str(lists_dir / "*_source_Sources*")))
+    if not lists:
+        raise FarmError(
+            E.DSC_UNKNOWN,
+            f"apt has no Sources index in {lists_dir}: no deb-src entry is configured",
+            hint="run 'make apt' as root (it adds a deb-src entry and runs apt-get update)",
+        )
+    return lists

@@ -1,0 +1,160 @@
+"""A real fleet on one machine: redis-server, a store, one ``mangos-farm coordinator`` process and ``mangos-farm
+worker`` processes, each with its own home (as if on its own machine), driven through the CLI as an operator would.
+
+Every process runs in its own session and is stopped by its process-group id. The client home (where the CLI
+runs) generates the keys; each process gets the builder pair and the coordinator's public key, the coordinator
+its private key too (:mod:`tests.lib.keys`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.lib.cli import CLI, run_cli
+from tests.lib.keys import install_fleet_keys
+from tests.lib.redis_server import RedisServer
+from tests.lib.tools import free_port
+
+
+class Fleet:
+    """A fleet under ``root`` on ``redis`` and the store at ``store_url``; ``env`` adds to every process's
+    environment (none of this process's MANGOS_FARM_* or AWS_* settings reach them).
+
+    With ``metrics`` each process serves /metrics on a port of 127.0.0.1 (:attr:`metrics_ports`). With
+    :attr:`fail_fast`, :meth:`wait_for` stops as soon as a process started here exits without being killed.
+    """
+
+    fail_fast = False
+
+    def __init__(
+        self,
+        root: Path,
+        redis: RedisServer,
+        store_url: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        metrics: bool = True,
+    ) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.redis = redis
+        self.store_url = store_url
+        self.metrics = metrics
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith(("MANGOS_FARM_", "AWS_"))}
+        self.base_env |= dict(env or {}) | {"MANGOS_FARM_BROKER": redis.url, "MANGOS_FARM_STORE": store_url}
+        self.client_home = root / "client"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # every process running, by name
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.metrics_ports: dict[str, int] = {}
+        self.cli("keys", "generate")
+
+    def env(self, home: Path) -> dict[str, str]:
+        return self.base_env | {"MANGOS_FARM_HOME": str(home)}
+
+    def cli(self, *args: str, check: bool = True, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(args, cwd=self.root, env=self.env(home or self.client_home), check=check)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    # -- processes -------------------------------------------------------------------------------------------
+    def spawn(self, name: str, argv: list[str], *, coordinator: bool = False) -> subprocess.Popen[bytes]:
+        """``mangos-farm ARGV`` with home ``root/name`` and its keys, output appended to ``root/name.log``."""
+        home = self.root / name
+        install_fleet_keys(self.client_home / "keys", home, coordinator=coordinator)
+        if self.metrics:
+            port = self.metrics_ports.setdefault(name, free_port())
+            argv = [*argv, "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
+        with (self.root / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [CLI, *argv], cwd=self.root, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def start_coordinator(self) -> None:
+        self.coordinator = self.spawn("coordinator", ["coordinator"], coordinator=True)
+
+    def start_worker(self, name: str, concurrency: int = 1) -> None:
+        argv = ["worker", "--concurrency", str(concurrency), "--name", f"{name}@fleet"]
+        self.workers[name] = self.spawn(name, argv)
+
+    def kill(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the process group of ``proc``; wait for it if the signal ends it."""
+        if proc is None:
+            return
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.procs = {k: p for k, p in self.procs.items() if p is not proc}
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                proc.wait(timeout=30)
+
+    def kill_worker(self, name: str) -> None:
+        self.kill(self.workers.pop(name))
+
+    def close(self) -> None:
+        for proc in list(self.procs.values()):
+            self.kill(proc)
+        self.procs.clear()
+        self.workers.clear()
+
+    # -- waiting ---------------------------------------------------------------------------------------------
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 120, interval: float = 0.3) -> Any:
+        """Call ``check`` until it returns something true, and return that; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            if self.fail_fast:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log_tail(name)}")
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{self.logs()}")
+
+    def wait_workers(self, n: int, timeout: float = 120) -> list[dict[str, Any]]:
+        """Wait until ``n`` workers (not disabled) are registered; returns them."""
+
+        def enabled() -> list[dict[str, Any]] | None:
+            found = [w for w in self.json("workers") if not w["disabled"]]
+            return found if len(found) >= n else None
+
+        workers: list[dict[str, Any]] = self.wait_for(f"{n} workers", enabled, timeout)
+        return workers
+
+    def status(self, run: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.json("status", run)
+        return status
+
+    def wait_run(self, run: str, timeout: float = 300, poll: float = 0.3) -> dict[str, Any]:
+        """Wait until run ``run`` is no longer active; its status."""
+        status: dict[str, Any] = self.wait_for(
+            f"run {run}", lambda: (s := self.status(run))["status"] != "active" and s, timeout, poll
+        )
+        return status
+
+    # -- logs ------------------------------------------------------------------------------------------------
+    def builds_executed(self, recipe: str) -> int:
+        """How many times any worker started building ``recipe`` (from the workers' own logs)."""
+        count = 0
+        for log in self.root.glob("w*.log"):
+            count += log.read_text(errors="replace").count(f"> build recipe={recipe} ")
+        return count
+
+    def log_tail(self, name: str, limit: int = 3000) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-limit:] if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {log.name}\n{self.log_tail(log.stem)}" for log in sorted(self.root.glob("*.log")))
