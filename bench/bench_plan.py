@@ -42,12 +42,11 @@ from bench._common import parser, progress, require_tools, workdir
 from farm.coordinator.engine import Coordinator, Dispatcher
 from farm.coordinator.kv import open_kv
 from farm.coordinator.plan import Decision, Plan, make_plan
+from farm.coordinator.planning import source_resolver
 from farm.coordinator.policy import Lane
 from farm.envs.host import host_environment
 from farm.recipes import RecipeSet, load_dir
 from farm.settings import Settings
-from farm.sources.git import SourceCache
-from farm.sources.resolved import ResolvedCommits
 from farm.store import Store, open_store
 from farm.trust import keys as keymod
 from tests.lib.cli import CLI, clean_env
@@ -192,16 +191,8 @@ def plan_in_process(settings: Settings, recipe_dir: Path) -> tuple[Plan, Store, 
     env = host_environment()
     t2 = time.perf_counter()
     store = open_store(settings.store_url)
-    resolved = ResolvedCommits(SourceCache(settings.cache_dir / "git"))
-    try:
-        plan = make_plan(
-            recipes,
-            store,
-            lambda r: resolved.resolve(r.git_location, r.source.commit, r.source.ref, origin=str(r.path)),
-            env,
-        )
-    finally:
-        resolved.save()
+    with source_resolver(settings) as resolve:
+        plan = make_plan(recipes, store, resolve, env)
     t3 = time.perf_counter()
     return plan, store, PlanPhases(load=t1 - t0, environment=t2 - t1, plan=t3 - t2)
 

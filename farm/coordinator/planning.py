@@ -7,6 +7,8 @@ was resolved before the failure is not resolved again.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from farm.coordinator.plan import Plan, make_plan
@@ -14,7 +16,7 @@ from farm.envs.host import host_environment
 from farm.errors import E, FarmError
 from farm.recipes import Recipe, load_dir
 from farm.settings import Settings
-from farm.sources.git import SourceCache
+from farm.sources.git import ResolvedSource, SourceCache
 from farm.sources.resolved import ResolvedCommits
 from farm.store import Store, open_store
 
@@ -24,19 +26,27 @@ def plan_recipes(recipes_dir: Path, settings: Settings, *, force: bool = False) 
     and that store."""
     recipes = load_dir(recipes_dir)
     store = open_store(settings.store_url)
-    resolved = ResolvedCommits(SourceCache(settings.cache_dir / "git"))
-    try:
+    with source_resolver(settings) as resolve:
         plan = make_plan(
             recipes,
             store,
-            lambda r: resolved.resolve(r.git_location, r.source.commit, r.source.ref, origin=str(r.path)),
+            resolve,
             host_environment(),
             force=force,
             env_for=lambda r: debian_environment(r, settings, store),
         )
+    return plan, store
+
+
+@contextmanager
+def source_resolver(settings: Settings) -> Iterator[Callable[[Recipe], ResolvedSource]]:
+    """Resolve each recipe's pinned commit through the farm's source cache; what was resolved is saved on the way
+    out, even when planning fails."""
+    resolved = ResolvedCommits(SourceCache(settings.cache_dir / "git"))
+    try:
+        yield lambda r: resolved.resolve(r.git_location, r.source.commit, r.source.ref, origin=str(r.path))
     finally:
         resolved.save()
-    return plan, store
 
 
 def debian_environment(recipe: Recipe, settings: Settings, store: Store) -> str:

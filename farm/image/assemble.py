@@ -178,7 +178,7 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
 
 
 def admit(got: inputs.Inputs, req: Request, settings: Settings) -> None:
-    """Cross-validation: every farm-built .deb must be attested by K trusted peers (issue #7's admission)."""
+    """Cross-validation: every farm-built .deb must be attested by K trusted peers."""
     if req.trust is None:
         raise FarmError(
             E.IMAGE_INPUT,

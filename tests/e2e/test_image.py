@@ -120,7 +120,7 @@ def test_inputs_are_checked_and_a_tampered_deb_stops_the_build(built_image: Buil
     assert origins["hello"] == "farm" and origins["libc6"] == "archive"
     assert next(p for p in listed["packages"] if p["name"] == "hello")["commit"] == img.commits["hello"]
 
-    # K-of-N admission (issue #7): this organization's own attestation is one vote; two cannot be met without peers
+    # K-of-N admission: this organization's own attestation is one vote; two cannot be met without peers
     peers = tmp_path / "peers.toml"
     peers.write_text("")
     admitted = img.farm.run("image", "build", "--check-inputs", "--require-agreement", "1", "--trust", str(peers))

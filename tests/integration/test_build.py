@@ -15,13 +15,12 @@ from farm.build.context import WorkerContext
 from farm.build.execute import execute_build
 from farm.envs.host import host_environment
 from farm.errors import E
-from farm.identity import build_key
-from farm.recipes import Recipe, Source
 from farm.sources.git import SourceCache
 from farm.store import BuildRecord, open_store
 from farm.trust.keys import BuilderKey
 from farm.trust.provenance import verify_envelope
-from tests.conftest import MakeRepo, git, require
+from tests.conftest import MakeRepo, require
+from tests.lib.recipes import build_request
 
 pytestmark = pytest.mark.integration
 
@@ -40,37 +39,6 @@ def ctx(tmp_path: Path, builder_key: BuilderKey) -> WorkerContext:
     )
 
 
-def request_for(
-    repo: Path,
-    commit: str,
-    steps: list[str],
-    outputs: list[str],
-    *,
-    deps: tuple[DependencyInput, ...] = (),
-    name: str = "pkg",
-) -> BuildRequest:
-    recipe = Recipe(
-        name=name,
-        version="1.0",
-        source=Source(git=str(repo), commit=commit),
-        steps=tuple(steps),
-        outputs=tuple(outputs),
-        build_depends=tuple(d.recipe for d in deps),
-    )
-    tree = git(repo, "rev-parse", f"{commit}^{{tree}}")
-    env = host_environment().digest
-    key = build_key(recipe.content(), commit, tree, env, {d.recipe: dict(d.artifacts) for d in deps})
-    return BuildRequest(
-        build_key=key,
-        recipe=recipe.content(),
-        recipe_path=str(repo / "pkg.toml"),
-        fetch_url=str(repo),
-        tree=tree,
-        environment=env,
-        dependencies=deps,
-    )
-
-
 def build(ctx: WorkerContext, req: BuildRequest) -> BuildOutcome:
     outcome = execute_build(req, ctx)
     assert outcome.build_key == req.build_key
@@ -81,7 +49,7 @@ def test_build_publishes_artifacts_record_and_signed_provenance(
     ctx: WorkerContext, make_repo: MakeRepo, builder_key: BuilderKey
 ) -> None:
     repo, commit = make_repo("hello", {"hello.c": '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n'})
-    req = request_for(
+    req = build_request(
         repo,
         commit,
         ['cc -O2 -o "$OUT/hello" hello.c', 'mkdir -p "$OUT/doc" && echo docs > "$OUT/doc/README"'],
@@ -110,7 +78,7 @@ def test_build_publishes_artifacts_record_and_signed_provenance(
 
 def test_same_request_twice_gives_identical_bytes(ctx: WorkerContext, make_repo: MakeRepo, tmp_path: Path) -> None:
     repo, commit = make_repo("lib", {"a.c": "int f(void){return __LINE__;}\n"})
-    req = request_for(
+    req = build_request(
         repo, commit, ['mkdir -p "$OUT/lib" && cc -O2 -c a.c -o a.o && ar rcD "$OUT/lib/liba.a" a.o'], ["lib"]
     )
     first = build(ctx, req)
@@ -137,7 +105,7 @@ def test_network_is_unreachable_even_on_loopback(ctx: WorkerContext, make_repo: 
     thread.start()
     repo, commit = make_repo("net", {"x": "x\n"})
     script = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); print('CONN' + 'ECTED')"
-    req = request_for(repo, commit, [f'/usr/bin/python3 -c "{script}"', 'touch "$OUT/x"'], ["x"])
+    req = build_request(repo, commit, [f'/usr/bin/python3 -c "{script}"', 'touch "$OUT/x"'], ["x"])
     outcome = build(ctx, req)
     thread.join()
     server.close()
@@ -154,7 +122,7 @@ def test_clean_environment_unprivileged_fixed_paths(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
     monkeypatch.setenv("MANGOS_FARM_BROKER", "redis://:secret@localhost/0")
     repo, commit = make_repo("env", {"x": "x\n"})
-    req = request_for(
+    req = build_request(
         repo,
         commit,
         [
@@ -182,7 +150,7 @@ def test_clean_environment_unprivileged_fixed_paths(
 
 def test_failing_step_reports_log_tail_and_publishes_nothing(ctx: WorkerContext, make_repo: MakeRepo) -> None:
     repo, commit = make_repo("bad", {"x": "x\n"})
-    req = request_for(repo, commit, ["echo about to fail", "exit 3"], ["x"])
+    req = build_request(repo, commit, ["echo about to fail", "exit 3"], ["x"])
     outcome = build(ctx, req)
     assert not outcome.ok
     assert outcome.error is not None and outcome.error["code"] == E.BUILD_FAILED
@@ -194,9 +162,9 @@ def test_failing_step_reports_log_tail_and_publishes_nothing(ctx: WorkerContext,
 
 def test_missing_output_and_escaping_symlink_are_refused(ctx: WorkerContext, make_repo: MakeRepo) -> None:
     repo, commit = make_repo("out", {"x": "x\n"})
-    missing = build(ctx, request_for(repo, commit, ["true"], ["never-made"]))
+    missing = build(ctx, build_request(repo, commit, ["true"], ["never-made"]))
     assert missing.error is not None and missing.error["code"] == E.BUILD_OUTPUT
-    link = build(ctx, request_for(repo, commit, ['mkdir "$OUT/d" && ln -s /etc/shadow "$OUT/d/s"'], ["d"]))
+    link = build(ctx, build_request(repo, commit, ['mkdir "$OUT/d" && ln -s /etc/shadow "$OUT/d/s"'], ["d"]))
     assert link.error is not None and link.error["code"] == E.BUILD_OUTPUT
     assert "outside" in link.error["message"]
 
@@ -204,7 +172,7 @@ def test_missing_output_and_escaping_symlink_are_refused(ctx: WorkerContext, mak
 def test_timeout_kills_the_build(ctx: WorkerContext, make_repo: MakeRepo) -> None:
     ctx.timeout = 2
     repo, commit = make_repo("slow", {"x": "x\n"})
-    outcome = build(ctx, request_for(repo, commit, ["sleep 60"], ["x"]))
+    outcome = build(ctx, build_request(repo, commit, ["sleep 60"], ["x"]))
     assert not outcome.ok
     assert outcome.error is not None and "timed out" in outcome.error["message"]
     assert outcome.duration < 30
@@ -214,7 +182,7 @@ def test_dependencies_are_staged_read_only(ctx: WorkerContext, make_repo: MakeRe
     lib_repo, lib_commit = make_repo("lib", {"x": "x\n"})
     lib = build(
         ctx,
-        request_for(
+        build_request(
             lib_repo,
             lib_commit,
             ['mkdir -p "$OUT/tree/bin" && echo v1 > "$OUT/tree/bin/v"'],
@@ -225,7 +193,7 @@ def test_dependencies_are_staged_read_only(ctx: WorkerContext, make_repo: MakeRe
     assert lib.ok and lib.record is not None
     dep = DependencyInput("lib", lib.build_key, {a["name"]: a["digest"] for a in lib.record["artifacts"]})
     app_repo, app_commit = make_repo("app", {"y": "y\n"})
-    req = request_for(
+    req = build_request(
         app_repo,
         app_commit,
         [

@@ -1,4 +1,4 @@
-"""What makes the assembled root tree a bootable, self-checking MANGOS system (issue #5, boot chain).
+"""What makes the assembled root tree a bootable, self-checking MANGOS system.
 
 The image pipeline (``farm.image.assemble``) installs :data:`PACKAGES` from the pinned archive next to the farm's own
 .debs, then calls :func:`customize` on the unpacked tree before it is frozen into erofs. The files copied in live in
