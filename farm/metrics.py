@@ -50,6 +50,17 @@ retries = Counter("mangos_retries_total", "Build retries by cause (error id)", [
 stale_results = Counter("mangos_stale_results_total", "Results discarded because their lease was stale")
 cache_lookups = Counter("mangos_cache_lookups_total", "Build-key lookups in the store", ["result"])
 runs_active = Gauge("mangos_runs_active", "Runs not yet finished", multiprocess_mode="livemax")
+recipes_behind = Gauge(
+    "mangos_recipes_behind_archive",
+    "Recipes whose farm build is older than the archive's version, until a build catches up (kind: security, update)",
+    ["kind"],
+    multiprocess_mode="livemax",
+)
+security_update_waiting = Gauge(
+    "mangos_security_update_waiting_seconds",
+    "Age of the oldest security update not yet built, since the first 'recipes update' that saw it (0: none)",
+    multiprocess_mode="livemax",
+)
 
 # -- workers ----------------------------------------------------------------------------------------------------
 build_phase_seconds = Histogram(
@@ -93,6 +104,8 @@ METRICS = {
         stale_results,
         cache_lookups,
         runs_active,
+        recipes_behind,
+        security_update_waiting,
         build_phase_seconds,
         store_bytes,
         store_errors,

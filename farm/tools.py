@@ -17,9 +17,11 @@ TOOLS: Final = MappingProxyType(
         "disorderfs": "disorderfs",
         "dpkg-query": "dpkg",
         "dpkg-scanpackages": "dpkg-dev",
+        "domainname": "hostname",
         "faketime": "faketime",
         "fsck.erofs": "erofs-utils",
         "git": "git",
+        "localedef": "locales",  # libc-bin's localedef, with the locale sources it compiles from
         "mcopy": "mtools",
         "mkfs.erofs": "erofs-utils",
         "mkfs.vfat": "dosfstools",
@@ -28,8 +30,10 @@ TOOLS: Final = MappingProxyType(
         "qemu-system-x86_64": "qemu-system-x86",
         "sbsign": "sbsigntool",
         "sbverify": "sbsigntool",
+        "setarch": "util-linux",
         "sfdisk": "fdisk",
         "swtpm": "swtpm",
+        "taskset": "util-linux",
         "unshare": "util-linux",
         "veritysetup": "cryptsetup-bin",
     }

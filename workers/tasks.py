@@ -141,7 +141,7 @@ def recheck(self: Any, payload: Any, signature: Any = None) -> dict[str, Any]:
 @signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
 def _consume_own_recheck_queue(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """Each worker also consumes a queue of its own, so a recheck can be sent to a worker other than the one
-    that made the original build (farm.cli.crossval chooses it from the live workers)."""
+    that made the original build (farm.cli.recheck chooses it from the live workers)."""
     if instance is not None and sender and not settings.embedded_broker:  # the embedded farm rechecks in-process
         instance.app.amqp.queues.select_add(recheck_queue(str(sender)))
 

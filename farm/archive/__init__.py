@@ -11,7 +11,9 @@ This package is the one owner of pinning Debian binaries; build recipes (``recip
 3. **Download and verify** (:mod:`~farm.archive.download`): ``apt-get download NAME=VERSION``; each file must hash
    as the index or the pin says before the store takes it.
 4. **Import** (:mod:`~farm.archive.import_`, ``mangos-farm recipes import``): a Debian recipe per source package,
-   its source imported with :func:`farm.sources.dsc.import_dsc` and its build closure pinned.
+   its source imported with :func:`farm.sources.dsc.import_dsc` and its build closure pinned. The source version
+   is the one that produced the binaries the image would install (:mod:`~farm.archive.versions`: the highest
+   version across every suite apt installs from); where that source cannot be downloaded, no older one is taken.
 
 A debian recipe names its source (an imported .dsc) and the exact archive packages its build installs beyond the
 base environment. The worker puts those .debs (fetched from the farm store by sha256) and the dependency recipes'
@@ -21,22 +23,36 @@ base environment. The worker puts those .debs (fetched from the farm store by sh
 from __future__ import annotations
 
 from farm.archive.download import deb_name, download_pins, ensure_pins
-from farm.archive.import_ import Imported, import_recipes, recipe_dependencies, recipe_toml
+from farm.archive.import_ import (
+    Imported,
+    ImportFailure,
+    ImportReport,
+    import_recipes,
+    recipe_dependencies,
+    recipe_toml,
+)
 from farm.archive.index import SourcesIndex, archive_checksums, essential_packages, pin_from_index
 from farm.archive.pin import Pin
 from farm.archive.resolve import exclude_pins, parse_simulation, resolve_closure, resolve_install
+from farm.archive.versions import ArchiveVersions, SourceChoice, choose_source, is_older_code
 
 __all__ = [
+    "ArchiveVersions",
+    "ImportFailure",
+    "ImportReport",
     "Imported",
     "Pin",
+    "SourceChoice",
     "SourcesIndex",
     "archive_checksums",
+    "choose_source",
     "deb_name",
     "download_pins",
     "ensure_pins",
     "essential_packages",
     "exclude_pins",
     "import_recipes",
+    "is_older_code",
     "parse_simulation",
     "pin_from_index",
     "recipe_dependencies",

@@ -1,9 +1,18 @@
 """``mangos-farm recipes import``: Debian recipes written from the archive, their source and build closure pinned.
 
-For each ``NAME[=VERSION]``: the source version from the Sources index, the .dsc imported with
-:func:`farm.sources.dsc.import_dsc`, recipe build-depends found through the Sources ``Binary`` fields, the closure
-resolved on top of the environment and pinned (binaries that recipes of the set build are left out, their own
-dependencies stay), each pin downloaded and stored, and ``DIR/NAME.toml`` written.
+For each ``NAME[=VERSION]``:
+
+- **Which version**: ``VERSION`` when given (the result says when it is older than the archive's candidate);
+  otherwise the source version that produced the binary version the image would install: the highest version,
+  across every suite apt installs from, of the binaries the Sources ``Binary`` field names, for the build
+  architecture (:func:`farm.archive.versions.choose_source`); without any binary for it, the newest Sources version.
+- **Never an older one in its place**: when that version is in no Sources index (E-SOURCE-UNINDEXED) or its files
+  cannot be downloaded (E-SOURCE-UNAVAILABLE), the item is reported failed, its recipe file is neither written nor
+  overwritten, and the other items go on. Unknown names and versions fail the whole batch before any download.
+- **The recipe**: the .dsc imported with :func:`farm.sources.dsc.import_dsc`, recipe build-depends found through
+  the Sources ``Binary`` fields, the closure resolved on top of the environment and pinned (binaries that recipes
+  of the set build are left out, their own dependencies stay), each pin downloaded and stored, ``DIR/NAME.toml``
+  written.
 """
 
 from __future__ import annotations
@@ -21,11 +30,13 @@ from farm.archive.download import download_pins
 from farm.archive.index import SourceEntry, SourcesIndex
 from farm.archive.pin import Pin
 from farm.archive.resolve import env_status_file, exclude_pins, resolve_closure
+from farm.archive.versions import ArchiveVersions, SourceChoice, choose_source, is_older_code
+from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
 from farm.log import step
 from farm.run import run
-from farm.sources.apt import APT_LISTS
-from farm.sources.dsc import check_spec, import_dsc
+from farm.sources.apt import configured_lists
+from farm.sources.dsc import ImportedSource, check_spec, import_dsc
 from farm.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,7 +59,12 @@ def recipe_toml(
     commit: str,
     environment: str,
     archive: Sequence[Pin],
+    patches: Sequence[str] = (),
 ) -> str:
+    """The recipe file of an imported source. ``patches`` (kept from the recipe this one replaces) are written as
+    they were: a re-import moves the source, never drops the farm's own fixes; ``recipes check`` then says whether
+    they still apply."""
+
     def strings(values: Sequence[str]) -> str:
         return "[" + ", ".join(_toml_str(v) for v in values) + "]"
 
@@ -60,6 +76,7 @@ def recipe_toml(
         f"description = {_toml_str(description)}",
         f"build-depends = {strings(build_depends)}",
         f"outputs = {strings(outputs)}",
+        *([f"patches = {strings(patches)}"] if patches else []),
         "",
         "[source]",
         f"dsc = {_toml_str(dsc)}",
@@ -82,22 +99,64 @@ def recipe_toml(
 
 @dataclass(frozen=True)
 class Imported:
+    """One recipe written: the source version taken, and the archive's candidate next to it."""
+
     name: str
     version: str
     commit: str
     path: Path
     build_depends: tuple[str, ...]
     pins: tuple[Pin, ...]
+    candidate: str = ""
+    explicit: bool = False
+
+    @property
+    def older_than_candidate(self) -> bool:
+        return bool(self.candidate) and is_older_code(self.version, self.candidate)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "status": "imported",
             "name": self.name,
             "version": self.version,
+            "candidate": self.candidate,
+            "older_than_candidate": self.older_than_candidate,
             "commit": self.commit,
             "path": str(self.path),
             "build_depends": list(self.build_depends),
             "archive": [p.to_toml() for p in self.pins],
         }
+
+
+UNAVAILABLE = frozenset({E.SOURCE_UNAVAILABLE, E.SOURCE_UNINDEXED})
+
+
+@dataclass(frozen=True)
+class ImportFailure:
+    """One item not imported (no recipe written or overwritten for it), with the error that stopped it."""
+
+    name: str
+    version: str
+    error: FarmError
+
+    @property
+    def status(self) -> str:
+        return "unavailable" if self.error.code in UNAVAILABLE else "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "name": self.name, "version": self.version, "error": self.error.to_json()}
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """Every item of one ``recipes import``, in the order asked: imported, or failed with its error."""
+
+    imported: tuple[Imported, ...]
+    failed: tuple[ImportFailure, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
 
 
 def recipe_dependencies(entry: SourceEntry, closure: Sequence[Pin], produced_by: Mapping[str, str]) -> list[str]:
@@ -121,6 +180,15 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return name, None
 
 
+def existing_patches(path: Path) -> list[str]:
+    """The ``patches`` of the recipe at ``path`` (none when there is no readable recipe there)."""
+    try:
+        patches = tomllib.loads(path.read_text()).get("patches", [])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    return [p for p in patches if isinstance(p, str)] if isinstance(patches, list) else []
+
+
 def existing_debian_recipes(recipes_dir: Path) -> dict[str, str]:
     """name -> version of the debian recipes already in the directory (read as plain TOML)."""
     found = {}
@@ -135,6 +203,33 @@ def existing_debian_recipes(recipes_dir: Path) -> dict[str, str]:
     return found
 
 
+def choose_sources(
+    wanted: Sequence[tuple[str, str | None]], index: SourcesIndex, lists_dir: Path, arch: str | None
+) -> dict[str, SourceChoice]:
+    """Each wanted source's version (see :func:`farm.archive.versions.choose_source`); unknown names and versions
+    fail the whole batch here, before anything is downloaded."""
+    for name, version in wanted:
+        index.pick(name, version)
+    binaries = {n: sorted({b for e in index.by_name[n] for b in e.binaries}) for n, _ in wanted}
+    archive = ArchiveVersions.load({b for bs in binaries.values() for b in bs}, lists_dir)
+    return {
+        name: choose_source(
+            name, version, [e.version for e in index.by_name[name]], binaries[name], archive=archive, arch=arch
+        )
+        for name, version in wanted
+    }
+
+
+def unindexed(choice: SourceChoice) -> FarmError:
+    return FarmError(
+        E.SOURCE_UNINDEXED,
+        f"the archive installs {choice.name}'s binaries from source version {choice.version} ({choice.archive}), "
+        "but no Sources index apt holds lists that version",
+        hint="add a deb-src entry for every suite the machine installs from ('make apt' writes them) and run "
+        f"'apt-get update'; an older version only by asking for it explicitly ({choice.name}=VERSION)",
+    )
+
+
 def import_recipes(
     specs: Sequence[str],
     recipes_dir: Path,
@@ -143,49 +238,105 @@ def import_recipes(
     env_digest: str,
     store: Store,
     cache_dir: Path,
-    lists_dir: Path = APT_LISTS,
-) -> list[Imported]:
-    """Write ``recipes_dir/NAME.toml`` for each ``NAME`` or ``NAME=VERSION``; see the module docstring."""
+    lists_dir: Path | None = None,
+    arch: str | None = None,
+) -> ImportReport:
+    """Write ``recipes_dir/NAME.toml`` for each ``NAME`` or ``NAME=VERSION``; see the module docstring.
+
+    ``lists_dir``: apt's lists (default: the ones the apt it runs uses, ``APT_CONFIG`` included); ``arch``: the
+    build architecture (None: any). An item whose source cannot be had at the chosen version is reported failed
+    and its recipe file left as it was; the other items go on."""
+    lists_dir = lists_dir or configured_lists()
     wanted = [split_spec(s) for s in specs]
-    existing = {n: v for n, v in existing_debian_recipes(recipes_dir).items() if n not in {w[0] for w in wanted}}
-    index = SourcesIndex.load({n for n, _ in wanted} | set(existing), lists_dir)
-    chosen = {name: index.pick(name, version) for name, version in wanted}
-    # Existing recipes whose version the index no longer has still count by name (their binaries unknown: skip).
-    set_members: dict[str, SourceEntry] = dict(chosen)
-    for name, version in existing.items():
+    on_disk = existing_debian_recipes(recipes_dir)
+    index = SourcesIndex.load({n for n, _ in wanted} | set(on_disk), lists_dir)
+    choices = choose_sources(wanted, index, lists_dir, arch)
+    failed: dict[str, ImportFailure] = {}
+    sources: dict[str, tuple[SourceEntry, ImportedSource]] = {}
+    for name, choice in choices.items():
+        try:
+            if choice.version not in {e.version for e in index.by_name[name]}:
+                raise unindexed(choice)
+            with step("import source", log, package=f"{name}={choice.version}"):
+                sources[name] = (
+                    index.pick(name, choice.version),
+                    import_dsc(name, choice.version, cache_dir, lists_dir=lists_dir),
+                )
+        except FarmError as exc:
+            log.warning("%s", exc.render())
+            failed[name] = ImportFailure(name, choice.version, exc)
+    # The set: what was imported now, and the recipes already on disk that were not (their binaries from the index).
+    set_members: dict[str, SourceEntry] = {name: entry for name, (entry, _) in sources.items()}
+    for name, version in on_disk.items():
         matches = [e for e in index.by_name.get(name, []) if e.version == version]
-        if matches:
+        if name not in set_members and matches:
             set_members[name] = matches[0]
     produced_by = {b: n for n, e in set_members.items() for b in e.binaries}
-    results = []
+    imported: dict[str, Imported] = {}
     with tempfile.TemporaryDirectory(prefix="mangos-import-") as tmp_str:
         tmp = Path(tmp_str)
         status = env_status_file(store, env_digest, tmp)
-        for name, entry in chosen.items():
-            with step("import recipe", log, package=f"{name}={entry.version}"):
-                imported = import_dsc(name, entry.version, cache_dir, lists_dir=lists_dir)
-                deps = recipe_dependencies(entry, (), produced_by)
-                exclude = {b for b, n in produced_by.items() if n in deps}  # farm-built by its dependencies
-                src = tmp / f"{name}-src"
-                src.mkdir()
-                with (tmp / f"{name}.tar").open("wb") as fh:
-                    run(["git", "--git-dir", str(imported.repo), "archive", imported.commit], stdout=fh)
-                run(["tar", "-xf", str(tmp / f"{name}.tar"), "-C", str(src)])
-                full = resolve_closure(status, src, set())
-                pins = exclude_pins(full, exclude)
-                stored = download_pins(pins, store, lists_dir)
-                text = recipe_toml(
-                    name=name,
-                    version=entry.version,
-                    description=f"Debian source package {name} {entry.version} (binaries: {', '.join(entry.binaries)})",
-                    build_depends=deps,
-                    outputs=DEFAULT_OUTPUTS,
-                    dsc=f"{name}={entry.version}",
-                    commit=imported.commit,
-                    environment=env_name,
-                    archive=stored,
-                )
-                path = recipes_dir / f"{name}.toml"
-                atomic_write(path, text.encode())
-                results.append(Imported(name, entry.version, imported.commit, path, tuple(deps), tuple(stored)))
-    return results
+        for name, (entry, source) in sources.items():
+            try:
+                with step("import recipe", log, package=f"{name}={entry.version}"):
+                    imported[name] = write_recipe(
+                        entry,
+                        source,
+                        choices[name],
+                        recipes_dir=recipes_dir,
+                        tmp=tmp,
+                        status=status,
+                        produced_by=produced_by,
+                        env_name=env_name,
+                        store=store,
+                        lists_dir=lists_dir,
+                    )
+            except FarmError as exc:
+                log.warning("%s", exc.render())
+                failed[name] = ImportFailure(name, entry.version, exc)
+    return ImportReport(
+        tuple(imported[n] for n in choices if n in imported), tuple(failed[n] for n in choices if n in failed)
+    )
+
+
+def write_recipe(
+    entry: SourceEntry,
+    source: ImportedSource,
+    choice: SourceChoice,
+    *,
+    recipes_dir: Path,
+    tmp: Path,
+    status: Path,
+    produced_by: Mapping[str, str],
+    env_name: str,
+    store: Store,
+    lists_dir: Path,
+) -> Imported:
+    """Resolve and pin the build closure of one imported source on top of the environment, then write its recipe."""
+    name = entry.name
+    deps = recipe_dependencies(entry, (), produced_by)
+    exclude = {b for b, n in produced_by.items() if n in deps}  # farm-built by its dependencies
+    src = tmp / f"{name}-src"
+    src.mkdir()
+    with (tmp / f"{name}.tar").open("wb") as fh:
+        run(["git", "--git-dir", str(source.repo), "archive", source.commit], stdout=fh)
+    run(["tar", "-xf", str(tmp / f"{name}.tar"), "-C", str(src)])
+    pins = exclude_pins(resolve_closure(status, src, set()), exclude)
+    stored = download_pins(pins, store, lists_dir)
+    path = recipes_dir / f"{name}.toml"
+    text = recipe_toml(
+        name=name,
+        version=entry.version,
+        description=f"Debian source package {name} {entry.version} (binaries: {', '.join(entry.binaries)})",
+        build_depends=deps,
+        outputs=DEFAULT_OUTPUTS,
+        dsc=f"{name}={entry.version}",
+        commit=source.commit,
+        environment=env_name,
+        archive=stored,
+        patches=existing_patches(path),
+    )
+    atomic_write(path, text.encode())
+    return Imported(
+        name, entry.version, source.commit, path, tuple(deps), tuple(stored), choice.candidate, choice.explicit
+    )

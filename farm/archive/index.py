@@ -4,6 +4,7 @@ binaries and build-dependencies). apt verified each against its signed InRelease
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +111,16 @@ def relation_names(para: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+_PACKAGE_RE = re.compile(r"^Package:[ \t]*(\S+)[ \t]*$", re.MULTILINE)
+
+
 def parse_sources(text: str, names: set[str] | None = None) -> list[SourceEntry]:
+    """The entries of one Sources index (only ``names`` when given). ``Package`` need not be the first field
+    (dpkg-scansources writes ``Format`` first)."""
     entries = []
     for para_text in text.split("\n\n"):
-        first, _, _ = para_text.lstrip("\n").partition("\n")
-        if not first.startswith("Package: ") or (names is not None and first[9:].strip() not in names):
+        m = _PACKAGE_RE.search(para_text)
+        if m is None or (names is not None and m[1] not in names):
             continue
         para = deb822.Sources(para_text)
         binaries = tuple(b.strip() for b in str(para.get("Binary", "")).replace("\n", " ").split(",") if b.strip())

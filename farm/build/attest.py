@@ -33,8 +33,9 @@ def sign_provenance(
 ) -> str:
     """The signed provenance envelope of the build, stored; returns its digest.
 
-    Its resolved dependencies are the recipe's pinned archive packages, then every dependency recipe's artifacts
-    (with the build key they came from), in name order."""
+    Its resolved dependencies are the recipe's patches (in the order applied, by sha256; none for a recipe without
+    any), its pinned archive packages, then every dependency recipe's artifacts (with the build key they came
+    from), in name order."""
     stmt = provenance.statement(
         subjects=[(a.name, a.digest) for a in artifacts],
         recipe=recipe.content(),
@@ -43,7 +44,8 @@ def sign_provenance(
         commit=resolved.commit,
         tree=resolved.tree,
         environment=req.environment,
-        dependencies=[
+        dependencies=[{"name": f"patch/{p.file}", "digest": {"sha256": p.sha256}} for p in recipe.patches]
+        + [
             {
                 "name": f"archive/{pin['package']}_{pin['version']}_{pin['arch']}.deb",
                 "digest": {"sha256": pin["sha256"]},

@@ -7,7 +7,8 @@ mounts exist only inside that mount namespace, so they disappear with the build,
 network: build-dependencies come from a read-only local repository holding exactly the pinned archive .debs
 (fetched from the farm's store by sha256) and the .debs of dependency recipes, installed with
 ``apt-get build-dep`` as root inside the build root; ``dpkg-buildpackage`` then runs as uid 1000 with a clean
-environment, a fixed build path (/build/src), a fixed hostname and SOURCE_DATE_EPOCH from debian/changelog.
+environment, a fixed build path (/build/src), a fixed hostname and SOURCE_DATE_EPOCH from debian/changelog (a
+recheck varies these on purpose, :mod:`farm.build.variation`; the pinned environment itself never changes).
 
 (bubblewrap 0.8 has no overlay support, which is why this path uses unshare + overlayfs + chroot. It needs root
 on the worker.)
@@ -19,21 +20,21 @@ import fcntl
 import glob
 import logging
 import os
+import posixpath
 import shlex
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-from farm.build.sandbox import Limits, launcher_env, run_limited
+from farm.build.sandbox import SRC, Limits, launcher_env, run_limited
+from farm.build.variation import I18N, Variation, clamp_mtimes, disorderfs_argv, locale_parts
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.recipes import Recipe
 from farm.run import require_tool, run
 from farm.store import Store
-
-if TYPE_CHECKING:
-    from farm.build.variation import Variation
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,15 @@ def stage_repo(repo: Path, recipe: Recipe, store: Store, dependency_debs: Iterab
 
 
 def inner_script(epoch: int, jobs: int, variation: Variation | None = None) -> str:
-    """What runs inside the build root: offline build-deps, then dpkg-buildpackage as uid 1000.
+    """What runs inside the build root: offline build-deps, then dpkg-buildpackage as uid 1000 in /build/src.
 
-    A recheck's ``variation`` changes TZ, locale, umask, uid and parallelism, and shifts the build's clock with the
-    host's libfaketime (bind-mounted by :func:`outer_script`)."""
-    uid = variation.uid if variation else BUILD_UID
+    A recheck's ``variation`` moves the source (its build path), changes TZ, locale (compiled here, into this
+    build's overlay, from the host's locale sources that :func:`outer_script` binds), umask, uid and user name,
+    parallelism, CPU set and kernel version, and shifts the build's clock with the host's libfaketime."""
+    v = variation
+    uid = v.uid if v else BUILD_UID
+    build_dir = v.build_dir if v else SRC
+    parent = posixpath.dirname(build_dir)
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOME": "/build/home",
@@ -97,29 +102,42 @@ def inner_script(epoch: int, jobs: int, variation: Variation | None = None) -> s
         "LANG": "C.UTF-8",
         "DEB_BUILD_OPTIONS": f"parallel={jobs}",
     }
-    if variation is not None:
-        env |= {k: v for k, v in variation.env().items() if k != "JOBS"}
-        env["DEB_BUILD_OPTIONS"] = f"parallel={variation.jobs}"
-        if variation.clock_shift_days:
-            env |= {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"+{variation.clock_shift_days}d"}
-    build_env = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    varied: list[str] = []
+    prefix = ""
+    if v is not None:
+        env |= {k: val for k, val in v.env().items() if k not in ("JOBS", "SRC")}
+        env["DEB_BUILD_OPTIONS"] = f"parallel={v.jobs}"
+        if v.clock_shift_days:
+            env |= {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"+{v.clock_shift_days}d"}
+        parts = locale_parts(v.locale)
+        if parts is not None:
+            varied.append(f"localedef -i {parts[0]} -f {parts[1]} {shlex.quote(v.locale)}")
+        if v.user:
+            varied += [
+                f"echo {shlex.quote(f'{v.user}:x:{uid}:{uid}::/build/home:/bin/sh')} >> /etc/passwd",
+                f"echo {shlex.quote(f'{v.user}:x:{uid}:')} >> /etc/group",
+            ]
+        prefix = shlex.join(v.process_prefix()) + " " if v.process_prefix() else ""
+    build_env = " ".join(shlex.quote(f"{k}={val}") for k, val in sorted(env.items()))
+    build = shlex.quote(f"cd {build_dir} && dpkg-buildpackage -b -us -uc")
     return "\n".join(
         [
             "set -eu",
-            f"umask {variation.umask:03o}" if variation else "umask 022",  # never the worker's: modes end up in .debs
+            f"umask {v.umask:03o}" if v else "umask 022",  # never the worker's: modes end up in .debs
             "rm -f /etc/apt/sources.list.d/* /etc/apt/sources.list",
             'echo "deb [trusted=yes] file:/build/repo ./" > /etc/apt/sources.list',
             "export DEBIAN_FRONTEND=noninteractive",
             'echo "==> phase build-deps $(date +%s.%N)"',
             "apt-get -q -o Acquire::Languages=none update",
-            "cd /build/src",
+            f"cd {build_dir}",
             "apt-get -q -y --no-install-recommends build-dep ./",
+            *varied,
             'echo "==> phase dpkg-buildpackage $(date +%s.%N)"',
-            f"mkdir -p /build/home && chown -R {uid}:{uid} /build/src /build/home /build/out",
-            f"chown {uid}:{uid} /build",
+            f"mkdir -p /build/home && chown -R {uid}:{uid} {build_dir} /build/home /build/out",
+            f"chown {uid}:{uid} {parent}",
             f"setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all "
-            f"env -i {build_env} sh -c 'cd /build/src && dpkg-buildpackage -b -us -uc'",
-            "cp /build/*.deb /build/*.buildinfo /build/out/",
+            f"env -i {build_env} {prefix}sh -c {build}",
+            f"cp {parent}/*.deb {parent}/*.buildinfo /build/out/",
             'echo "==> phase done $(date +%s.%N)"',
         ]
     )
@@ -133,10 +151,16 @@ def outer_script(
     repo: Path,
     out: Path,
     inner: str,
-    hostname: str = HOSTNAME,
-    faketime: bool = False,
+    variation: Variation | None = None,
+    src_mount: Path | None = None,
 ) -> str:
-    """Host side, inside the new mount namespace: overlay, /proc, a minimal /dev, binds, then chroot."""
+    """Host side, inside the new mount namespace: overlay, /proc, a minimal /dev, binds, then chroot.
+
+    With a file-order variation the source is mounted through disorderfs. disorderfs (``--multi-user``) reaches
+    its root directory as the calling user, so the build user must be able to walk to it: the source is first
+    bound at ``src_mount`` (an empty directory under a world-traversable one, only mounted in this namespace)
+    rather than used where the worker's private work directory holds it."""
+    v = variation
     merged, upper, work = layer / "merged", layer / "upper", layer / "work"
     q = shlex.quote
     lines = [
@@ -157,15 +181,26 @@ def outer_script(
         f"mount -t tmpfs tmpfs {q(str(merged / 'dev/shm'))}",
         f"mount -t tmpfs tmpfs {q(str(merged / 'tmp'))}",
     ]
-    for host, inside, ro in ((src, "build/src", False), (repo, "build/repo", True), (out, "build/out", False)):
+    inside_src = (v.build_dir if v else SRC).lstrip("/")
+    for host, inside, ro in ((src, inside_src, False), (repo, "build/repo", True), (out, "build/out", False)):
         target = q(str(merged / inside))
+        if host == src and v is not None and v.file_order and src_mount is not None:
+            lines += [f"mkdir -p {target}", f"mount --bind {q(str(src))} {q(str(src_mount))}"]
+            lines.append(shlex.join(disorderfs_argv(src_mount, merged / inside)))
+            continue
         lines += [f"mkdir -p {target}", f"mount --bind {q(str(host))} {target}"]
         if ro:
             lines.append(f"mount -o remount,bind,ro {target}")
-    if faketime:  # a recheck's shifted clock: the host's libfaketime, read-only at the same path
+    if v is not None and locale_parts(v.locale) is not None:  # the locale sources localedef compiles from
+        target = q(str(merged) + str(I18N))
+        lines += [f"mkdir -p {target}", f"mount --bind -o ro {I18N} {target}"]
+    if v is not None and v.clock_shift_days:  # a recheck's shifted clock: the host's libfaketime, read-only
         target = q(str(merged) + FAKETIME_LIB)
         lines += [f"mkdir -p $(dirname {target})", f"touch {target}", f"mount --bind -o ro {FAKETIME_LIB} {target}"]
-    lines += [f"hostname {q(hostname)}", f"exec chroot {q(str(merged))} /bin/sh -c {q(inner)}"]
+    lines.append(f"hostname {q(v.hostname if v else HOSTNAME)}")
+    if v is not None and v.domain:
+        lines.append(f"domainname {q(v.domain)}")
+    lines.append(f"exec chroot {q(str(merged))} /bin/sh -c {q(inner)}")
     return "\n".join(lines)
 
 
@@ -209,6 +244,14 @@ def run_debian_build(
         )
     require_tool("unshare")
     layer = workdir / "layer"
+    src_mount = None
+    if variation is not None:
+        if variation.domain:
+            require_tool("domainname")
+        clamp_mtimes(src, epoch)
+        if variation.file_order:
+            require_tool("disorderfs")
+            src_mount = Path(tempfile.mkdtemp(prefix="mangos-disorderfs-"))
     script = outer_script(
         lower=env_lower,
         layer=layer,
@@ -216,8 +259,8 @@ def run_debian_build(
         repo=repo,
         out=out,
         inner=inner_script(epoch, jobs, variation),
-        hostname=variation.hostname if variation else HOSTNAME,
-        faketime=bool(variation and variation.clock_shift_days),
+        variation=variation,
+        src_mount=src_mount,
     )
     logfh.write(f"==> dpkg-buildpackage -b in environment {env_lower.parent.name[:16]}\n".encode())
     logfh.flush()
@@ -231,6 +274,8 @@ def run_debian_build(
         env=launcher_env() | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
     )
     shutil.rmtree(layer, ignore_errors=True)
+    if src_mount is not None:
+        src_mount.rmdir()  # only ever a mountpoint in the build's namespace: empty here
     if result.timed_out:
         raise FarmError(
             E.SANDBOX_LIMIT,

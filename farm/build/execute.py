@@ -1,5 +1,5 @@
-"""Executing one build on a worker: source at the pinned commit, sandboxed steps, packed outputs, signed
-provenance, then publication to the store (blobs first, record last, put-if-absent).
+"""Executing one build on a worker: source at the pinned commit with the recipe's patches, sandboxed steps,
+packed outputs, signed provenance, then publication to the store (blobs first, record last, put-if-absent).
 
 This is plain code with no Celery in it; ``workers.tasks`` only deserialises a request and calls
 :func:`execute_build`.
@@ -30,7 +30,7 @@ from farm.build.variation import source_view
 from farm.errors import E, FarmError, StoreError
 from farm.log import step
 from farm.pack import safe_extract
-from farm.recipes import Recipe
+from farm.recipes import Recipe, patches
 from farm.run import require_tool, tail
 from farm.store import BuildRecord
 from farm.trust import audit, keyring
@@ -187,6 +187,31 @@ def _run_steps(
             )
 
 
+def _apply_patches(recipe: Recipe, ctx: WorkerContext, src: Path, mtime: int, logfh: IO[bytes]) -> None:
+    """The recipe's patches on top of the exported source, every mtime then back at the source's time. A patch is
+    read next to the recipe or, on a worker without the recipe's files, from the store by its sha256 (planning puts
+    it there); either way it ends up in the store, so the patch a provenance names by digest can be fetched."""
+    found = []
+    for patch in recipe.patches:
+        data = patches.read_local(patch, recipe.path)
+        stored = ctx.store.has_blob(patch.sha256)
+        if data is None and stored:
+            data = ctx.store.get_bytes(patch.sha256)
+        if data is None:
+            raise BuildFailure(
+                E.RECIPE_PATCH,
+                f"patch {patch.file} (sha256 {patch.sha256}) is neither beside the recipe nor in the store",
+                file=recipe.path,
+                field="patches",
+                hint="run workers where the recipes and their patches are, or build once where they are",
+            )
+        if not stored:
+            ctx.store.put_bytes(data)
+        logfh.write(f"==> patch {patch.file} sha256 {patch.sha256}\n".encode())
+        found.append((patch, data))
+    patches.apply(found, src, mtime=mtime, recipe_path=recipe.path)
+
+
 def _step_command(script: str, ctx: WorkerContext) -> list[str]:
     command = sandbox.step_command(script)
     return ctx.variation.wrap(command) if ctx.variation else command
@@ -291,6 +316,9 @@ def _build(
                 hint="the repository was rewritten under the same commit id; investigate before building",
             )
         ctx.sources.export(req.fetch_url, recipe.source.commit, src, resolved.commit_time)
+    if recipe.patches:
+        with step("patches", log, count=len(recipe.patches)), _timed("source", ctx.arch):
+            _apply_patches(recipe, ctx, src, resolved.commit_time, logfh)
     with step("dependencies", log, count=len(req.dependencies)), _timed("dependencies", ctx.arch):
         _stage_dependencies(req, ctx, deps)
     deadline = started_clock + ctx.timeout
@@ -300,7 +328,7 @@ def _build(
             repo = workdir / "repo"
             count = debian_build.stage_repo(repo, recipe, ctx.store, debian_build.dependency_debs(deps))
             logfh.write(f"==> local repository: {count} pinned and dependency packages\n".encode())
-        # No file-order view here: through disorderfs, dpkg-buildpackage in the chroot gets EACCES on the source.
+        # The file-order view of a Debian build is mounted in the build's own namespace (farm.build.debian).
         with step("dpkg-buildpackage", log), _timed("build", ctx.arch):
             debian_build.run_debian_build(
                 recipe,
@@ -323,7 +351,7 @@ def _build(
         spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env, limits=ctx.limits)
         with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch), source_view(src, v) as view:
             if v is not None:
-                spec = replace(spec, src=view, hostname=v.hostname, uid=v.uid)
+                spec = v.sandbox(replace(spec, src=view))
             _run_steps(recipe, spec, logfh, deadline, ctx)
     with step("pack", log), _timed("upload", ctx.arch):
         files = outputs.collect_outputs(recipe, out, arts, resolved.commit_time)

@@ -2,7 +2,8 @@
 
 Each build step runs in fresh namespaces (user, mount, pid, net, ipc, uts, cgroup): no network at all (not even
 loopback to the host), an unprivileged uid, a clean environment, the host's /usr read-only, and only the build's
-own directories writable, at fixed paths so the build path never leaks machine-specific text into outputs:
+own directories writable, at fixed paths so the build path never leaks machine-specific text into outputs (a
+recheck moves the source elsewhere on purpose: :mod:`farm.build.variation`):
 
     /build/src   the source tree (writable copy)     /build/out   where outputs go ($OUT)
     /build/deps  dependency outputs (read-only)      /build/home  $HOME, empty
@@ -70,6 +71,9 @@ class SandboxSpec:
     hostname: str = HOSTNAME  # a recheck varies these (farm.build.variation)
     uid: int = BUILD_UID
     limits: Limits = field(default_factory=Limits)
+    build_dir: str = SRC  # where the source is bound and the steps start
+    binds: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path), read-only, over what HOST_RO shows
+    domainname: str = ""  # set in a UTS namespace of its own before bwrap starts ("": the worker's)
 
 
 def base_env(source_date_epoch: int, jobs: int = 1) -> dict[str, str]:
@@ -116,14 +120,25 @@ def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
             argv += ["--symlink", target, link]
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(spec.limits.tmp)]
     argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 - a private tmpfs inside the sandbox
-    argv += ["--bind", str(spec.src), SRC, "--bind", str(spec.out), OUT, "--bind", str(spec.home), HOME]
+    for host, inside in spec.binds:
+        argv += ["--ro-bind", host, inside]
+    argv += ["--bind", str(spec.src), spec.build_dir, "--bind", str(spec.out), OUT, "--bind", str(spec.home), HOME]
     if spec.deps is not None:
         argv += ["--ro-bind", str(spec.deps), DEPS]
-    argv += ["--chdir", SRC, "--clearenv"]
+    argv += ["--chdir", spec.build_dir, "--clearenv"]
     for key, value in sorted(spec.env.items()):
         argv += ["--setenv", key, value]
     argv += ["--", *command]
+    if spec.domainname:
+        argv = [*domain_prefix(spec.domainname), *argv]
     return argv
+
+
+def domain_prefix(domain: str) -> list[str]:
+    """Run the rest in a new UTS namespace with ``domain`` as its NIS domain name (bwrap's own UTS namespace
+    copies it; bwrap can set the hostname but not the domain). Without root, in a user namespace of its own."""
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return ["unshare", "--uts", *user, "--", "/bin/sh", "-c", 'domainname "$0" && exec "$@"', domain]
 
 
 def step_command(script: str) -> list[str]:

@@ -39,7 +39,9 @@ def _request(args: argparse.Namespace, settings: Settings) -> Any:
         version=args.image_version or "",
         require_agreement=args.require_agreement or 0,
         trust=Path(args.trust) if args.trust else None,
+        require_reproducible=args.require_reproducible,
         lock=Path(args.lock) if args.lock else None,
+        allow_fallback=args.allow_archive_fallback,
     )
 
 
@@ -63,6 +65,7 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
             profile=args.profile or "",
             local_debs=[Path(d) for d in args.deb or ()],
             fetch=False,
+            allow_fallback=args.allow_archive_fallback,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -73,6 +76,9 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"lock": str(out), "digest": got.digest} | locked.to_json())
         return 0
     farm = len(locked.farm())
+    for p in locked.packages:
+        if p.reason:
+            print(f"{p.name}: the archive's {p.version} is locked instead of the farm build ({p.reason})")
     print(f"{out}: {len(locked.packages)} packages locked ({farm} farm-built, {len(locked.packages) - farm} archive)"
           + (f", profile {locked.profile}: {len(locked.profile_packages)} more" if locked.profile else "")
           + f"; SOURCE_DATE_EPOCH {locked.source_date_epoch}")  # fmt: skip
@@ -106,6 +112,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         for p in got.packages:
             origin = f"farm {p.recipe}@{p.commit[:12]}" if p.origin == "farm" else "archive"
+            origin += f" ({p.reason})" if p.reason else ""
             print(f"{p.name:40} {p.version:32} {origin}")
         farm = len(got.farm())
         print(f"{len(got.packages)} packages verified: {farm} farm-built (signed provenance), "
@@ -177,8 +184,18 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"  recipe   {result['recipe']} (build {result['build_key'][:16]}...)")
     print(f"  source   {result['source']} @ {result['commit']}")
+    for patch in result.get("patches", []):
+        print(f"  patch    {patch['name']} (sha256 {patch['sha256']})")
     print(f"  signed   by builder key {result['signed_by'][:16]}... ({result['builder']}): verified")
     return 0
+
+
+def _fallback_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--allow-archive-fallback",
+        action="store_true",
+        help="take the archive's package instead of a farm build older than it (the SBOM and lock say so)",
+    )
 
 
 def add_image(sub: Subparsers) -> None:
@@ -197,7 +214,13 @@ def add_image(sub: Subparsers) -> None:
     sp.add_argument("--check-inputs", action="store_true", help="only verify the inputs, list them and stop")
     sp.add_argument("--require-agreement", type=int, metavar="K", help="admit only builds K trusted peers attest")
     sp.add_argument("--trust", metavar="PEERS_TOML", help="the peers for --require-agreement")
+    sp.add_argument(
+        "--require-reproducible",
+        action="store_true",
+        help="admit only farm builds a varied rebuild reproduced (this farm's recheck or a --trust peer's)",
+    )
     sp.add_argument("--lock", metavar="FILE", help="install exactly the packages of this image lock (no apt resolving)")
+    _fallback_flag(sp)
     json_flag(sp)
 
     sp = add_command(
@@ -207,6 +230,7 @@ def add_image(sub: Subparsers) -> None:
     sp.add_argument("--profile", choices=["docker"], help="also lock this profile's sysext packages")
     sp.add_argument("--deb", action="append", help="a fetched farm .deb (its .intoto.json beside it); repeatable")
     sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
+    _fallback_flag(sp)
     json_flag(sp)
 
     sp = add_command(

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from farm.cli import artifacts, crossval, env, fleet, image, keys, recipes, runs, security
+from farm.cli import admission, artifacts, crossval, env, fleet, image, keys, recheck, recipes, runs, security
 from farm.errors import ErrorGroup, FarmError
 from farm.log import configure
 from farm.settings import Settings
@@ -36,11 +36,12 @@ COMMANDS: tuple[tuple[str, ModuleType], ...] = (
     ("config", keys),
     ("image", image),
     ("trace", image),
-    ("recheck", crossval),
+    ("recheck", recheck),
     ("publish", crossval),
     ("compare", crossval),
     ("bundle", crossval),
     ("rebuild-bundle", crossval),
+    ("admission", admission),
     ("audit", security),
 )
 

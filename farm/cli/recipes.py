@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from farm.settings import Settings
 
 def cmd_recipes_check(args: argparse.Namespace, settings: Settings) -> int:
     from farm.graph import render_tree
-    from farm.recipes import load_dir
+    from farm.recipes import check_patches, load_dir
+    from farm.sources.git import SourceCache
 
     recipes = load_dir(Path(args.dir))
+    patched = check_patches(recipes, SourceCache(settings.cache_dir / "git"))  # fetches only recipes with patches
     graph = {r.name: list(r.build_depends) for r in recipes.recipes.values()}
     if args.json:
         print_json({"ok": True, "recipes": {n: sorted(d) for n, d in graph.items()}})
@@ -23,6 +26,8 @@ def cmd_recipes_check(args: argparse.Namespace, settings: Settings) -> int:
     for line in render_tree(graph):
         print(line)
     print(f"{len(recipes)} recipe(s) OK in {args.dir}")
+    if patched:
+        print(f"{patched} patch(es) apply to their pinned sources")
     return 0
 
 
@@ -49,22 +54,42 @@ def cmd_recipes_import(args: argparse.Namespace, settings: Settings) -> int:
             hint=f"rebuild it: mangos-farm env build {args.env} --envs {args.envs}",
         )
     start = time.monotonic()
-    imported = import_recipes(
+    report = import_recipes(
         args.packages,
         Path(args.dir),
         env_name=record.name,
         env_digest=record.digest,
         store=store,
         cache_dir=settings.cache_dir,
+        arch=str(record.spec.get("architecture") or "") or None,
     )
     if args.json:
-        print_json({"environment": record.digest, "recipes": [i.to_json() for i in imported]})
-        return 0
-    for i in imported:
+        print_json(
+            {
+                "ok": report.ok,
+                "environment": record.digest,
+                "recipes": [i.to_json() for i in report.imported],
+                "failed": [f.to_json() for f in report.failed],
+            }
+        )
+        return 0 if report.ok else 1
+    for i in report.imported:
         deps = f", build-depends {', '.join(i.build_depends)}" if i.build_depends else ""
         print(f"wrote {i.path}: {i.name} {i.version} @ {i.commit[:12]}, {len(i.pins)} archive pin(s){deps}")
-    print(f"{len(imported)} recipe(s) imported in {time.monotonic() - start:.1f}s (environment {record.digest[:12]})")
-    return 0
+        if i.older_than_candidate:
+            print(f"  note: {i.name} {i.version} is older than the archive's candidate {i.candidate} (asked for)")
+    for f in report.failed:
+        print(f"{f.status}: {f.name} {f.version}: no recipe written\n{f.error.render()}", file=sys.stderr)
+    took = f"{time.monotonic() - start:.1f}s (environment {record.digest[:12]})"
+    failed = f", {len(report.failed)} failed" if report.failed else ""
+    print(f"{len(report.imported)} recipe(s) imported{failed} in {took}")
+    return 0 if report.ok else 1
+
+
+def cmd_recipes_update(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.cli.updates import recipes_update
+
+    return recipes_update(args, settings)
 
 
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,6 +120,17 @@ def add_recipes(sub: Subparsers) -> None:
     )
     sp.add_argument("packages", nargs="+", metavar="NAME[=VERSION]", help="source packages (default: candidate)")
     sp.add_argument("--dir", default="recipes", help="write NAME.toml here (default recipes/)")
+    sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
+    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+    json_flag(sp)
+    sp = add_command(
+        recipes,
+        "update",
+        cmd_recipes_update,
+        "re-import the Debian recipes the archive has moved past (security first); --queue rebuilds them",
+    )
+    sp.add_argument("--dir", default="recipes", help="the recipes directory (default recipes/)")
+    sp.add_argument("--queue", action="store_true", help="rebuild what changed and its dependents on the security lane")
     sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
     sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
     json_flag(sp)

@@ -116,11 +116,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         f"run {status['run']} ({status['status']}, lane {status['lane']}, arch {status['arch']}): "
         + ", ".join(f"{v} {k}" for k, v in s.items() if v)
         + f"; oldest waiting {status['oldest_waiting_seconds']:.0f}s"
+        + (f"\nqueued because: {status['reason']}" if status.get("reason") else "")
     )
     width = max((len(b["recipe"]) for b in status["builds"]), default=0)
     for b in status["builds"]:
         extra = f" [{b['worker']}]" if b.get("worker") and b["state"] in ("running", "built") else ""
         print(f"{b['state']:<9} {b['recipe']:<{width}}  {b['why']}{extra}")
+        if b.get("reason"):
+            print(f"{'':<9} {'':<{width}}  queued because: {b['reason']}")
     if reproducibility:
         print(
             "reproducibility (recheck): "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from farm.coordinator.outcomes import Config, Dispatcher, Listener, Outcomes
 from farm.coordinator.plan import Plan
 from farm.coordinator.policy import Lane
 from farm.coordinator.runs import Job, Run, RunStore, State, run_header
+from farm.coordinator.updates import LagBoard
 from farm.errors import E, FarmError
 from farm.identity import build_key
 from farm.store import Store
@@ -74,8 +75,20 @@ class Coordinator(Outcomes):
         return self._dispatcher
 
     # -- commands ---------------------------------------------------------------------------------------------
-    def submit(self, plan: Plan, *, lane: Lane, arch: str, force: bool, run_id: str | None = None) -> Run:
-        run = self.runs.create(plan, lane=lane, arch=arch, force=force, run_id=run_id)
+    def submit(
+        self,
+        plan: Plan,
+        *,
+        lane: Lane,
+        arch: str,
+        force: bool,
+        run_id: str | None = None,
+        reason: str = "",
+        reasons: Mapping[str, str] | None = None,
+    ) -> Run:
+        """Persist ``plan`` as a new active run; ``reason`` says why it was queued, ``reasons`` why each build was
+        (``status`` and the web view show both)."""
+        run = self.runs.create(plan, lane=lane, arch=arch, force=force, run_id=run_id, reason=reason, reasons=reasons)
         # The plan takes a build as cached when the store has a record for its key; it is only accepted as such
         # when that record's signed provenance checks out against the keyring (a rogue worker's record does not).
         jobs = self.runs.jobs(run.id)
@@ -87,7 +100,14 @@ class Coordinator(Outcomes):
                 refused.append(job)
         if refused:
             self.runs.save_jobs(run.id, refused)
-        log.info("run %s submitted: %d builds, lane %s, arch %s", run.id, len(run.order), lane, arch)
+        log.info(
+            "run %s submitted: %d builds, lane %s, arch %s%s",
+            run.id,
+            len(run.order),
+            lane,
+            arch,
+            f" ({reason})" if reason else "",
+        )
         return run
 
     def cancel(self, run_id: str) -> Run:
@@ -324,6 +344,7 @@ class Coordinator(Outcomes):
             metrics.workers_busy.labels(arch).set(sum(1 for w in mine if w.name in busy))
         for w in workers:
             metrics.worker_heartbeat_age.labels(w.name, w.arch).set(max(0.0, now - w.seen))
+        LagBoard(self.kv).refresh((j for jobs in scan.jobs.values() for j in jobs.values()), now)
 
     # -- workers ----------------------------------------------------------------------------------------------
     def _capacity(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ be built gets its key only once that dependency is done. ``plan`` says so rather
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from farm import graph
 from farm.envs.host import Environment
 from farm.identity import build_key
 from farm.recipes import Recipe, RecipeSet
+from farm.recipes.patches import read_local
 from farm.sources.git import ResolvedSource
 from farm.store import BuildRecord, Store
 
@@ -64,6 +65,19 @@ class Plan:
     def to_build(self) -> list[PlannedBuild]:
         return [self.builds[n] for n in self.order if self.builds[n].decision is Decision.BUILD]
 
+    def only(self, names: Iterable[str]) -> Plan:
+        """The plan restricted to ``names`` and everything they depend on (a run needs its builds' dependencies:
+        those already built come out cached), in the same order."""
+        keep: set[str] = set()
+        todo = [n for n in names if n in self.builds]
+        while todo:
+            name = todo.pop()
+            if name not in keep:
+                keep.add(name)
+                todo.extend(self.builds[name].recipe.build_depends)
+        order = [n for n in self.order if n in keep]
+        return Plan(self.environment, order, {n: self.builds[n] for n in order})
+
     def to_json(self) -> dict[str, Any]:
         return {
             "environment": self.environment.digest,
@@ -101,6 +115,7 @@ def make_plan(
     for name in order:
         recipe = recipes.recipes[name]
         source = resolve(recipe)
+        _store_patches(recipe, store)
         pending = [d for d in recipe.build_depends if plan.builds[d].decision is Decision.BUILD]
         env = env_for(recipe) if env_for is not None and recipe.kind != "script" else environment.digest
         pb = PlannedBuild(recipe, source, Decision.BUILD, "", critical_path=critical[name], environment=env)
@@ -119,6 +134,16 @@ def make_plan(
                 pb.reason = "no build with this key in the store"
         plan.builds[name] = pb
     return plan
+
+
+def _store_patches(recipe: Recipe, store: Store) -> None:
+    """A recipe's patches go to the store by sha256 (as its pinned packages do), so that a worker holding no
+    recipe files finds them there."""
+    for patch in recipe.patches:
+        if not store.has_blob(patch.sha256):
+            data = read_local(patch, recipe.path)
+            if data is not None:
+                store.put_bytes(data)
 
 
 def _outputs(pb: PlannedBuild) -> dict[str, str]:

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,9 +25,18 @@ from farm.errors import E, FarmError
 _T = TypeVar("_T")
 
 
+# Fields added after state was first persisted: left out while empty, so that a run or job without them is written
+# back byte for byte as the previous version wrote it (and the previous version reads what this one writes).
+OPTIONAL_FIELDS = ("reason",)
+
+
 def _encode(record: Any) -> bytes:
-    """The persisted form of a run or job: its fields as JSON, keys sorted."""
-    return json.dumps(asdict(record), sort_keys=True).encode()
+    """The persisted form of a run or job: its fields as JSON, keys sorted, empty optional fields left out."""
+    fields = asdict(record)
+    for name in OPTIONAL_FIELDS:
+        if name in fields and not fields[name]:
+            del fields[name]
+    return json.dumps(fields, sort_keys=True).encode()
 
 
 def _decode(cls: type[_T], data: bytes, **enums: Callable[[str], Any]) -> _T:
@@ -89,6 +98,7 @@ class Job:
     error: dict[str, Any] | None = None
     log_digest: str | None = None
     log_tail: str = ""
+    reason: str = ""  # why this build was queued (a security update, a dependency's update); empty: a plain run
 
     def to_bytes(self) -> bytes:
         return _encode(self)
@@ -111,6 +121,7 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "failures": self.failures,
+            "reason": self.reason,
         }
         if self.state is State.WAITING and self.ready_since:
             out["waiting_seconds"] = round(now - self.ready_since, 1)
@@ -132,6 +143,7 @@ class Run:
     order: list[str]
     status: str = "active"  # active | done | cancelled
     finished: float | None = None
+    reason: str = ""  # why the run was queued ("security update zlib 1:1.2.13.dfsg-1 → ..."); empty: not said
 
     def to_bytes(self) -> bytes:
         return _encode(self)
@@ -151,6 +163,7 @@ def run_header(run: Run, jobs: dict[str, Job]) -> dict[str, Any]:
         "arch": run.arch,
         "created": run.created,
         "finished": run.finished,
+        "reason": run.reason,
         "ok": run.status == "done" and not any(j.state in (State.FAILED, State.BLOCKED) for j in jobs.values()),
         "summary": {s.value: counts.get(s.value, 0) for s in State},
     }
@@ -168,7 +181,18 @@ class RunStore:
     def __init__(self, kv: KV) -> None:
         self.kv = kv
 
-    def create(self, plan: Plan, *, lane: Lane, arch: str, force: bool, run_id: str | None = None) -> Run:
+    def create(
+        self,
+        plan: Plan,
+        *,
+        lane: Lane,
+        arch: str,
+        force: bool,
+        run_id: str | None = None,
+        reason: str = "",
+        reasons: Mapping[str, str] | None = None,
+    ) -> Run:
+        """A run of ``plan``; ``reason`` says why it was queued, ``reasons`` why each named build was."""
         run = Run(
             id=run_id or new_run_id(),
             lane=lane,
@@ -177,6 +201,7 @@ class RunStore:
             force=force,
             created=time.time(),
             order=list(plan.order),
+            reason=reason,
         )
         jobs = {}
         for name in plan.order:
@@ -193,6 +218,7 @@ class RunStore:
                 critical_path=pb.critical_path,
                 key=pb.key,
                 environment=pb.environment if pb.environment != plan.environment.digest else "",
+                reason=(reasons or {}).get(name, ""),
             )
             if pb.decision is Decision.CACHED and pb.record is not None and not force:
                 job.state, job.why, job.outputs = State.CACHED, pb.reason, pb.record.outputs()

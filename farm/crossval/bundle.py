@@ -111,6 +111,7 @@ def make_bundle(
     blobs = sorted(
         {d for dep in req.dependencies for d in dep.artifacts.values()}
         | set(recipe_pins)
+        | {p.sha256 for p in recipe.patches}
         | {d for r in dep_records for d in (r.provenance, r.log)}
     )
     if with_env and record.source_url.startswith("dsc:"):

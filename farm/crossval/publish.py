@@ -1,5 +1,6 @@
 """This organization's attestation log: kept under ``$MANGOS_FARM_HOME/crossval/log``, filled from the store's
-build records (each with its signed provenance), signed, and published to a directory or s3://.
+build records (each with its signed provenance), signed, and published to a directory or s3://, with the rebuild
+attestations of its rechecks beside it.
 
 The log only ever grows: a build record already logged (same build key) is not logged again, and a second,
 different build of an inputs key already logged is not logged either (the first one is what peers saw).
@@ -12,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from farm.crossval import remote
+from farm.crossval import rebuilds, remote
 from farm.crossval.log import ENTRIES, HEAD, InputsKey, Log
 from farm.errors import E, FarmError, StoreError
 from farm.log import step
@@ -97,10 +98,12 @@ def _sync_locked(settings: Settings, store: Store, key: BuilderKey, own: Log) ->
 
 
 def publish(settings: Settings, destination: str) -> Log:
-    """Sync the log, then copy it to ``destination``: the entries first, then the signed head that covers them."""
+    """Sync the log, then copy it to ``destination``: the entries first, then the signed head that covers them, then
+    the rebuild attestations of this organization's rechecks (``rebuilds.jsonl``, each line signed on its own)."""
     own = sync(settings)
     if not destination.startswith(("s3://", "http://", "https://")):
         Path(destination).mkdir(parents=True, exist_ok=True)
     remote.write(destination, ENTRIES, (own.root / ENTRIES).read_bytes() if (own.root / ENTRIES).exists() else b"")
     remote.write(destination, HEAD, (own.root / HEAD).read_bytes())
+    remote.write(destination, rebuilds.REBUILDS, rebuilds.own_lines(settings))
     return own

@@ -4,6 +4,8 @@ The rebuild goes through the ordinary build code (``farm.build.execute.execute_b
 :class:`~farm.build.variation.Variation` in the worker context; it is never published. When an output differs,
 diffoscope explains how (text and HTML, bounded by ``--max-report-size`` and a timeout, both stored in the store
 and next to the result), and the difference is classified by likely cause (:mod:`farm.crossval.diffreport`).
+Every result carries its rebuild and equivalence attestations, signed by the rechecking builder's key
+(:mod:`farm.crossval.attest`).
 Results live under ``$MANGOS_FARM_HOME/crossval/recheck/BUILD_KEY.json`` (:mod:`farm.crossval.results`) and feed
 ``status`` and the reproducibility metric. On a fleet, :mod:`farm.crossval.dispatch` sends the recheck to a worker
 and :func:`recheck_from_payload` is that worker's side.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,7 +24,8 @@ from typing import Any
 from farm.build import BuildOutcome, BuildRequest, DependencyInput
 from farm.build.context import WorkerContext
 from farm.build.execute import execute_build
-from farm.build.variation import Variation
+from farm.build.variation import VARIATIONS_VERSION, Variation
+from farm.crossval import attest
 from farm.crossval.diffreport import CAUSES, DEFAULT_DIFF_TIMEOUT, DEFAULT_MAX_REPORT, classify, diff
 from farm.crossval.dispatch import variation_from_json
 from farm.crossval.log import comparable
@@ -88,6 +92,7 @@ def recheck_one(
     """Rebuild ``req`` in ``ctx``'s variation and compare with ``record``. ``save`` is False on a fleet worker: its
     home is not the one the CLI reads, so the result travels back in the task's result and the CLI saves it."""
     variation = ctx.variation or Variation()
+    started = time.monotonic()
     with step("recheck", log, recipe=record.recipe, key=record.build_key[:16]):
         outcome: BuildOutcome = execute_build(req, ctx)
     checked = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -100,11 +105,16 @@ def recheck_one(
         "checked": checked,
         "worker": worker or ctx.builder_id,
         "original": original or record.builder,
+        "variation_version": VARIATIONS_VERSION,
+        "vary": _differs_from_normal(variation),
     }
     if not outcome.ok or outcome.record is None:
         why = (outcome.error or {}).get("message", "the build failed")
-        result = RecheckResult(
-            **base, reproducible=False, varied={}, differing=[], causes=[], reports={}, error=str(why)
+        result = _attested(
+            RecheckResult(**base, reproducible=False, varied={}, differing=[], causes=[], reports={}, error=str(why)),
+            record,
+            ctx,
+            started,
         )
         if save:
             write_result(settings, result)
@@ -134,9 +144,38 @@ def recheck_one(
         reports=reports,
         ignored=ignored,
     )
+    result = _attested(result, record, ctx, started)
     if save:
         write_result(settings, result)
     return result
+
+
+def _differs_from_normal(variation: Variation) -> bool:
+    """Whether the build saw anything but the normal environment (the host work directory is never seen)."""
+    seen, normal = variation.to_json(), Variation.unvaried().to_json()
+    return any(seen[k] != normal[k] for k in seen if k != "build_path")
+
+
+def _attested(result: RecheckResult, record: BuildRecord, ctx: WorkerContext, started: float) -> RecheckResult:
+    """The result with its rebuild and equivalence envelopes, signed by this builder's key."""
+    rebuild = attest.Rebuild(
+        build_key=record.build_key,
+        provenance=record.provenance,
+        original_builder=result.original,
+        outputs=record.outputs(),
+        rebuilt=result.varied,
+        variation=result.variation,
+        variation_version=result.variation_version,
+        varied=result.vary,
+        verdict=result.outcome,
+        differing=result.differing,
+        causes=result.causes,
+        log=result.log,
+        builder_id=result.worker,
+    )
+    original = attest.original_statement(ctx.store.get_bytes(record.provenance))
+    envelopes = attest.sign_rebuild(rebuild, original, ctx.builder_key)
+    return replace(result, attestations=envelopes, seconds=round(time.monotonic() - started, 3))
 
 
 def recheck_from_payload(

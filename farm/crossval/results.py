@@ -1,7 +1,9 @@
 """Recheck results: one JSON file per rechecked build under ``$MANGOS_FARM_HOME/crossval/recheck/``, and the
 reproducibility rates (per recipe and overall) that ``status`` shows and the reproducibility gauge exports.
 
-The diffoscope reports of a result sit next to it, in ``crossval/recheck/BUILD_KEY/``.
+The diffoscope reports of a result sit next to it, in ``crossval/recheck/BUILD_KEY/``. A result carries the
+signed rebuild and equivalence envelopes (:mod:`farm.crossval.attest`); results written before rechecks were
+attested have none, read as they are, and count as not yet rechecked for ``recheck --all``'s resume.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import metrics
+from farm.build.variation import VARIATIONS_VERSION
 from farm.fsutil import atomic_write
 from farm.settings import Settings
 from farm.store import Store
@@ -44,6 +47,19 @@ class RecheckResult:
     ignored: list[str] = field(default_factory=list)  # differing outputs that record the environment (.buildinfo)
     worker: str = ""  # who rebuilt it: the fleet worker's name, or this host's builder id when rechecked in-process
     original: str = ""  # who made the published build: the worker named in the run that built it, else its builder
+    attestations: dict[str, Any] = field(default_factory=dict)  # {"rebuild": envelope, "equivalence": envelope}
+    variation_version: int = 0  # the variation table's version (0: before versions)
+    vary: bool = False  # the rebuild ran in the varied environment (not the farm's normal one)
+    seconds: float = 0.0  # how long the rebuild and comparison took
+
+    @property
+    def outcome(self) -> str:
+        """``reproducible``, ``not-reproducible`` or ``failed-to-build`` (the equivalence statement's verdict)."""
+        return "failed-to-build" if self.error else "reproducible" if self.reproducible else "not-reproducible"
+
+    def current(self, vary: bool) -> bool:
+        """Attested under this variation table's version, varied (or not) as asked: nothing to redo."""
+        return bool(self.attestations) and self.vary == vary and self.variation_version == VARIATIONS_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -51,6 +67,18 @@ class RecheckResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RecheckResult:
         return cls(**data)
+
+
+def load_result(settings: Settings, build_key: str) -> RecheckResult | None:
+    """The stored result of one build's recheck (None: never rechecked, or unreadable)."""
+    path = results_dir(settings) / f"{build_key}.json"
+    try:
+        return RecheckResult.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable recheck result %s: %s", path, exc)
+        return None
 
 
 def write_result(settings: Settings, result: RecheckResult) -> None:

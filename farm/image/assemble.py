@@ -91,7 +91,9 @@ class Request:
     version: str = ""
     require_agreement: int = 0
     trust: Path | None = None
+    require_reproducible: bool = False  # farm builds only when a varied rebuild agreed (farm.crossval.admission)
     lock: Path | None = None  # image.lock: install exactly its pins, resolve nothing (farm.image.lock)
+    allow_fallback: bool = False  # take the archive's package for a farm build older than it (farm.image.admission)
 
 
 # Called when a stage starts (seconds None) and when it ends (its seconds): the CLI's live status line.
@@ -171,9 +173,15 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
         local_debs=req.debs,
         profile=req.profile,
         lock=image_lock.load(req.lock) if req.lock else None,
+        allow_fallback=req.allow_fallback,
     )
     if req.require_agreement:
         admit(got, req, settings)
+    if req.require_reproducible:
+        from farm.crossval import admission
+
+        built = [admission.Built(p.recipe, p.filename, p.sha256, p.build_key) for p in got.farm()]
+        admission.check_reproducible(built, trust=req.trust, settings=settings)
     return got
 
 

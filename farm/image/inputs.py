@@ -10,6 +10,10 @@ Essential set plus the requested packages; the result is one package per name, s
 
 Resolving from the host's current apt lists means an ``apt-get update`` can change the next image; with an image
 lock (:mod:`farm.image.lock`) the archive pins are taken from the lock instead and apt resolves nothing.
+
+No farm build goes in whose version is older code than the archive's (:mod:`farm.image.admission`): such builds
+are refused all at once, or with ``allow_fallback`` the archive's package of that name is taken instead and
+carries the reason into the SBOM, the manifest and the lock.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import base64
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from farm.archive import Pin, deb_name, ensure_pins, essential_packages, pin_from_index, resolve_install
 from farm.errors import E, FarmError, TrustError
+from farm.image import admission
 from farm.image.lock import ImageLock
 from farm.image.packages import ARCHIVE, FARM, Inputs, Package
 from farm.log import step
@@ -198,12 +204,18 @@ def gather(
     profile: str = "",
     lock: ImageLock | None = None,
     fetch: bool = True,
+    allow_fallback: bool = False,
+    lists_dir: Path | None = None,
 ) -> Inputs:
     """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name.
 
     With ``lock``, the archive packages are exactly the lock's and apt resolves nothing; the recipes and the farm's
     verified builds must still be the locked ones. ``fetch=False`` (for ``image lock``) pins archive packages from
-    the index without downloading them. ``profile`` also gathers that profile's sysext packages."""
+    the index without downloading them. ``profile`` also gathers that profile's sysext packages.
+
+    A farm build older than the archive's version (apt's lists in ``lists_dir``, by default where apt keeps them)
+    stops the gathering with every such package named, unless ``allow_fallback``: then the archive's package is
+    taken for it. With ``lock``, the lock's decisions hold and its farm packages are checked the same way."""
     work.mkdir(parents=True, exist_ok=True)
     recipes = debian_recipes(recipes_dir) if recipes_dir.is_dir() else {}
     with step("verifying farm-built packages", log):
@@ -211,6 +223,8 @@ def gather(
         farm |= verify_local(local_debs, trusted)
     names = profile_names(profile) if profile else ()
     if lock is not None:
+        locked_farm = [farm[p.name] for p in lock.farm() if p.name in farm]
+        admission.admit_farm(locked_farm, allow_fallback=False, lists_dir=lists_dir, locked_in=lock.where)
         return _locked(
             lock,
             store=store,
@@ -221,13 +235,18 @@ def gather(
             profile=profile,
             names=names,
         )
+    fallback = admission.admit_farm(list(farm.values()), allow_fallback=allow_fallback, lists_dir=lists_dir)
+    farm = {n: p for n, p in farm.items() if n not in fallback}
     requested = requested_packages(extra, payload)
     with step("resolving the package closure", log, requested=len(requested)):
         pins = resolve_install(requested, work)
     from_archive = [p for p in pins if p.package not in farm]
     packages = [farm[p.package] for p in pins if p.package in farm]
     with step("pinning archive packages", log, count=len(from_archive)):
-        packages += _archive(from_archive, store, work / "archive", fetch)
+        packages += [
+            replace(p, reason=fallback[p.name].reason) if p.name in fallback else p
+            for p in _archive(from_archive, store, work / "archive", fetch)
+        ]
     profile_packages: list[Package] = []
     if names:
         with step("resolving the profile's packages", log, profile=profile):
@@ -265,8 +284,10 @@ def _locked(
     lock.check_requested(required)
     lock.check_farm({n: (p.sha256, p.recipe, p.commit) for n, p in farm.items()})
     packages = [farm[p.name] for p in lock.farm()]
+    reasons = lock.reasons()
     with step("fetching locked archive packages", log, lock=lock.where):
-        packages += fetch_pinned(lock.archive_pins(), store, work / "archive", lock)
+        fetched = fetch_pinned(lock.archive_pins(), store, work / "archive", lock)
+    packages += [replace(p, reason=reasons.get((p.name, p.arch), "")) for p in fetched]
     profile_packages: list[Package] = []
     if profile:
         if lock.profile != profile or not set(names) <= set(lock.profile_requested):
@@ -321,6 +342,9 @@ def spdx(inputs: Inputs, *, name: str, created: str) -> dict[str, Any]:
             entry["supplier"] = "Organization: Debian"
             entry["sourceInfo"] = "pinned from the Debian archive (version and sha256 from the signed Packages index)"
             entry["comment"] = "origin: archive"
+            if p.reason:  # stands in for a farm build that was older than the archive's version
+                entry["sourceInfo"] += f"; taken instead of the farm build: {p.reason}"
+                entry["comment"] = f"origin: archive; reason: {p.reason}"
         packages.append(entry)
     return {
         "spdxVersion": "SPDX-2.3",

@@ -5,7 +5,8 @@ Without a lock, the archive pins of an image are resolved from the host's *curre
 and writes this file; ``image build --lock`` then takes exactly these pins (downloaded by version, checked against
 the locked sha256, see :func:`farm.archive.ensure_pins`) and never asks apt to resolve anything. Farm-built
 packages are locked to their recipe and source commit, and their digest must still be the one their signed
-provenance is about.
+provenance is about. An archive package that stands in for a farm build older than the archive's version (``image
+lock --allow-archive-fallback``) is locked with that reason, so a locked build keeps the decision.
 
 The file is TOML, written by :func:`dumps` in a fixed order (sorted packages, one block per package) so that two
 locks diff line by line. Nothing in it is trusted: :func:`parse` checks every key and type, and a lock that no
@@ -35,7 +36,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _TOP_KEYS = {"lock-version", "source-date-epoch", "profile", "requested", "profile-requested", "recipes"}
 _PACKAGE_TABLES = {"package": "base", "profile-package": "profile"}
-_PKG_KEYS = ("name", "version", "arch", "origin", "sha256", "recipe", "commit")
+_PKG_KEYS = ("name", "version", "arch", "origin", "sha256", "recipe", "commit", "reason")
 
 
 @dataclass(frozen=True, order=True)
@@ -49,6 +50,7 @@ class LockedPackage:
     origin: str  # FARM or ARCHIVE
     recipe: str = ""
     commit: str = ""
+    reason: str = ""  # an archive package standing in for an older farm build: why
 
     @property
     def pin(self) -> Pin:
@@ -59,6 +61,8 @@ class LockedPackage:
         data["sha256"] = self.sha256
         if self.origin == FARM:
             data |= {"recipe": self.recipe, "commit": self.commit}
+        elif self.reason:
+            data["reason"] = self.reason
         return data
 
 
@@ -84,6 +88,10 @@ class ImageLock:
 
     def farm(self) -> list[LockedPackage]:
         return [p for p in self.packages if p.origin == FARM]
+
+    def reasons(self) -> dict[tuple[str, str], str]:
+        """(name, arch) -> why the archive's package stands in for a farm build, for every such locked package."""
+        return {(p.name, p.arch): p.reason for p in (*self.packages, *self.profile_packages) if p.reason}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,14 +238,20 @@ def _package(path: Path, data: Any, field: str) -> LockedPackage:
         raise _bad(path, f"{field}.origin", f"{field}.origin must be 'farm' or 'archive', not {origin!r}")
     if not _SHA_RE.match(sha):
         raise _bad(path, f"{field}.sha256", f"{field}.sha256 of {name} is not 64 lowercase hex digits")
-    recipe = commit = ""
+    recipe = commit = reason = ""
     if origin == FARM:
         recipe, commit = _str(path, data, "recipe", f"{field}.recipe"), _str(path, data, "commit", f"{field}.commit")
         if not _COMMIT_RE.match(commit):
             raise _bad(path, f"{field}.commit", f"{field}.commit of {name} is not a full hex commit id")
+        if "reason" in data:
+            raise _bad(
+                path, f"{field}.reason", f"{field} ({name}) is a farm build: only an archive package has a reason"
+            )
     elif "recipe" in data or "commit" in data:
         raise _bad(path, f"{field}.recipe", f"{field} ({name}) comes from the archive and cannot name a recipe/commit")
-    return LockedPackage(name, arch, version, sha, origin, recipe, commit)
+    elif "reason" in data:
+        reason = _str(path, data, "reason", f"{field}.reason")
+    return LockedPackage(name, arch, version, sha, origin, recipe, commit, reason)
 
 
 def parse(text: str, path: Path) -> ImageLock:

@@ -1,6 +1,7 @@
 """The image's package set: every package with its version, sha256 and origin (a farm build or the archive).
 
-The set's digest names it: the root tree's cache key and the image version derive from it.
+The set's digest names it: the root tree's cache key and the image version derive from it. An archive package
+taken in place of a farm build that was older than the archive's (``--allow-archive-fallback``) carries the reason.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Package:
     builder: str = ""
     keyid: str = ""
     statement: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    reason: str = ""  # why an archive package stands in for a farm build ("farm build X older than archive Y")
 
     @property
     def filename(self) -> str:
@@ -53,6 +55,8 @@ class Package:
                 "builder": self.builder,
                 "keyid": self.keyid,
             }
+        if self.reason:
+            data["reason"] = self.reason
         return data
 
 
@@ -86,7 +90,7 @@ class Inputs:
         """The lock that repeats this resolution (``out/image.lock`` of a build, ``mangos-farm image lock``)."""
 
         def locked(p: Package) -> LockedPackage:
-            return LockedPackage(p.name, p.arch, p.version, p.sha256, p.origin, p.recipe, p.commit)
+            return LockedPackage(p.name, p.arch, p.version, p.sha256, p.origin, p.recipe, p.commit, p.reason)
 
         return ImageLock(
             source_date_epoch=sde,

@@ -3,7 +3,8 @@
 file -> owning package (the dpkg database inside the image's root, and the file's md5 against the package's
 md5sums) -> the image manifest (which .deb, by sha256, and its origin) -> the farm's signed provenance for that
 .deb (embedded in the root, checked against the trusted builder keys, its subject digest equal to the manifest's)
--> the source commit. The root is read from the image's erofs partition with ``fsck.erofs --extract``: no mount.
+-> the source commit, and the patches the recipe applied on top of it. The root is read from the image's erofs
+partition with ``fsck.erofs --extract``: no mount.
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def trace_tree(root: Path, path: str, trusted: Sequence[PublicKey]) -> dict[str,
     }
     if entry["origin"] != FARM:
         result["note"] = "pinned from the Debian archive: no farm build to trace"
+        if entry.get("reason"):
+            result["note"] += f" (taken instead of the farm build: {entry['reason']})"
         return result
     envelope_path = root / MANIFEST_DIR / "provenance" / (entry["file"] + ENVELOPE_SUFFIX)
     try:
@@ -179,4 +182,7 @@ def trace_tree(root: Path, path: str, trusted: Sequence[PublicKey]) -> dict[str,
         "signed_by": verified.keyid,
         "signature": "verified",
     }
+    patches = params.get("recipe", {}).get("patches", [])
+    if patches:  # applied on top of the commit, in this order: signed as part of the recipe
+        result["patches"] = [{"name": p.get("file", ""), "sha256": p.get("sha256", "")} for p in patches]
     return result

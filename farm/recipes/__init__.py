@@ -5,13 +5,15 @@ checked against the commit when the source is fetched, never followed: the commi
 
 Every problem found while loading names the file, the field and the fix; all problems in a directory are
 reported together. :mod:`~farm.recipes.schema` holds the schema and its checks, :mod:`~farm.recipes.model` the
-recipe, :mod:`~farm.recipes.load` the loading of a file or a directory.
+recipe, :mod:`~farm.recipes.load` the loading of a file or a directory, :mod:`~farm.recipes.patches` the patches a
+recipe applies on top of its commit.
 """
 
 from __future__ import annotations
 
-from farm.recipes.load import RecipeSet, load_dir, load_file
+from farm.recipes.load import RecipeSet, check_patches, load_dir, load_file
 from farm.recipes.model import Recipe, Source, parse
+from farm.recipes.patches import Patch
 from farm.recipes.schema import KINDS, PIN_KEYS, RESERVED_ENV, SCHEMA, check_output_path
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "PIN_KEYS",
     "RESERVED_ENV",
     "SCHEMA",
+    "Patch",
     "Recipe",
     "RecipeSet",
     "Source",
     "check_output_path",
+    "check_patches",
     "load_dir",
     "load_file",
     "parse",

@@ -1,17 +1,26 @@
-"""Loading recipes: one file, or a whole directory checked as a set (duplicates, unknown dependencies, cycles)."""
+"""Loading recipes: one file, or a whole directory checked as a set (duplicates, unknown dependencies, cycles).
+
+Loading reads no source: :func:`check_patches` is the one check that fetches the pinned sources (of the recipes
+that carry patches only) to apply their patches, as ``recipes check`` does."""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.errors import E, ErrorGroup, FarmError, RecipeError
 from farm.graph import find_cycle
 from farm.recipes.model import Recipe, parse
+from farm.recipes.patches import apply, read_local
 from farm.recipes.schema import err
 from farm.tomlfile import SYNTAX_HINT, load_toml
+
+if TYPE_CHECKING:
+    from farm.sources.git import SourceCache
 
 
 def load_file(path: Path) -> Recipe:
@@ -102,3 +111,30 @@ def load_dir(directory: Path) -> RecipeSet:
     if errors:
         raise ErrorGroup(errors)
     return RecipeSet(recipes=dict(sorted(by_name.items())), directory=directory)
+
+
+def check_patches(recipes: Iterable[Recipe], sources: SourceCache) -> int:
+    """Apply each recipe's patches to its pinned source (fetched through ``sources``) in a scratch directory, as a
+    build would. Returns how many patches applied; raises an ErrorGroup naming every recipe whose source cannot be
+    fetched or whose patch does not apply (E-RECIPE-PATCH: the patch file and the failing hunk)."""
+    errors: list[FarmError] = []
+    applied = 0
+    for recipe in recipes:
+        if not recipe.patches:
+            continue
+        try:
+            url, commit = recipe.git_location, recipe.source.commit
+            resolved = sources.resolve(url, commit, recipe.source.ref, origin=str(recipe.path))
+            with tempfile.TemporaryDirectory(prefix=f"mangos-check-{recipe.name}-") as tmp:
+                tree = Path(tmp) / "src"
+                sources.export(url, commit, tree, resolved.commit_time)
+                data = [(p, read_local(p, recipe.path) or b"") for p in recipe.patches]
+                apply(data, tree, mtime=resolved.commit_time, recipe_path=recipe.path)
+            applied += len(recipe.patches)
+        except ErrorGroup as group:
+            errors.extend(group.errors)
+        except FarmError as exc:
+            errors.append(exc)
+    if errors:
+        raise ErrorGroup(errors)
+    return applied

@@ -3,7 +3,8 @@
 A recipe pins its source to a full git commit. A human ``ref`` (tag or branch) may be given, but it is only
 checked against the commit when the source is fetched, never followed: the commit is the identity.
 
-A recipe's :meth:`Recipe.content` is what its build key and provenance record (everything but where the file lies).
+A recipe's :meth:`Recipe.content` is what its build key and provenance record (everything but where the file lies);
+its patches (:mod:`farm.recipes.patches`) are recorded there by path and sha256, and only when it has some.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from farm.errors import ErrorGroup, FarmError
 from farm.identity import digest_of
+from farm.recipes.patches import Patch, parse_patches
 from farm.recipes.schema import (
     check_depends,
     check_identity,
@@ -52,6 +54,7 @@ class Recipe:
     environment: str = ""
     archive: tuple[tuple[tuple[str, str], ...], ...] = ()  # pins, each as sorted (key, value) pairs
     path: Path = Path("<memory>")
+    patches: tuple[Patch, ...] = ()  # applied in order on top of the commit
 
     def content(self) -> dict[str, Any]:
         """What a build key and provenance record of the recipe: everything but where the file lies."""
@@ -65,7 +68,7 @@ class Recipe:
         build: dict[str, Any] = {"steps": list(self.steps), "env": dict(self.env)}
         if self.kind != "script":  # script recipes keep the content (and so the keys) they always had
             build |= {"kind": self.kind, "environment": self.environment, "archive": self.pins()}
-        return {
+        content: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "description": self.description,
@@ -74,6 +77,9 @@ class Recipe:
             "source": source,
             "build": build,
         }
+        if self.patches:  # a recipe without patches keeps the content (and so the keys) it always had
+            content["patches"] = [p.to_json() for p in self.patches]
+        return content
 
     def pins(self) -> list[dict[str, str]]:
         return [dict(p) for p in self.archive]
@@ -94,12 +100,13 @@ class Recipe:
 
     @classmethod
     def from_content(cls, content: Mapping[str, Any], path: Path = Path("<memory>")) -> Recipe:
-        """Rebuild a recipe from :meth:`content` (how workers receive it)."""
-        return parse(dict(content), path)
+        """Rebuild a recipe from :meth:`content` (how workers receive it): its patches come pinned by digest."""
+        return parse(dict(content), path, pinned=True)
 
 
-def parse(data: dict[str, Any], path: Path) -> Recipe:
-    """Validate one recipe document. Raises ErrorGroup listing every problem in it."""
+def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
+    """Validate one recipe document. Raises ErrorGroup listing every problem in it. ``pinned``: a recipe's
+    :meth:`~Recipe.content`, whose patches are ``{file, sha256}`` rather than paths to read."""
     errors: list[FarmError] = []
     check_table(data, "", path, errors)
     source, build = subtable(data, "source"), subtable(data, "build")
@@ -120,6 +127,7 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
     check_outputs(outputs, path, errors)
     env = parse_env(build, path, errors)
     kind, environment, pins = parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
+    patches = parse_patches(data.get("patches", []), path, errors, pinned=pinned)
     if errors:
         raise ErrorGroup(errors)
     ref = source.get("ref")
@@ -141,4 +149,5 @@ def parse(data: dict[str, Any], path: Path) -> Recipe:
         build_depends=depends,
         env=env,
         path=path,
+        patches=patches,
     )

@@ -30,6 +30,12 @@ SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
         "outputs": (list, True, 'paths under $OUT to publish, e.g. outputs = ["bin/hello", "lib/"]'),
         "source": (dict, True, "a [source] table with git and commit"),
         "build": (dict, True, "a [build] table with steps"),
+        "patches": (
+            list,
+            False,
+            "patch files applied in order on top of the commit, relative to the recipe's directory or a parent, "
+            'e.g. patches = ["patches/hello/0001-fix.patch"]',
+        ),
     },
     "source": {
         "git": (str, False, 'the repository URL or a path relative to the recipe, e.g. git = "https://..."'),
@@ -160,7 +166,7 @@ def check_source(source: Mapping[str, Any], path: Path, errors: list[FarmError])
             err(E.RECIPE_VALUE, path, "source.dsc", "give source.git or source.dsc, not both", "remove one of them")
         )
     dsc = source.get("dsc")
-    if isinstance(dsc, str) and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+=(?:[0-9]+:)?[0-9A-Za-z][0-9A-Za-z.+~-]*", dsc):
+    if isinstance(dsc, str) and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*=(?:[0-9]+:)?[0-9A-Za-z][0-9A-Za-z.+~-]*", dsc):
         errors.append(
             err(E.RECIPE_VALUE, path, "source.dsc", f"'{dsc}' is not NAME=VERSION", 'e.g. dsc = "hello=2.10-3"')
         )

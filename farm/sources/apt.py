@@ -7,6 +7,7 @@ archive's key vouches for. Both the source imports (Sources) and the archive pin
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 
 from debian import deb822
@@ -16,6 +17,14 @@ from farm.run import run
 
 APT_LISTS = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
+
+
+def configured_lists() -> Path:
+    """The lists directory apt itself uses (``Dir::State::lists`` after ``APT_CONFIG`` and apt.conf.d), so that what
+    the farm reads is what the apt it runs sees; :data:`APT_LISTS` when apt cannot say."""
+    result = run(["apt-config", "shell", "LISTS", "Dir::State::lists/d"], check=False)
+    m = re.fullmatch(r"LISTS='([^']+)'", result.text.strip())
+    return Path(m[1]) if result.returncode == 0 and m else APT_LISTS
 
 
 def apt_cat_argv(path: Path) -> list[str]:
@@ -34,14 +43,16 @@ def packages_lists(lists_dir: Path = APT_LISTS) -> list[Path]:
 
 
 def archive_label(sources_list: Path) -> str:
-    """'Origin Codename' of the InRelease an index file belongs to: names the archive independently of the mirror."""
+    """'Origin Codename' of the InRelease (or, for an unsigned local archive, the Release) an index file belongs to:
+    names the archive independently of the mirror."""
     releases = sorted(
         (
             p
-            for p in sources_list.parent.glob("*_InRelease")
-            if sources_list.name.startswith(p.name[: -len("InRelease")])
+            for p in sources_list.parent.glob("*Release")
+            if p.name.endswith(("_InRelease", "_Release"))
+            and sources_list.name.startswith(p.name[: p.name.rindex("_") + 1])
         ),
-        key=lambda p: len(p.name),
+        key=lambda p: (len(p.name[: p.name.rindex("_")]), p.name.endswith("_InRelease")),
     )
     if releases:
         release = deb822.Release(releases[-1].read_bytes())

@@ -37,7 +37,15 @@ from debian import deb822
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.run import CommandFailed, run
-from farm.sources.apt import APT_HELPER, APT_LISTS, apt_cat_argv, archive_label, read_list, source_lists
+from farm.sources.apt import (
+    APT_HELPER,
+    APT_LISTS,
+    apt_cat_argv,
+    archive_label,
+    configured_lists,
+    read_list,
+    source_lists,
+)
 from farm.sources.dsc_git import (
     ImportedSource,
     changelog_date,
@@ -56,7 +64,7 @@ from farm.sources.dsc_git import (
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # as dpkg accepts it (policy asks for two characters)
 _VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
 
@@ -179,7 +187,11 @@ def index_entries(sources_text: str, name: str, version: str, archive: str) -> l
 
 
 def check_dsc_against_index(dsc_path: Path, entries: Sequence[IndexEntry]) -> IndexEntry:
-    """The .dsc must match the Sources index; returns the entry it matched (its archive names the import)."""
+    """The .dsc must match the Sources index; returns the entry it matched (its archive names the import).
+
+    The same .dsc is often listed by several suites (bookworm and bookworm-security both list zlib 1:1.2.13.dfsg-1).
+    The import is named after the first of them by archive label (the base suite sorts before its -security and
+    -updates suites), so the commit does not depend on which of those suites a machine has configured."""
     mine = [e for e in entries if e.dsc_name == dsc_path.name]
     if not mine:
         raise FarmError(
@@ -190,15 +202,17 @@ def check_dsc_against_index(dsc_path: Path, entries: Sequence[IndexEntry]) -> In
     if not dsc_path.is_file():
         raise _mismatch(dsc_path, mine[0].dsc_sha256, "nothing (the file is missing)")
     actual = sha256_file(dsc_path)
-    for entry in mine:
-        if entry.dsc_sha256 == actual and entry.dsc_size == dsc_path.stat().st_size:
-            return entry
-    raise _mismatch(dsc_path, mine[0].dsc_sha256, actual)
+    size = dsc_path.stat().st_size
+    matching = [e for e in mine if e.dsc_sha256 == actual and e.dsc_size == size]
+    if not matching:
+        raise _mismatch(dsc_path, mine[0].dsc_sha256, actual)
+    return min(matching, key=lambda e: e.archive)
 
 
-def archive_index(name: str, version: str, lists_dir: Path = APT_LISTS) -> list[IndexEntry]:
-    """Every Sources index apt holds, searched for the package."""
-    lists = source_lists(lists_dir)
+def archive_index(name: str, version: str, lists_dir: Path | None = None) -> list[IndexEntry]:
+    """Every Sources index apt holds (``lists_dir``, default: the lists the configured apt uses), searched for the
+    package."""
+    lists = source_lists(lists_dir if lists_dir is not None else configured_lists())
     found: list[IndexEntry] = []
     for path in lists:
         found += index_entries(read_list(path), name, version, archive_label(path))
@@ -218,6 +232,18 @@ def _unknown(name: str, version: str, detail: str = "") -> FarmError:
     )
 
 
+def unavailable(name: str, version: str, stderr: str) -> FarmError:
+    """The Sources index lists ``name=version`` but the archive does not serve its files (404, file not found)."""
+    failed = [ln.removeprefix("E: ").strip() for ln in stderr.splitlines() if "Failed to fetch" in ln]
+    return FarmError(
+        E.SOURCE_UNAVAILABLE,
+        f"the source of {name}={version} cannot be downloaded: " + ("; ".join(failed[:3]) or stderr.strip()[-500:]),
+        hint="the archive serves the Sources index but not this version's files (a mirror without the security "
+        "pool's sources answers 404). No older version is taken in its place: import one only by asking for it "
+        f"explicitly ({name}=OLDER_VERSION), and an image built with it then needs --allow-archive-fallback",
+    )
+
+
 def fetch(name: str, version: str, dest: Path) -> Path:
     """Download the .dsc and the files it lists into ``dest``; returns the .dsc. Nothing is verified yet."""
     check_spec(name, version)
@@ -229,6 +255,8 @@ def fetch(name: str, version: str, dest: Path) -> Path:
             stderr = exc.result.stderr.decode("utf-8", "replace")
             if "Unable to find a source package" in stderr or "Can not find version" in stderr:
                 raise _unknown(name, version) from None
+            if "Failed to fetch" in stderr:
+                raise unavailable(name, version, stderr) from None
             raise
     dsc = dest / upstream_dsc_name(name, version)
     if not dsc.is_file():
@@ -242,7 +270,7 @@ def import_dsc(
     cache_dir: Path,
     *,
     downloaded: Path | None = None,
-    lists_dir: Path = APT_LISTS,
+    lists_dir: Path | None = None,
 ) -> ImportedSource:
     """Import ``name=version`` into ``CACHE/dsc/NAME_VERSION.git``; an existing import is reused as it is.
 
@@ -301,5 +329,6 @@ __all__ = [
     "sha256_file",
     "source_lists",
     "tag_name",
+    "unavailable",
     "upstream_dsc_name",
 ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.build import sandbox
 from farm.build.variation import Variation
 from farm.crossval.diffreport import classify, diffoscope_argv
 from farm.crossval.results import RecheckResult, rates
@@ -39,8 +40,23 @@ def test_diffoscope_argv_bounds_both_reports() -> None:
         (("│ │ -\tmov    $0x7ea,%edx", "│ │ +\tmov    $0x7ec,%edx"), "timestamps"),  # hello 2.10: the year, in hex
         (("├── readelf --wide --notes {}", "│ -    Build ID: 0123abcd", "│ +    Build ID: 89ef4567"), "build-id"),
         (("│ -compiled in /build/src", "│ +compiled in /w/recheck/a/much/deeper/build/path/x"), "paths"),
+        (("│ -compiled in /build/src/x.c", f"│ +compiled in {V.build_dir}/x.c"), "paths"),
         (("├── file list", "│ -a", "│ -b", "│ +b", "│ +a"), "file order"),
-        (("│ -zone: UTC", f"│ +zone: {V.tz}"), "locale"),
+        (("│ -zone: UTC", f"│ +zone: {V.tz}"), "time zone"),
+        (("│ -built Wed Nov 27 04:18:41 2026", "│ +built Mi 27 Nov 2026 04:18:41 UTC"), "locale"),
+        (("│ -Donnerstag, 3. Dezember", "│ +Perşembe, 3 Aralık"), "locale"),  # noqa: RUF001
+        (("│ -LANG=C.UTF-8", f"│ +LANG={V.locale}"), "locale"),
+        (
+            (
+                "│ --rw-r--r-- 0 0 0 12 2024-01-01 00:00:00.000000 x",
+                "│ +-rw-rw-r-- 0 0 0 12 2024-01-01 00:00:00.000000 x",
+            ),
+            "umask",
+        ),
+        (("│ -built by ", f"│ +built by {V.user}"), "user"),
+        (("│ -host mangos-build", f"│ +host {V.hostname}"), "hostname"),
+        (("│ -domain (none)", f"│ +domain {V.domain}"), "hostname"),
+        (("│ -kernel 6.1.0-13-amd64", "│ +kernel 2.6.78-13-amd64"), "kernel"),
         (("│ -hello", "│ +goodbye"), "other"),
     ],
 )
@@ -57,8 +73,43 @@ def test_only_digits_that_are_dates_count_as_timestamps() -> None:
     assert classify(_report(*sizes), V) == ["other"]  # a date on the line, but only the size changed
 
 
+def test_each_cause_is_named_alone_for_its_own_difference() -> None:
+    assert classify(_report("│ -built Wed Nov 27 04:18:41 2026", "│ +built Mi 27 Nov 2026 04:18:41 UTC"), V) == [
+        "locale"
+    ]
+    assert classify(_report(f"│ -{sandbox.SRC}/x", f"│ +{V.build_dir}/x"), V) == ["paths"]
+    modes = (
+        "│ -drwxr-xr-x 0 0 0 0 2024-01-01 00:00:00.000000 d/",
+        "│ +drwxrwxr-x 0 0 0 0 2024-01-01 00:00:00.000000 d/",
+    )
+    assert classify(_report(*modes), V) == ["umask"]
+    assert classify(_report("│ --rw-r--r-- x", "│ +-rwxr--r-- x"), V) == ["other"]  # not a umask's bit
+
+
+def test_causes_of_several_members_are_each_found() -> None:
+    report = "\n".join(
+        [
+            "--- a/probe_1.0_all.deb",
+            "+++ b/probe_1.0_all.deb",
+            "├── data.tar.xz",
+            "│ ├── data.tar",
+            "│ │ ├── ./usr/share/probe/order",
+            "│ │ │ @@ -1,3 +1,3 @@",
+            "│ │ │ -data/f01",
+            "│ │ │  data/f00",
+            "│ │ │ +data/f01",
+            "│ │ │  data/f02",
+            "│ │ ├── ./usr/share/probe/where",
+            "│ │ │ @@ -1 +1 @@",
+            "│ │ │ -/build/src",
+            f"│ │ │ +{V.build_dir}",
+        ]
+    )
+    assert classify(report, V) == ["paths", "file order"]
+
+
 def test_variation_wraps_the_step_under_a_shifted_clock() -> None:
-    assert V.wrap(["/bin/sh", "-c", "x"]) == ["faketime", "-f", "+400d", "/bin/sh", "-c", "x"]
+    assert V.wrap(["/bin/sh", "-c", "x"])[-6:] == ["faketime", "-f", "+398d", "/bin/sh", "-c", "x"]
     assert Variation.unvaried().wrap(["/bin/sh"]) == ["/bin/sh"]
     assert V.env()["TZ"] != Variation.unvaried().env()["TZ"]
     assert V.to_json()["umask"] == "0002"

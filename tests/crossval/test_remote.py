@@ -57,7 +57,7 @@ def test_publish_to_s3_and_compare_over_s3_and_http(
     moto_server.client.create_bucket(Bucket=bucket)
     publish(beta.settings, f"s3://{bucket}/beta")
     keys = {o["Key"] for o in moto_server.client.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {"beta/log.jsonl", "beta/head.json"}
+    assert keys == {"beta/log.jsonl", "beta/head.json", "beta/rebuilds.jsonl"}
     www, url = http_root
     publish(beta.settings, str(www / "beta"))
     trust = tmp_path / "peers.toml"

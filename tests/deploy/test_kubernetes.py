@@ -79,6 +79,8 @@ def test_expected_objects() -> None:
         ("Deployment", "mangos-web"),
         ("Service", "mangos-web"),
         ("ScaledObject", "mangos-worker-amd64"),
+        ("CronJob", "mangos-recipes-update"),
+        ("PersistentVolumeClaim", "mangos-recipes-update"),
     }
     for where, doc in manifests():
         if doc["kind"] != "Namespace":
@@ -259,3 +261,30 @@ def test_the_keda_schema_refuses_mistakes() -> None:
     number["spec"]["triggers"][0]["metadata"]["listLength"] = 2  # KEDA's metadata values are strings
     assert not validator.is_valid(typo)
     assert not validator.is_valid(number)
+
+
+def test_recipes_update_cronjob_runs_the_operators_loop_unprivileged() -> None:
+    cron = objects("CronJob")["mangos-recipes-update"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = parse_cli(container["args"])
+    assert (args.command, args.recipes_cmd, args.queue) == ("recipes", "update", True)
+    assert container["envFrom"] == [{"configMapRef": {"name": "mangos-farm-settings"}}]
+    assert {e["name"] for e in container["env"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == WORKER_UID
+    for c in [*spec["initContainers"], container]:
+        context = c["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert args.dir.startswith(next(p for p, n in mounts.items() if n == "home") + "/")  # the recipes persist
+    claim = volumes[mounts["/var/lib/mangos"]]["persistentVolumeClaim"]["claimName"]
+    assert claim in objects("PersistentVolumeClaim")
+    # the init container's fresh archive indexes are what the update reads (apt's lists directory)
+    (init,) = spec["initContainers"]
+    assert {m["mountPath"]: m["name"] for m in init["volumeMounts"]}["/var/lib/apt/lists"] == mounts[
+        "/var/lib/apt/lists"
+    ]

@@ -63,6 +63,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     (root / "recipes").mkdir()
     for name in FARM_RECIPES:
         shutil.copy(REPO / "recipes" / "debian" / f"{name}.toml", root / "recipes" / f"{name}.toml")
+    shutil.copytree(REPO / "patches", root / "patches")  # the recipes name patches/NAME/... (found in a parent)
     shutil.copytree(REPO / "envs", root / "envs")
     home = root / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MANGOS_FARM_")}

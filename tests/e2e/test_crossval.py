@@ -1,4 +1,4 @@
-"""Issue #7 end to end, through the CLI: independent farms (own homes, keys, stores, embedded worker processes)
+"""Cross-validation end to end, through the CLI: independent farms (own homes, keys, stores, embedded worker processes)
 build the demo recipes, publish signed attestation logs and compare them; a malicious builder is caught and
 refused admission; a rewritten published log is detected; recheck --vary; an offline rebuild from a bundle."""
 
@@ -18,10 +18,11 @@ import pytest
 from farm.crossval.admission import Subject, check_agreement
 from farm.crossval.log import ENTRIES, HEAD, Entry, InputsKey, Log
 from farm.crossval.publish import all_records
+from farm.crossval.rebuilds import read_published
 from farm.errors import E, FarmError
 from farm.settings import Settings
 from farm.store import BuildRecord, open_store
-from farm.trust.keys import generate, load_builder
+from farm.trust.keys import generate, load_builder, load_public
 from farm.trust.provenance import sign, verify_envelope
 from tests.conftest import require
 from tests.crossval.helpers import Org, log_tampered
@@ -180,14 +181,30 @@ def test_removed_or_rewritten_published_entries_are_detected(orgs: Orgs) -> None
 def test_demo_set_rechecks_clean_under_variation(orgs: Orgs) -> None:
     require("faketime")
     beta = orgs.farms["beta"]
-    out = beta.json("recheck", "--all", "--vary")
-    assert [(r["recipe"], r["reproducible"]) for r in out["results"]] == [
-        ("libgreet", True),
-        ("greet", True),
-        ("welcome", True),
+    first = beta.run("recheck", "--all", "--vary", "--json")
+    out = json.loads(first.stdout)
+    assert [(r["recipe"], r["reproducible"], r["outcome"]) for r in out["results"]] == [
+        ("libgreet", True, "reproducible"),
+        ("greet", True, "reproducible"),
+        ("welcome", True, "reproducible"),
     ]
     assert out["reproducibility"]["all"] == {"checked": 3, "reproducible": 3, "failed": 0, "rate": 1.0}
+    assert out["totals"] == {"checked": 3, "reproducible": 3, "not_reproducible": 0, "failed": 0, "skipped": 0}
     assert out["variation"]["clock_shift_days"] >= 366
+    assert (
+        "[1/3] rechecking libgreet (ETA unknown)" in first.stderr and "[3/3] rechecking welcome (ETA " in first.stderr
+    )
+    # Resumed: every build already has a rebuild attestation under this variation table; nothing is rebuilt.
+    again = beta.run("recheck", "--all", "--vary", "--json")
+    out = json.loads(again.stdout)
+    assert all(r["skipped"] and r["outcome"] == "reproducible" for r in out["results"])
+    assert out["totals"]["skipped"] == 3 and "rechecking" not in again.stderr
+    # The rebuild attestations are published beside the log, and verify with beta's key.
+    beta.run("publish", "-o", str(orgs.root / "published-rebuilds" / "beta"))
+    found = read_published(
+        str(orgs.root / "published-rebuilds" / "beta"), [load_public(orgs.root / "keys" / "beta.pem")], "beta"
+    )
+    assert sorted((e.verdict, e.varied) for e in found) == [("reproducible", True)] * 3
     status = beta.run("status").stdout
     assert "reproducibility (recheck): all 3/3 (100%)" in status
     assert beta.json("status")["reproducibility"]["greet"]["rate"] == 1.0
@@ -274,3 +291,7 @@ def test_image_build_require_agreement_refuses_what_a_malicious_peer_contradicts
     assert f"hello/{deb}" in refused.stderr and "evil attested dddddddd" in refused.stderr
     admitted = farm.run(*args, "--require-agreement", "1")
     assert "packages verified" in admitted.stdout
+    # Never rechecked: --require-reproducible refuses it, naming it and why; archive packages are not judged.
+    gated = farm.run(*args, "--require-agreement", "1", "--require-reproducible", check=False)
+    assert gated.returncode == 2 and "error[E-ADMISSION-REFUSED]" in gated.stderr, gated.stderr
+    assert f"hello/{deb}" in gated.stderr and "no varied rebuild attests it" in gated.stderr

@@ -42,6 +42,7 @@ def build_set(root: Path, *, variant: bool = False) -> dict[str, Any]:
     recipes.mkdir(parents=True)
     for name in PACKAGES:
         shutil.copy(REPO / "recipes" / "debian" / f"{name}.toml", recipes / f"{name}.toml")
+    shutil.copytree(REPO / "patches", root / "patches")  # the recipes name patches/NAME/... (found in a parent)
     shutil.copytree(REPO / "envs", root / "envs")
     farm(root, "keys", "generate", variant=variant)
     farm(root, "env", "build", "bookworm-amd64", variant=variant)

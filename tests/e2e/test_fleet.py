@@ -166,7 +166,7 @@ def test_security_build_is_not_delayed_by_a_full_rebuild(fleet: Fleet, make_repo
 
 
 def test_status_explains_waiting_and_wait_follows_to_the_end(fleet: Fleet, make_repo: MakeRepo, tmp_path: Path) -> None:
-    recipes = make_set(make_repo, tmp_path, 4, sleep=0.2, layers=2)
+    recipes = make_set(make_repo, tmp_path, 4, sleep=1.0, layers=2)
     run = fleet.cli("rebuild", str(recipes)).stdout.strip()
     why = fleet.wait_for("reasons", lambda: (s := jobs(fleet.status(run))) and s["p00"]["why"] and s)
     assert why["p00"]["why"] == "no worker for arch amd64"

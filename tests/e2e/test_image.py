@@ -143,6 +143,26 @@ def test_inputs_are_checked_and_a_tampered_deb_stops_the_build(built_image: Buil
     assert proc.returncode == 2 and "E-VERIFY-DIGEST" in proc.stderr, proc.stderr
 
 
+def test_the_image_holds_no_package_older_than_the_archive(built_image: BuiltImage) -> None:
+    """Security updates flow in, never out: over the build's own lock, every package (farm-built or pinned) is at
+    least the archive's candidate version, compared as code (a binNMU of the same source is not newer)."""
+    from farm.archive.versions import ArchiveVersions, is_older_code
+    from farm.image import lock
+
+    made = lock.load(built_image.out / lock.DEFAULT_NAME)
+    packages = [*made.packages, *made.profile_packages]
+    assert len(packages) > 100 and any(p.origin == lock.FARM for p in packages)
+    archive = ArchiveVersions.load({p.name for p in packages})
+    older = []
+    for p in packages:
+        candidate = archive.candidate(p.name, p.arch)
+        if candidate is not None and is_older_code(p.version, candidate.version):
+            older.append(f"{p.name} {p.version} ({p.origin}) < {candidate.version} ({candidate.archive})")
+    assert not older, older
+    farm = [p for p in packages if p.origin == lock.FARM]
+    assert all(archive.candidate(p.name, p.arch) for p in farm), farm  # the comparison had something to compare
+
+
 def test_a_second_build_is_byte_identical(built_image: BuiltImage, tmp_path: Path) -> None:
     img = built_image
     again = build_image(img.farm, tmp_path / "again")

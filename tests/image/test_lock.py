@@ -260,6 +260,7 @@ def test_a_tampered_lock_is_refused(locked: tuple[Path, Path, dict[str, Any]]) -
 
     # a recipe added after locking makes the lock stale
     shutil.copy(REPO / "recipes" / "debian" / "hello.toml", root / "recipes" / "hello.toml")
+    shutil.copytree(REPO / "patches", root / "patches", dirs_exist_ok=True)  # the recipe's patches/hello/...
     try:
         proc = _cli(home, root, "image", "build", "--check-inputs", "--lock", "image.lock", check=False)
     finally:

@@ -1,12 +1,19 @@
-"""recipes import against the real archive and a real environment: zlib and libcap2, pinned and stored."""
+"""recipes import against the real archive and a real environment: zlib and libcap2, pinned and stored.
+
+zlib is asked for at its bookworm version explicitly (the security pool's sources are not served here, so its
+candidate 1:1.2.13.dfsg-1+deb12u1 is unavailable: tests/integration/test_security_import.py); libcap2 takes the
+candidate, a binNMU (+b1) whose source version is the one imported.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +21,7 @@ from typing import Any
 import pytest
 
 from farm.archive import Pin, ensure_pins
+from farm.archive.versions import without_binnmu
 from farm.cli.main import main
 from farm.errors import E, FarmError
 from tests.integration.apt_sources import require_deb_src
@@ -22,6 +30,7 @@ from tests.integration.conftest import REPO, Made
 pytestmark = pytest.mark.integration
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+ZLIB_BOOKWORM = "1:1.2.13.dfsg-1"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,17 @@ def imported(made_env: Made, tmp_path_factory: pytest.TempPathFactory) -> tuple[
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             rc = main(
-                ["--home", str(home), "recipes", "import", "zlib", "libcap2", "--dir", str(root / "recipes"), "--json"]
+                [
+                    "--home",
+                    str(home),
+                    "recipes",
+                    "import",
+                    f"zlib={ZLIB_BOOKWORM}",
+                    "libcap2",
+                    "--dir",
+                    str(root / "recipes"),
+                    "--json",
+                ]
             )
         out.write_text(buf.getvalue())
     assert rc == 0, buf.getvalue()
@@ -66,6 +85,24 @@ def test_generated_recipes_follow_the_schema(imported: tuple[Path, dict[str, Any
         assert "debhelper" in names  # beyond the buildd base
         base = {(p["name"], p["version"], p["arch"]) for p in made.record.packages}
         assert not base & {(p["package"], p["version"], p["arch"]) for p in pins}  # nothing the env already has
+
+
+def test_explicit_version_is_honoured_and_said_older(imported: tuple[Path, dict[str, Any], Made]) -> None:
+    recipes_dir, result, _ = imported
+    assert result["ok"] is True and result["failed"] == []
+    by_name = {r["name"]: r for r in result["recipes"]}
+    zlib = by_name["zlib"]
+    assert zlib["status"] == "imported" and zlib["version"] == ZLIB_BOOKWORM
+    assert zlib["candidate"] == "1:1.2.13.dfsg-1+deb12u1" and zlib["older_than_candidate"] is True
+    assert tomllib.loads((recipes_dir / "zlib.toml").read_text())["version"] == ZLIB_BOOKWORM
+    # libcap2's candidate is a binNMU (1:2.66-4+deb12u3+b1): the source it was built from is what is imported.
+    cap = by_name["libcap2"]
+    candidate = subprocess.run(
+        ["apt-cache", "policy", "libcap2"], capture_output=True, text=True, check=True, env=os.environ | {"LC_ALL": "C"}
+    ).stdout
+    binary = re.search(r"Candidate: (\S+)", candidate)
+    assert binary, candidate
+    assert cap["version"] == without_binnmu(binary[1]) == cap["candidate"] and cap["older_than_candidate"] is False
 
 
 def test_pins_are_stored_by_their_sha256(imported: tuple[Path, dict[str, Any], Made]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from farm.archive import Pin, SourcesIndex, deb_name, exclude_pins, parse_simulation, recipe_dependencies, recipe_toml
-from farm.archive.import_ import split_spec
+from farm.archive.import_ import existing_patches, split_spec
 from farm.archive.index import packages_entries, parse_sources
 from farm.archive.resolve import build_dep_argv
 from farm.errors import E, FarmError
@@ -187,6 +187,30 @@ def test_recipe_toml_is_the_schema() -> None:
         archive=[],
     )
     assert tomllib.loads(empty)["build"]["archive"] == []
+
+
+def test_a_reimport_keeps_the_recipes_patches(tmp_path: Path) -> None:
+    """recipes import / update rewrite a recipe when the source moves; the farm's own patches stay in it."""
+    old = tmp_path / "hello.toml"
+    old.write_text('name = "hello"\npatches = ["patches/hello/0001-a.patch", "patches/hello/0002-b.patch"]\n')
+    kept = existing_patches(old)
+    assert kept == ["patches/hello/0001-a.patch", "patches/hello/0002-b.patch"]
+    assert existing_patches(tmp_path / "absent.toml") == []
+    text = recipe_toml(
+        name="hello",
+        version="2.10-3+deb12u1",
+        description="",
+        build_depends=[],
+        outputs=["*.deb"],
+        dsc="hello=2.10-3+deb12u1",
+        commit="c" * 40,
+        environment="e",
+        archive=[],
+        patches=kept,
+    )
+    data = tomllib.loads(text)
+    assert data["patches"] == kept
+    assert list(data)[:6] == ["name", "version", "description", "build-depends", "outputs", "patches"]
 
 
 def test_recipe_dependencies_only_from_direct_build_depends() -> None:

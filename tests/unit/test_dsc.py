@@ -162,3 +162,19 @@ def test_dsc_checked_against_the_index(tmp_path: Path) -> None:
     assert "demo_1.0-1.dsc" in err.value.message
     assert _sha(data) in err.value.message
     assert _sha(path.read_bytes()) in err.value.message
+
+
+def test_a_dsc_listed_by_several_suites_is_named_after_the_base_suite(tmp_path: Path) -> None:
+    """bookworm and bookworm-security both list zlib 1:1.2.13.dfsg-1: the import (and so its commit) must not
+    depend on which of those suites a machine has configured, nor on the order apt's lists sort in."""
+    data = b"Format: 3.0 (quilt)\nSource: demo\n"
+    path = tmp_path / "demo_1.0-1.dsc"
+    path.write_bytes(data)
+    listed = [
+        dsc.IndexEntry("Debian bookworm-security", path.name, _sha(data), len(data)),
+        dsc.IndexEntry("Debian bookworm", path.name, _sha(data), len(data)),
+        dsc.IndexEntry("Debian bookworm-updates", path.name, _sha(data), len(data)),
+    ]
+    for entries in (listed, listed[::-1]):
+        assert dsc.check_dsc_against_index(path, entries).archive == "Debian bookworm"
+    assert dsc.check_dsc_against_index(path, listed[:1]).archive == "Debian bookworm-security"

@@ -6,6 +6,7 @@ import base64
 import copy
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from farm.identity import (
     digest_of,
     sha256_hex,
 )
+from farm.recipes import Patch, Recipe, Source
 
 pytestmark = pytest.mark.unit
 
@@ -263,3 +265,26 @@ def test_the_image_signature_partition_is_canonical_json(tmp_path: Path) -> None
     }
     before = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
     assert signature.partition_bytes("ab" * 32, der, cert).rstrip(b"\0") == before
+
+
+def test_a_recipe_without_patches_keeps_the_golden_key_and_each_patch_changes_it() -> None:
+    recipe = Recipe(
+        name="hello",
+        version="1.0",
+        source=Source(git="https://example.com/hello.git", commit=COMMIT),
+        steps=("make",),
+        outputs=("bin/hello",),
+        build_depends=("zlib",),
+    )
+    assert recipe.content() == RECIPE
+    assert key(recipe=recipe.content()) == key()
+    one = replace(recipe, patches=(Patch("patches/hello/0001-fix.patch", "a" * 64),))
+    assert one.content()["patches"] == [{"file": "patches/hello/0001-fix.patch", "sha256": "a" * 64}]
+    variants = [
+        key(),
+        key(recipe=one.content()),
+        key(recipe=replace(recipe, patches=(Patch("patches/hello/0001-fix.patch", "b" * 64),)).content()),
+        key(recipe=replace(recipe, patches=(Patch("patches/hello/0002-fix.patch", "a" * 64),)).content()),
+        key(recipe=replace(recipe, patches=(*one.patches, Patch("patches/hello/0002-more.patch", "c" * 64))).content()),
+    ]
+    assert len(set(variants)) == len(variants)

@@ -670,3 +670,21 @@ def test_parse_does_not_modify_its_input() -> None:
     before = copy.deepcopy(data)
     parse(data, Path("x.toml"))
     assert data == before
+
+
+def test_a_patch_list_in_a_recipe_file_is_checked_with_the_rest(write: WriteRecipe) -> None:
+    path = write(valid(patches=["patches/none.patch", ""], bogus=1))
+    codes = sorted(e.code for e in problems(load_error(path)))
+    assert codes == sorted([E.RECIPE_PATCH, E.RECIPE_TYPE, E.RECIPE_UNKNOWN_KEY])
+
+
+def test_the_repository_recipes_name_their_patches_in_the_top_level_patches_directory() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    recipes = load_dir(repo / "recipes").recipes
+    patched = {name: r.patches for name, r in recipes.items() if r.patches}
+    assert set(patched) >= {"hello"}
+    for patches in patched.values():
+        for patch in patches:
+            data = (repo / patch.file).read_bytes()
+            assert patch.file.startswith("patches/") and hashlib.sha256(data).hexdigest() == patch.sha256
+            assert all(f"\n{h}:" in "\n" + data.decode() for h in ("Description", "Author", "Forwarded"))  # DEP-3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,28 @@ def test_base_env_defaults_to_one_job() -> None:
 def test_recipes_cannot_override_the_fixed_variables() -> None:
     """Every variable the sandbox fixes is reserved in recipes (JOBS alone is a recipe's to pin)."""
     assert set(base_env(0)) - {"JOBS"} <= RESERVED_ENV
+
+
+def test_a_varied_build_dir_moves_the_source_and_the_start(spec: SandboxSpec) -> None:
+    varied = replace(spec, build_dir="/build/elsewhere/src")
+    opts = options(bwrap_argv(varied, ["true"]))
+    assert contains(opts, ["--bind", str(spec.src), "/build/elsewhere/src"])
+    assert contains(opts, ["--chdir", "/build/elsewhere/src"])
+    assert "/build/src" not in opts
+
+
+def test_extra_binds_are_read_only_and_come_after_the_host_paths(spec: SandboxSpec) -> None:
+    varied = replace(spec, binds=(("/layer/locale", "/usr/lib/locale"),))
+    opts = options(bwrap_argv(varied, ["true"]))
+    assert contains(opts, ["--ro-bind", "/layer/locale", "/usr/lib/locale"])
+    host = opts.index(spec.host_ro[0])
+    assert opts.index("/layer/locale") > host
+
+
+def test_a_domain_name_runs_bwrap_in_its_own_uts_namespace(spec: SandboxSpec) -> None:
+    argv = bwrap_argv(replace(spec, domainname="recheck.invalid"), ["true"])
+    start = argv.index("bwrap")
+    assert argv[:2] == ["unshare", "--uts"] and argv[start - 1] == "recheck.invalid"
+    assert 'domainname "$0" && exec "$@"' in argv[:start]
+    assert argv[start:] == bwrap_argv(spec, ["true"])
+    assert bwrap_argv(spec, ["true"])[0] == "bwrap"  # no domain: bwrap itself, as always

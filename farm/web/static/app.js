@@ -97,7 +97,8 @@
     const runs = await getJSON("/api/runs");
     document.title = "MANGOS build farm: runs";
     const rows = runs.map((r) => h("tr", { dataset: { run: r.run, status: r.status } },
-      h("td", {}, h("a", { href: `/runs/${encodeURIComponent(r.run)}` }, r.run)),
+      h("td", {}, h("a", { href: `/runs/${encodeURIComponent(r.run)}` }, r.run),
+        r.reason ? h("div", { class: "reason" }, `queued because: ${r.reason}`) : null),
       h("td", {}, runBadge(r)),
       h("td", {}, r.lane), h("td", {}, r.arch),
       h("td", { title: clock(r.created) }, ago(r.created)),
@@ -148,6 +149,7 @@
       ? h("a", { href: `/commits/${rec.commit}/${encodeURIComponent(name)}?key=${key}`, class: "artifact", download: name }, name)
       : h("span", { class: "artifact" }, name)));
     const why = [h("span", { class: "why-text" }, b.why)];
+    if (b.reason) why.push(h("div", { class: "reason" }, `queued because: ${b.reason}`));
     if (b.state === "failed" && b.error) {
       why.push(h("div", { class: "error-line" }, `error[${b.error.code}]: ${b.error.message}`));
       if (b.error.hint) why.push(h("div", { class: "hint" }, `hint: ${b.error.hint}`));
@@ -200,6 +202,7 @@
       h("dl", { class: "facts" },
         h("dt", {}, "lane"), h("dd", {}, status.lane),
         h("dt", {}, "arch"), h("dd", {}, status.arch),
+        status.reason ? [h("dt", {}, "queued because"), h("dd", { class: "reason" }, status.reason)] : null,
         h("dt", {}, "created"), h("dd", { title: clock(status.created) }, ago(status.created)),
         h("dt", {}, status.finished ? "took" : "running for"), h("dd", {}, took),
         h("dt", {}, "done"), h("dd", {}, `${done} of ${total}`),
