@@ -145,7 +145,7 @@ TABLE: tuple[Dimension, ...] = (
         "clock_shift_days",
         0,
         398,
-        "libfaketime (faketime in bubblewrap, LD_PRELOAD in the chroot)",
+        "libfaketime (faketime in bubblewrap, LD_PRELOAD in the chroot), FAKE_UTIME=1 so times set and read back agree",
         "timestamps",
         ("now", "`+398` days"),
     ),
