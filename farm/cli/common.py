@@ -1,4 +1,5 @@
-"""What the command modules share: adding a command to a parser, the ``--json`` flag, JSON output, trusted keys."""
+"""What the command modules share: adding a command to a parser, the ``--json`` flag, JSON output, trusted keys,
+the built environment imports pin against."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from farm.errors import E, FarmError, StoreError
 from farm.settings import Settings
 
 if TYPE_CHECKING:
+    from farm.envs.debian import EnvRecord
+    from farm.store import Store
     from farm.trust.keys import TrustedKeys
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -54,3 +58,28 @@ def release_dir(value: str | None, settings: Settings) -> Path:
     from farm.trust.release_keys import default_dir
 
     return Path(value) if value else default_dir(settings.home)
+
+
+def built_environment(args: argparse.Namespace, settings: Settings) -> tuple[EnvRecord, Store]:
+    """The build environment ``--env`` names, made on this machine and present in the store, with that store (what
+    ``recipes import`` and ``recipes update`` resolve and pin against)."""
+    from farm.envs.debian import find_spec, load_records
+    from farm.store import open_store
+
+    record = {r.name: r for r in load_records(settings.home / "envs")}.get(args.env)
+    if record is None:
+        find_spec(args.env, Path(args.envs))  # an unknown name fails here, with the list of definitions
+        raise FarmError(
+            E.ENV_UNKNOWN,
+            f"the build environment '{args.env}' has not been built on this machine",
+            file=settings.home / "envs" / f"{args.env}.json",
+            hint=f"make it first: mangos-farm env build {args.env} --envs {args.envs}",
+        )
+    store = open_store(settings.store_url)
+    if not store.has_blob(record.digest):
+        raise StoreError(
+            E.STORE_MISSING,
+            f"the tarball of environment '{args.env}' (sha256 {record.digest}) is not in the store {store.url}",
+            hint=f"rebuild it: mangos-farm env build {args.env} --envs {args.envs}",
+        )
+    return record, store

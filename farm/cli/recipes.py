@@ -7,8 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from farm.cli.common import Subparsers, add_command, add_group, json_flag, print_json
-from farm.errors import E, FarmError, StoreError
+from farm.cli.common import Subparsers, add_command, add_group, built_environment, json_flag, print_json
 from farm.settings import Settings
 
 
@@ -33,26 +32,8 @@ def cmd_recipes_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_recipes_import(args: argparse.Namespace, settings: Settings) -> int:
     from farm.archive import import_recipes
-    from farm.envs.debian import find_spec, load_records
-    from farm.store import open_store
 
-    records = {r.name: r for r in load_records(settings.home / "envs")}
-    record = records.get(args.env)
-    if record is None:
-        find_spec(args.env, Path(args.envs))  # an unknown name fails here, with the list of definitions
-        raise FarmError(
-            E.ENV_UNKNOWN,
-            f"the build environment '{args.env}' has not been built on this machine",
-            file=settings.home / "envs" / f"{args.env}.json",
-            hint=f"make it first: mangos-farm env build {args.env} --envs {args.envs}",
-        )
-    store = open_store(settings.store_url)
-    if not store.has_blob(record.digest):
-        raise StoreError(
-            E.STORE_MISSING,
-            f"the tarball of environment '{args.env}' (sha256 {record.digest}) is not in the store {store.url}",
-            hint=f"rebuild it: mangos-farm env build {args.env} --envs {args.envs}",
-        )
+    record, store = built_environment(args, settings)
     start = time.monotonic()
     report = import_recipes(
         args.packages,

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from farm.cli.common import print_json
-from farm.errors import E, FarmError, StoreError
+from farm.cli.common import built_environment, print_json
 from farm.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,16 +30,8 @@ def recipes_update(args: argparse.Namespace, settings: Settings) -> int:
 
     def importer(names: Sequence[str]) -> list[Reimport]:
         from farm.archive.update import archive_importer
-        from farm.store import open_store
 
-        env = _environment(record, args, settings)
-        store = open_store(settings.store_url)
-        if not store.has_blob(env.digest):
-            raise StoreError(
-                E.STORE_MISSING,
-                f"the tarball of environment '{env.name}' (sha256 {env.digest}) is not in the store {store.url}",
-                hint=f"rebuild it: mangos-farm env build {env.name} --envs {args.envs}",
-            )
+        env, store = built_environment(args, settings)
         return archive_importer(
             recipes_dir,
             env_name=env.name,
@@ -84,20 +75,6 @@ def _arch(record: EnvRecord | None) -> str | None:
     if record is None:
         return None
     return str(record.spec.get("architecture") or "") or None
-
-
-def _environment(record: EnvRecord | None, args: argparse.Namespace, settings: Settings) -> EnvRecord:
-    if record is None:
-        from farm.envs.debian import find_spec
-
-        find_spec(args.env, Path(args.envs))  # an unknown name fails here, with the list of definitions
-        raise FarmError(
-            E.ENV_UNKNOWN,
-            f"the build environment '{args.env}' has not been built on this machine",
-            file=settings.home / "envs" / f"{args.env}.json",
-            hint=f"make it first: mangos-farm env build {args.env} --envs {args.envs}",
-        )
-    return record
 
 
 def summary(outcomes: list[Outcome]) -> dict[str, int]:

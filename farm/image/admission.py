@@ -14,7 +14,6 @@ below.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,7 @@ from farm.archive.versions import ArchiveVersions, is_older_code
 from farm.errors import E, FarmError
 from farm.image.packages import Package
 from farm.log import step
-from farm.run import run
-from farm.sources.apt import APT_LISTS
+from farm.sources.apt import configured_lists
 
 log = logging.getLogger(__name__)
 ALLOW_FLAG = "--allow-archive-fallback"
@@ -65,16 +63,6 @@ class FarmBuild:
     recipe: str = ""
 
 
-def apt_lists_dir() -> Path:
-    """Where the apt this process would run keeps its lists (``APT_CONFIG`` honoured); the default when unsure."""
-    if shutil.which("apt-config") is None:
-        return APT_LISTS
-    out = run(["apt-config", "shell", "LISTS", "Dir::State::lists/d"], check=False).text.strip()
-    _, _, value = out.partition("=")
-    value = value.strip().strip("'\"")
-    return Path(value) if value else APT_LISTS
-
-
 def downgrades(builds: Iterable[FarmBuild], archive: ArchiveVersions) -> list[Downgrade]:
     """Every farm build that is older code than the archive's candidate for its package and architecture, sorted."""
     found = []
@@ -94,7 +82,7 @@ def check(
     archive pins do not hold the newer version), so there the fix is to lock again."""
     if not builds:
         return {}
-    lists = lists_dir if lists_dir is not None else apt_lists_dir()
+    lists = lists_dir if lists_dir is not None else configured_lists()
     found = downgrades(builds, ArchiveVersions.load({b.package for b in builds}, lists))
     if found and (not allow_fallback or locked_in):
         raise refusal(found, locked_in=locked_in)
@@ -136,4 +124,4 @@ def refusal(found: Sequence[Downgrade], *, locked_in: str = "") -> FarmError:
     )
 
 
-__all__ = ["ALLOW_FLAG", "Downgrade", "FarmBuild", "admit_farm", "apt_lists_dir", "check", "downgrades", "refusal"]
+__all__ = ["ALLOW_FLAG", "Downgrade", "FarmBuild", "admit_farm", "check", "downgrades", "refusal"]

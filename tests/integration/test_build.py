@@ -15,12 +15,11 @@ from farm.build.context import WorkerContext
 from farm.build.execute import execute_build
 from farm.envs.host import host_environment
 from farm.errors import E
-from farm.sources.git import SourceCache
 from farm.store import BuildRecord, open_store
 from farm.trust.keys import BuilderKey
 from farm.trust.provenance import verify_envelope
 from tests.conftest import MakeRepo, require
-from tests.lib.recipes import build_request
+from tests.lib.recipes import build_request, worker_context
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def ctx(tmp_path: Path, builder_key: BuilderKey) -> WorkerContext:
     require("bwrap")
-    return WorkerContext(
-        store=open_store(str(tmp_path / "store")),
-        builder_key=builder_key,
-        sources=SourceCache(tmp_path / "cache"),
-        work_root=tmp_path / "work",
-        builder_id="test-builder",
-        environment=host_environment(),
-        timeout=120,
-    )
+    return worker_context(tmp_path, builder_key)
 
 
 def build(ctx: WorkerContext, req: BuildRequest) -> BuildOutcome:

@@ -18,12 +18,12 @@ from farm.errors import E, ErrorGroup
 from farm.identity import build_key
 from farm.recipes import Recipe, check_patches, load_dir
 from farm.sources.git import SourceCache
-from farm.store import BuildRecord, open_store
+from farm.store import BuildRecord
 from farm.trust.keys import BuilderKey
 from farm.trust.provenance import verify_envelope
 from tests.conftest import MakeRepo, require
 from tests.lib.git import git
-from tests.lib.recipes import write_recipe
+from tests.lib.recipes import worker_context, write_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +47,7 @@ NEW = "--- /dev/null\n+++ b/NEW\n@@ -0,0 +1 @@\n+new\n"
 @pytest.fixture
 def ctx(tmp_path: Path, builder_key: BuilderKey) -> WorkerContext:
     require("bwrap")
-    return WorkerContext(
-        store=open_store(str(tmp_path / "store")),
-        builder_key=builder_key,
-        sources=SourceCache(tmp_path / "cache"),
-        work_root=tmp_path / "work",
-        builder_id="test-builder",
-        environment=host_environment(),
-        timeout=120,
-    )
+    return worker_context(tmp_path, builder_key)
 
 
 def patched_recipe(root: Path, repo: Path, commit: str, patches: dict[str, str]) -> Recipe:

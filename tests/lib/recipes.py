@@ -8,9 +8,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from farm.build import BuildRequest, DependencyInput
+from farm.build.context import WorkerContext
 from farm.envs.host import host_environment
 from farm.identity import build_key
 from farm.recipes import Recipe, Source
+from farm.sources.git import SourceCache
+from farm.store import open_store
+from farm.trust.keys import BuilderKey
 from tests.lib.git import git
 
 
@@ -74,4 +78,18 @@ def build_request(
         tree=tree,
         environment=env,
         dependencies=tuple(deps),
+    )
+
+
+def worker_context(root: Path, builder_key: BuilderKey, *, timeout: float = 120) -> WorkerContext:
+    """A worker's context for in-process builds under ``root`` (store, source cache, work tree) in this host's
+    environment."""
+    return WorkerContext(
+        store=open_store(str(root / "store")),
+        builder_key=builder_key,
+        sources=SourceCache(root / "cache"),
+        work_root=root / "work",
+        builder_id="test-builder",
+        environment=host_environment(),
+        timeout=timeout,
     )
