@@ -38,7 +38,8 @@ def test_run_keeps_only_the_end_of_stderr() -> None:
 
 
 def test_run_timeout_kills_the_child() -> None:
-    result = run(["sh", "-c", "echo started; exec sleep 30"], timeout=0.5, check=False)
+    # 2 s: long enough for the shell to print before the kill even on a loaded machine
+    result = run(["sh", "-c", "echo started; exec sleep 30"], timeout=2, check=False)
     assert result.timed_out and result.returncode == -1 and result.stdout == b"started\n"
     with pytest.raises(CommandFailed, match=r"timed out after 0\.5s"):
         run(["sleep", "30"], timeout=0.5)
