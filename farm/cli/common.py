@@ -60,6 +60,12 @@ def release_dir(value: str | None, settings: Settings) -> Path:
     return Path(value) if value else default_dir(settings.home)
 
 
+def environment_flags(sp: argparse.ArgumentParser) -> None:
+    """``--env`` and ``--envs``: the build environment :func:`built_environment` resolves."""
+    sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
+    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+
+
 def built_environment(args: argparse.Namespace, settings: Settings) -> tuple[EnvRecord, Store]:
     """The build environment ``--env`` names, made on this machine and present in the store, with that store (what
     ``recipes import`` and ``recipes update`` resolve and pin against)."""

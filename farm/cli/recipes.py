@@ -7,7 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from farm.cli.common import Subparsers, add_command, add_group, built_environment, json_flag, print_json
+from farm.cli.common import (
+    Subparsers,
+    add_command,
+    add_group,
+    built_environment,
+    environment_flags,
+    json_flag,
+    print_json,
+)
 from farm.settings import Settings
 
 
@@ -101,8 +109,7 @@ def add_recipes(sub: Subparsers) -> None:
     )
     sp.add_argument("packages", nargs="+", metavar="NAME[=VERSION]", help="source packages (default: candidate)")
     sp.add_argument("--dir", default="recipes", help="write NAME.toml here (default recipes/)")
-    sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
-    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+    environment_flags(sp)
     json_flag(sp)
     sp = add_command(
         recipes,
@@ -112,8 +119,7 @@ def add_recipes(sub: Subparsers) -> None:
     )
     sp.add_argument("--dir", default="recipes", help="the recipes directory (default recipes/)")
     sp.add_argument("--queue", action="store_true", help="rebuild what changed and its dependents on the security lane")
-    sp.add_argument("--env", default="bookworm-amd64", help="the build environment (default bookworm-amd64)")
-    sp.add_argument("--envs", default="envs", help="directory of environment definitions (default envs/)")
+    environment_flags(sp)
     json_flag(sp)
 
 
