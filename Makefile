@@ -25,7 +25,7 @@ DEB_SRC_LIST := /etc/apt/sources.list.d/mangos-deb-src.sources
 DEB_SRC_MARK := \# mangos-farm deb-src v2: every suite the machine installs from
 DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; out = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)(-[a-z]+)?[ \t]/) want = 1; out = out l "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out }
 
-.PHONY: setup apt venv demo-sources demo image boot test lint pytest bench clean
+.PHONY: setup apt venv demo-sources demo image boot kernel test lint pytest bench clean
 
 setup: apt venv demo-sources
 
@@ -103,6 +103,31 @@ image: demo
 boot:
 	@ls out/image/mangos_*.raw >/dev/null 2>&1 || { echo "no image in out/image: run 'make image' first"; exit 1; }
 	$(BIN)/mangos-farm image boot out/image/mangos_*.raw
+
+# The MANGOS kernel (recipes/kernel/, a recipe set of its own): compiled once (~20 min on 2 cores, cached in the
+# store after that), then this farm's verity certificate inserted into it (seconds). Point MANGOS_FARM_HOME (or
+# MANGOS_FARM_STORE) at a directory outside the checkout to keep the compiled kernel between checkouts.
+KERNEL_CERT := recipes/kernel/organization.crt
+kernel: setup
+	$(BIN)/mangos-farm keys generate --if-missing
+	$(BIN)/mangos-farm keys generate --release --if-missing
+	$(BIN)/mangos-farm env build bookworm-kernel --if-missing
+	cmp -s $(RELEASE)/verity.crt $(KERNEL_CERT) || cp $(RELEASE)/verity.crt $(KERNEL_CERT)
+	$(BIN)/mangos-farm recipes check recipes/kernel
+	MANGOS_FARM_BUILD_TIMEOUT=$${MANGOS_FARM_BUILD_TIMEOUT:-7200} $(BIN)/mangos-farm rebuild recipes/kernel
+	rm -rf out/kernel
+	key=$$($(BIN)/mangos-farm plan recipes/kernel --json | $(BIN)/python -c "$$KERNEL_IMAGE_KEY"); \
+	commit=$$(sed -n 's/^commit = "\(.*\)"/\1/p' recipes/kernel/linux-image-mangos.toml); \
+	  $(BIN)/mangos-farm fetch --commit $$commit --recipe linux-image-mangos --build-key $$key -o out/kernel
+	$(BIN)/mangos-farm verify out/kernel
+	@echo "kernel: $(CURDIR)/out/kernel/vmlinuz ($$(cat out/kernel/kernel.release)), certificate $(KERNEL_CERT)"
+
+# The build key of the kernel image with the current certificate (the store may hold one per certificate it had).
+define KERNEL_IMAGE_KEY
+import json, sys
+print({b["recipe"]: b for b in json.load(sys.stdin)["builds"]}["linux-image-mangos"]["build_key"])
+endef
+export KERNEL_IMAGE_KEY
 
 lint: setup
 	$(BIN)/ruff check .

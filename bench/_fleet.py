@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,20 +57,60 @@ class BuildTimes:
 
 class BenchFleet(Fleet):
     """redis-server + coordinator + workers under ``root``; each process has its own MANGOS_FARM_HOME and the
-    fleet's keys. A process that exits on its own ends any wait at once (a benchmark cannot recover from it)."""
+    fleet's keys. A process that exits on its own ends any wait at once (a benchmark cannot recover from it).
+
+    :attr:`redis` is Celery's broker (and result backend). With ``separate_state`` the coordinator state is on a
+    second redis-server (:attr:`state`, MANGOS_FARM_STATE), and every process names its state connections after
+    its home (``coordinator``, ``w1``, ...; the CLI as :attr:`client_name`), so :class:`CommandLog` can tell whose
+    command is whose."""
 
     fail_fast = True
 
-    def __init__(self, root: Path, *, appendfsync: str = "everysec", extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        appendfsync: str = "everysec",
+        extra_env: dict[str, str] | None = None,
+        separate_state: bool = False,
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        redis = RedisServer(root / "redis", appendfsync)
-        redis.start()
         self.profilers: list[subprocess.Popen[bytes]] = []
+        self.state: RedisServer | None = None
+        self.client_name = "client"
+        redis = RedisServer(root / "redis", appendfsync)
         try:
+            redis.start()
+            if separate_state:
+                self.state = RedisServer(root / "state-redis", appendfsync)
+                self.state.start()
             super().__init__(root, redis, str(root / "store"), extra_env, metrics=False)
         except BaseException:
+            if self.state is not None:
+                self.state.stop()
             redis.stop()
             raise
+
+    @property
+    def state_url(self) -> str:
+        """Where the coordinator state is: the second redis-server, MANGOS_FARM_STATE, or the broker's."""
+        if self.state is not None:
+            return self.state.url
+        return self.base_env.get("MANGOS_FARM_STATE") or self.redis.url
+
+    def spawn(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        """As :meth:`Fleet.spawn`; a coordinator or worker serves no /metrics (its default port may be taken by
+        another farm on this machine)."""
+        if argv[:1] in (["coordinator"], ["worker"]) and "--metrics-port" not in argv:
+            argv = [*argv, "--metrics-port", "0"]
+        return super().spawn(name, argv, **kw)
+
+    def env(self, home: Path) -> dict[str, str]:
+        env = super().env(home)
+        if self.state is not None:
+            name = self.client_name if home == self.client_home else home.name
+            env["MANGOS_FARM_STATE"] = f"{self.state.url}?client_name={name}"
+        return env
 
     def start_workers(self, count: int, concurrency: int) -> int:
         """Start ``count`` workers; returns the build slots they registered (what the coordinator dispatches to)."""
@@ -99,27 +141,31 @@ class BenchFleet(Fleet):
         found: dict[str, Any] = self.wait_for(f"run {run}", check, timeout, poll)
         return found
 
-    def reset_command_stats(self) -> None:
-        r = self.redis.client()
+    def reset_command_stats(self, server: RedisServer | None = None) -> None:
+        r = (server or self.redis).client()
         r.config_resetstat()
         r.close()
 
-    def command_stats(self) -> dict[str, int]:
-        """Redis commands served since :meth:`reset_command_stats`, by command, all clients together."""
-        r = self.redis.client()
+    def command_stats(self, server: RedisServer | None = None) -> dict[str, int]:
+        """Redis commands served since :meth:`reset_command_stats`, by command, all clients together (by default
+        the broker's)."""
+        r = (server or self.redis).client()
         info: dict[str, Any] = r.info("commandstats")
         r.close()
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
     def timelines(self, run: str, status: dict[str, Any]) -> list[BuildTimes]:
-        """Each build's timeline: the status JSON's times plus, from Redis, the worker's result time.
+        """Each build's timeline: the status JSON's times plus, from the broker, the worker's result time.
 
-        The task id is not part of the status JSON, so it is read from the run's job hash; the result meta
-        (``celery-task-meta-<id>``) carries ``date_done``, set by the worker when it stores the result.
+        The task id is not part of the status JSON, so it is read from the run's jobs (the coordinator state's
+        own interface); the result meta (``celery-task-meta-<id>``) carries ``date_done``, set by the worker when
+        it stores the result.
         """
+        from farm.coordinator.kv import open_kv
+        from farm.coordinator.runs import RunStore
+
+        task_ids = {name: job.task_id for name, job in RunStore(open_kv(self.state_url)).jobs(run).items()}
         r = self.redis.client()
-        raw = r.hgetall(f"mangos:run:{run}:jobs")
-        task_ids = {k.decode(): json.loads(v).get("task_id") for k, v in raw.items()}
         out = []
         for b in status["builds"]:
             if b["state"] != "built":
@@ -175,6 +221,8 @@ class BenchFleet(Fleet):
         self.stop_profilers()
         super().close()
         self.redis.stop()
+        if self.state is not None:
+            self.state.stop()
 
     def __enter__(self) -> BenchFleet:
         return self
@@ -183,6 +231,124 @@ class BenchFleet(Fleet):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+_MONITOR_LINE = re.compile(r'^(\d+\.\d+) \[\d+ ([^\]]+)\] "((?:[^"\\]|\\.)*)"(?: "((?:[^"\\]|\\.)*)")?')
+
+
+@dataclass(frozen=True)
+class Command:
+    at: float  # the server's clock (this machine's time.time())
+    client: str  # the connection's name (CLIENT SETNAME), or its address if it has none
+    name: str  # upper case, e.g. "HSET"
+    key: str  # the first argument, if any
+
+
+class CommandLog:
+    """Every command a redis-server serves while the log is open, from ``redis-cli monitor`` (a C process, so
+    watching costs the server little and this process nothing), each with the name of the connection that sent it.
+    """
+
+    def __init__(self, server: RedisServer, path: Path) -> None:
+        self.server, self.path = server, path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.names: dict[str, str] = {}
+
+    def __enter__(self) -> CommandLog:
+        r = self.server.client()  # the connections already open were named before the log starts
+        self.names = {c["addr"]: c["name"] for c in r.client_list() if c.get("name")}
+        r.close()
+        with self.path.open("wb") as out:
+            argv = ["redis-cli", "-p", str(self.server.port), "monitor"]
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while self.path.stat().st_size == 0:  # redis-cli prints OK once the server streams to it
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-cli monitor did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.2)  # the last commands reach redis-cli
+        if self.proc is not None:
+            stop_group(self.proc)
+
+    def commands(self) -> list[Command]:
+        names = dict(self.names)  # address -> connection name
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            m = _MONITOR_LINE.match(line)
+            if m is None:
+                continue
+            at, addr, name, key = float(m[1]), m[2], m[3].upper(), m[4] or ""
+            addr = "lua (inside scripts)" if addr == "lua" else addr  # besides the EVAL/EVALSHA that ran them
+            if name == "CLIENT" and key.upper() == "SETNAME":
+                names[addr] = line.rsplit(" ", 1)[-1].strip('"')
+            out.append(Command(at, names.get(addr, addr), name, key))
+        return out
+
+
+# Commands of the state store that are not the cost of a build: what is done per second rather than per build.
+EXCLUDED = {
+    "heartbeats": "lease beats (every SET mangos:beat:*, a first beat at the claim included)",
+    "worker presence": "workers announcing themselves (SET mangos:worker:*)",
+    "connection upkeep": "HELLO, CLIENT SETNAME/SETINFO, PING health checks, SELECT",
+    "status polls": "the benchmark's own `mangos-farm status` calls (connection name bench-poll)",
+}
+POLL_CLIENT = "bench-poll"
+
+
+def excluded_as(c: Command) -> str | None:
+    """Why command ``c`` is not counted as part of a build's cost, or None if it is."""
+    if c.client == POLL_CLIENT:
+        return "status polls"
+    if c.name in ("HELLO", "CLIENT", "PING", "SELECT", "AUTH"):
+        return "connection upkeep"
+    if c.name == "SET" and c.key.startswith("mangos:beat:"):
+        return "heartbeats"
+    if c.name == "SET" and c.key.startswith("mangos:worker:"):
+        return "worker presence"
+    return None
+
+
+def attribute(commands: list[Command], start: float, end: float, builds: int) -> dict[str, Any]:
+    """The state store's commands from ``start`` (the submit) to ``end`` (the last build recorded), per build:
+    those counted (by connection and by command) and those excluded (by reason)."""
+    counted: dict[str, dict[str, int]] = {}
+    excluded: dict[str, int] = {}
+    for c in commands:
+        if not start <= c.at <= end:
+            continue
+        why = excluded_as(c)
+        if why is not None:
+            excluded[why] = excluded.get(why, 0) + 1
+            continue
+        who = counted.setdefault(c.client, {})
+        who[c.name] = who.get(c.name, 0) + 1
+    by_command: dict[str, int] = {}
+    for who in counted.values():
+        for name, n in who.items():
+            by_command[name] = by_command.get(name, 0) + n
+    total = sum(by_command.values())
+
+    def per_build(d: dict[str, int]) -> dict[str, float]:
+        return {k: round(v / builds, 2) for k, v in sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+    return {
+        "per_build": round(total / builds, 2),
+        "by_connection": per_build({k: sum(v.values()) for k, v in counted.items()}),
+        "by_command": per_build(by_command),
+        "excluded_per_build": per_build(excluded),
+        "excluded_how": {k: EXCLUDED[k] for k in sorted(EXCLUDED)},
+        "window_seconds": round(end - start, 3),
+    }
+
+
+def idle_rate(commands: list[Command], start: float, end: float) -> float:
+    """The state commands per second from ``start`` to ``end`` while no run is active (excluded ones aside):
+    what the coordinator's ticks and the workers cost with nothing to do."""
+    n = sum(1 for c in commands if start <= c.at <= end and excluded_as(c) is None)
+    return round(n / (end - start), 1) if end > start else float("nan")
 
 
 def profile_summary(path: Path, within: str, top: int = 25) -> list[tuple[str, float]]:

@@ -11,9 +11,12 @@ repository's commits. It then
 1. generates a builder key under a temporary MANGOS_FARM_HOME;
 2. times ``plan`` in process (the functions ``cmd_plan`` calls), with a cold and a warm source cache;
 3. builds every recipe for real with one ``mangos-farm rebuild DIR`` (MANGOS_FARM_WORKERS=2), printing progress;
-4. times a fully cached ``mangos-farm rebuild DIR`` as a subprocess, and make_plan + coordinator run in process with a
-   dispatcher factory that raises if called (so nothing can be dispatched);
+4. times a fully cached ``mangos-farm rebuild DIR`` as a subprocess, and the same in process (plan, submit with
+   its provenance checks, run; checked to make no dispatcher, so nothing can be dispatched);
 5. times baselines in the same process: ``python -c pass`` and parsing the N recipe files with tomllib alone.
+
+With ``--keep`` the work directory stays; ``--reuse DIR`` then times only (4) and (5) on it, which takes seconds
+instead of the minutes of the real build. The target for (4), as the CLI runs it, is 0.3 s for 1,000 recipes.
 
 Nothing here is a test: timings depend on the machine. Progress goes to stderr, the report to stdout.
 """
@@ -36,11 +39,9 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from bench._common import parser, progress, require_tools, workdir
-from farm.coordinator.engine import Coordinator, Dispatcher
-from farm.coordinator.kv import open_kv
 from farm.coordinator.plan import Decision, Plan, make_plan
 from farm.coordinator.planning import source_resolver
 from farm.coordinator.policy import Lane
@@ -51,8 +52,9 @@ from farm.store import Store, open_store
 from farm.trust import keys as keymod
 from tests.lib.cli import CLI, clean_env
 from tests.lib.git import commit_files
+from workers.fleet import open_fleet
 
-TARGET_SECONDS = 2.0
+TARGET_SECONDS = 0.3
 SEED = 20260203
 COMMITS = 4
 
@@ -107,7 +109,7 @@ class Report:
             "ratios": {k: round(v, 2) for k, v in self.ratios.items()},
             "target_seconds": TARGET_SECONDS,
             "cached_rebuild_median": round(cached.median, 4) if cached else None,
-            "meets_target": (cached.median < TARGET_SECONDS) if cached else None,
+            "meets_target": (cached.median <= TARGET_SECONDS) if cached else None,
             "notes": self.notes,
         }
 
@@ -175,11 +177,12 @@ class PlanPhases:
     load: float
     environment: float
     plan: float
+    submit: float = 0.0
     run: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.load + self.environment + self.plan + self.run
+        return self.load + self.environment + self.plan + self.submit + self.run
 
 
 def plan_in_process(settings: Settings, recipe_dir: Path) -> tuple[Plan, Store, PlanPhases]:
@@ -197,21 +200,23 @@ def plan_in_process(settings: Settings, recipe_dir: Path) -> tuple[Plan, Store, 
     return plan, store, PlanPhases(load=t1 - t0, environment=t2 - t1, plan=t3 - t2)
 
 
-def no_dispatcher() -> NoReturn:
-    raise AssertionError("a fully cached rebuild tried to create a dispatcher (it would have built something)")
-
-
 def cached_rebuild_in_process(settings: Settings, recipe_dir: Path, n: int) -> PlanPhases:
-    """``cmd_rebuild`` minus the interpreter, the imports and result.json: key check, plan, run_plan."""
+    """``cmd_rebuild`` minus the interpreter, the imports and result.json: key check, plan, submit (which checks
+    every cached build's signed provenance, through the farm's memo), run. The coordinator is wired as the CLI wires
+    it (``workers.fleet.open_fleet``); a fully cached run must not make a dispatcher, and that is checked."""
     keymod.load_builder(settings.keys_dir)
     plan, store, phases = plan_in_process(settings, recipe_dir)
-    factory: Callable[[], Dispatcher] = no_dispatcher
     t0 = time.perf_counter()
-    coordinator = Coordinator(open_kv(settings.state_url), store, factory, lazy_workers=True)
-    run = coordinator.submit(plan, lane=Lane.REBUILD, arch=settings.build_arch, force=False)
-    coordinator.run_until_done(run.id)
-    status = coordinator.status(run.id)
-    phases.run = time.perf_counter() - t0
+    fleet = open_fleet(settings, store)
+    run = fleet.coordinator.submit(plan, lane=Lane.REBUILD, arch=settings.build_arch, force=False)
+    t1 = time.perf_counter()
+    fleet.coordinator.run_until_done(run.id)
+    status = fleet.coordinator.status(run.id)
+    t2 = time.perf_counter()
+    phases.submit, phases.run = t1 - t0, t2 - t1
+    if fleet.dispatchers:
+        fleet.close()
+        raise AssertionError("a fully cached rebuild made a dispatcher (it would have built something)")
     if status["summary"]["cached"] != n or not status["ok"]:
         raise AssertionError(f"expected {n} cached builds, got {status['summary']}")
     return phases
@@ -308,6 +313,31 @@ def machine() -> dict[str, Any]:
     }
 
 
+def farm_env(root: Path, home: Path, workers: int) -> dict[str, str]:
+    """The environment of every farm process the bench starts. Python's bytecode cache is on (under ``root``), as
+    for an installed farm: with PYTHONDONTWRITEBYTECODE set, every CLI run would compile each module it imports
+    again (~0.1 s of CPU here), and the figure would measure the compiler."""
+    env = clean_env(
+        MANGOS_FARM_HOME=str(home), MANGOS_FARM_WORKERS=str(workers), PYTHONPYCACHEPREFIX=str(root / "pycache")
+    )
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def reuse(args: argparse.Namespace, root: Path) -> Report:
+    """Only the cached part (4) and the baselines (5), on a work directory an earlier ``--keep`` run built."""
+    recipe_dir, home = root / "recipes", root / "home"
+    if not (recipe_dir.is_dir() and (home / "store").is_dir()):
+        raise SystemExit(f"{root} is not a work directory kept by 'bench_plan --keep' (no recipes/ or home/store/)")
+    args.recipes = len(list(recipe_dir.glob("*.toml")))
+    report = Report(recipes=args.recipes, machine=machine())
+    report.notes.append(f"reused {root}: fixtures and the real build are from an earlier run")
+    env = farm_env(root, home, args.workers)
+    measure_cached(report, args, env, Settings.from_env(env), recipe_dir)
+    baselines(report, recipe_dir, args.repeat, env)
+    return report
+
+
 def run_bench(args: argparse.Namespace, root: Path) -> Report:
     n = args.recipes
     report = Report(recipes=n, machine=machine())
@@ -325,7 +355,7 @@ def run_bench(args: argparse.Namespace, root: Path) -> Report:
     )
 
     home = root / "home"
-    env = clean_env(MANGOS_FARM_HOME=str(home), MANGOS_FARM_WORKERS=str(args.workers))
+    env = farm_env(root, home, args.workers)
     settings = Settings.from_env(env)
 
     # (1) the builder key.
@@ -356,7 +386,7 @@ def run_bench(args: argparse.Namespace, root: Path) -> Report:
             "cached-rebuild figures were skipped"
         )
         report.build["estimated_full_build_seconds"] = round(eta, 1)
-        baselines(report, recipe_dir, reps)
+        baselines(report, recipe_dir, reps, env)
         return report
     summary_after = latest_run_summary(settings)
     info["summary"] = summary_after
@@ -364,7 +394,7 @@ def run_bench(args: argparse.Namespace, root: Path) -> Report:
     info["builds_per_second"] = round(info["finished"] / info["seconds"], 3)
 
     measure_cached(report, args, env, settings, recipe_dir)
-    baselines(report, recipe_dir, reps)
+    baselines(report, recipe_dir, reps, env)
     return report
 
 
@@ -381,6 +411,7 @@ def measure_cached(
         if s.get("cached") != n or s.get("built", 0) != 0:
             raise AssertionError(f"a cached rebuild was not fully cached: {s}")
 
+    cli_rebuild()  # once untimed: the bytecode cache is written, as it is for an installed farm
     report.add(
         "cached_rebuild_cli",
         Timing("cached `mangos-farm rebuild DIR` (subprocess wall)", repeat(cli_rebuild, args.cli_repeat)),
@@ -399,9 +430,9 @@ def measure_cached(
     phases_list = [cached_rebuild_in_process(settings, recipe_dir, n) for _ in range(reps)]
     report.add(
         "cached_rebuild_inproc",
-        Timing("cached make_plan + coordinator run, in process (no dispatcher)", [p.total for p in phases_list]),
+        Timing("cached make_plan + submit + run, in process (no dispatcher)", [p.total for p in phases_list]),
     )
-    for part in ("load", "environment", "plan", "run"):
+    for part in ("load", "environment", "plan", "submit", "run"):
         report.add(
             f"inproc_{part}",
             Timing(f"  of which {PHASE_NAMES[part]}", [getattr(p, part) for p in phases_list]),
@@ -411,21 +442,22 @@ def measure_cached(
 PHASE_NAMES = {
     "load": "load_dir (read + validate TOML)",
     "environment": "host_environment (dpkg-query)",
-    "plan": "make_plan (resolve, keys, get_record)",
+    "plan": "make_plan (resolve, keys, records by level)",
+    "submit": "submit (provenance checks, memo)",
     "run": "coordinator run (all cached)",
 }
 
 
-def baselines(report: Report, recipe_dir: Path, reps: int) -> None:
+def baselines(report: Report, recipe_dir: Path, reps: int, env: dict[str, str]) -> None:
     report.add(
         "python_startup",
-        Timing("baseline: `python -c pass` (subprocess wall)", repeat(lambda: run_python("pass"), reps)),
+        Timing("baseline: `python -c pass` (subprocess wall)", repeat(lambda: run_python("pass", env), reps)),
     )
     report.add(
         "cli_import",
         Timing(
             "reference: `python -c 'import farm.cli.main'`",
-            repeat(lambda: run_python("import farm.cli.main"), reps),
+            repeat(lambda: run_python("import farm.cli.main", env), reps),
         ),
     )
     files = sorted(recipe_dir.glob("*.toml"))
@@ -448,8 +480,8 @@ def baselines(report: Report, recipe_dir: Path, reps: int) -> None:
     }
 
 
-def run_python(code: str) -> None:
-    subprocess.run([sys.executable, "-c", code], check=True)
+def run_python(code: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
 def render(report: Report) -> str:
@@ -481,7 +513,7 @@ def render(report: Report) -> str:
     cached = report.timings.get("cached_rebuild_cli")
     if cached:
         lines.append(
-            f"cached rebuild of {report.recipes} recipes: median {cached.median:.2f}s (target < {TARGET_SECONDS:g} s)"
+            f"cached rebuild of {report.recipes} recipes: median {cached.median:.2f}s (target <= {TARGET_SECONDS:g} s)"
         )
     else:
         lines.append(f"cached rebuild of {report.recipes} recipes: not measured (the real build did not complete)")
@@ -498,10 +530,20 @@ def main(argv: list[str] | None = None) -> int:
         "--build-limit", type=float, default=1800, help="stop the real build after this many seconds (default 1800)"
     )
     p.add_argument("--seed", type=int, default=SEED, help="seed for the dependency graph")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="time only the cached part, on a work directory kept (--keep) by an earlier complete run",
+    )
     args = p.parse_args(argv)
     if args.recipes < 1 or args.repeat < 1 or args.cli_repeat < 1:
         p.error("--recipes, --repeat and --cli-repeat must be at least 1")
     require_tools(p, "git", "bwrap", "dpkg-query")
+    if args.reuse is not None:
+        report = reuse(args, args.reuse.resolve())
+        print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
+        return 0
     with workdir("mangos-bench-", args.keep) as root:
         report = run_bench(args, root)
         report.build["workers"] = args.workers

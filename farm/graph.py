@@ -5,6 +5,7 @@ The graph maps each node to the nodes it depends on (its build-depends).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 
 Graph = Mapping[str, Sequence[str]]
@@ -42,23 +43,23 @@ def find_cycle(graph: Graph) -> list[str] | None:
 
 
 def topological_order(graph: Graph) -> list[str]:
-    """Dependencies before dependents; ties broken by name so the order is stable."""
-    remaining = {n: set(graph.get(n, ())) & set(graph) for n in graph}
+    """Dependencies before dependents; ties broken by name so the order is stable. O((V + E) log V)."""
+    nodes = set(graph)
+    remaining = {n: set(graph.get(n, ())) & nodes for n in graph}
     dependents: dict[str, list[str]] = {n: [] for n in graph}
     for node, deps in remaining.items():
         for dep in deps:
             dependents[dep].append(node)
-    ready = sorted(n for n, deps in remaining.items() if not deps)
+    ready = [n for n, deps in remaining.items() if not deps]
+    heapq.heapify(ready)  # the smallest name first, as a sorted list would give it
     order: list[str] = []
     while ready:
-        node = ready.pop(0)
+        node = heapq.heappop(ready)
         order.append(node)
-        newly = []
         for child in dependents[node]:
             remaining[child].discard(node)
             if not remaining[child]:
-                newly.append(child)
-        ready = sorted(ready + newly)
+                heapq.heappush(ready, child)
     if len(order) != len(graph):
         raise ValueError(f"cycle: {find_cycle(graph)}")
     return order

@@ -40,9 +40,35 @@ def _check(value: Any, path: str = "$") -> None:
     raise NotCanonical(f"{path}: {type(value).__name__} is not a JSON value")
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made only of dicts with str keys, lists, tuples, str, int, bool and None, each of
+    exactly that type: such a value is canonical, and this walk is the cheap one. Anything else (a float, another
+    Mapping, a subclass) returns False, and :func:`_check` decides, naming the offending path."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is str or t is int or t is bool or v is None:
+            continue
+        if t is dict:
+            for k in v:
+                if type(k) is not str:
+                    return False
+            stack.extend(v.values())
+        elif t is list or t is tuple:
+            stack.extend(v)
+        else:
+            return False
+    return True
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
-    _check(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if not _plain(value):
+        _check(value)
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def sha256_hex(data: bytes) -> str:

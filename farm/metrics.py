@@ -50,6 +50,12 @@ retries = Counter("mangos_retries_total", "Build retries by cause (error id)", [
 stale_results = Counter("mangos_stale_results_total", "Results discarded because their lease was stale")
 cache_lookups = Counter("mangos_cache_lookups_total", "Build-key lookups in the store", ["result"])
 runs_active = Gauge("mangos_runs_active", "Runs not yet finished", multiprocess_mode="livemax")
+TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+coordinator_tick_seconds = Histogram(
+    "mangos_coordinator_tick_seconds",
+    "Duration of each coordinator tick (outcomes, releases, dispatch, stored changes, a slice of loading)",
+    buckets=TICK_BUCKETS,
+)
 recipes_behind = Gauge(
     "mangos_recipes_behind_archive",
     "Recipes whose farm build is older than the archive's version, until a build catches up (kind: security, update)",
@@ -104,6 +110,7 @@ METRICS = {
         stale_results,
         cache_lookups,
         runs_active,
+        coordinator_tick_seconds,
         recipes_behind,
         security_update_waiting,
         build_phase_seconds,

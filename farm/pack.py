@@ -3,15 +3,19 @@
 A packed directory is a tar with entries in sorted order, mtimes fixed to SOURCE_DATE_EPOCH, owner 0:0 with
 empty names, and modes normalised to 0644/0755, so two builds with the same inputs give identical bytes
 wherever they ran. Outputs that could harm whoever unpacks them (setuid/setgid bits, device nodes, symlinks
-leaving the tree) are refused.
+leaving the tree) are refused. Packing and copying hash what they write, so the store, given that digest, reads
+each output once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 import tarfile
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from farm.errors import E, FarmError
 
@@ -56,8 +60,47 @@ def check_tree_entry(root: Path, path: Path, rel: str) -> None:
         raise _refuse(rel, "is a device node, FIFO or socket")
 
 
-def pack_dir(src: Path, dest: Path, mtime: int) -> None:
-    """Pack ``src`` (its contents, relative names) into the tar file ``dest``."""
+class HashingWriter:
+    """A file opened for writing that hashes (sha256) and counts every byte written through it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def read(self, size: int = -1, /) -> bytes:
+        raise io.UnsupportedOperation("write-only")
+
+    def seek(self, pos: int, /) -> int:
+        raise io.UnsupportedOperation("a hashed stream is written in order")
+
+    def close(self) -> None:
+        """The file itself is closed by whoever opened it."""
+
+
+COPY_CHUNK = 1 << 20
+
+
+def copy_hashed(src: Path, dest: Path) -> str:
+    """Copy the file ``src`` to ``dest`` (bytes and mode, like shutil.copyfile + copymode); the bytes' sha256."""
+    with src.open("rb") as fin, dest.open("wb") as fout:
+        out = HashingWriter(fout)
+        while chunk := fin.read(COPY_CHUNK):
+            out.write(chunk)
+    os.chmod(dest, stat.S_IMODE(src.stat().st_mode))
+    return out.hash.hexdigest()
+
+
+def pack_dir(src: Path, dest: Path, mtime: int) -> str:
+    """Pack ``src`` (its contents, relative names) into the tar file ``dest``; the tar's sha256."""
     entries: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
@@ -66,15 +109,18 @@ def pack_dir(src: Path, dest: Path, mtime: int) -> None:
             path = base / name
             entries.append((path.relative_to(src).as_posix(), path))
     entries.sort(key=lambda e: e[0])
-    with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-        for rel, path in entries:
-            check_tree_entry(src, path, rel)
-            info = _normalise(tar.gettarinfo(str(path), arcname=rel), rel, mtime)
-            if info.isfile():
-                with path.open("rb") as fh:
-                    tar.addfile(info, fh)
-            else:
-                tar.addfile(info)
+    with dest.open("wb") as fh:
+        out = HashingWriter(fh)
+        with tarfile.TarFile(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for rel, path in entries:
+                check_tree_entry(src, path, rel)
+                info = _normalise(tar.gettarinfo(str(path), arcname=rel), rel, mtime)
+                if info.isfile():
+                    with path.open("rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+    return out.hash.hexdigest()
 
 
 def safe_extract(tar: tarfile.TarFile, dest: Path, what: str = "archive entry") -> None:

@@ -50,7 +50,9 @@ class Settings:
         default=600, metadata={"help": "seconds a dispatched build may wait unstarted on an idle fleet before resend"}
     )
     max_attempts: int = field(default=3, metadata={"help": "attempts per build before it is marked failed"})
-    aging: int = field(default=600, metadata={"help": "seconds of waiting that lift a build by one lane"})
+    aging: int = field(
+        default=600, metadata={"help": "seconds of waiting that lift a rebuild build to interactive, no higher"}
+    )
     build_timeout: int = field(
         default=3600, metadata={"help": "wall-clock seconds a single build may run before it is killed"}
     )

@@ -1,4 +1,4 @@
-"""The coordinator's Celery dispatcher: send build requests to the arch's queue, read outcomes back."""
+"""The coordinator's Celery dispatcher: send build requests to the arch's queue (and rechecks to a worker's)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from farm.build import BuildOutcome, BuildRequest
+from farm.build import BuildRequest
 from farm.crossval.dispatch import RECHECK_TASK
 from farm.errors import E, FarmError
 from farm.trust import keys, tasksig
@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class CeleryDispatcher:
+    """Sends builds (and rechecks) to the workers' queues. Build outcomes do not come back this way: workers push
+    them to the coordinator's inbox in the state store (:meth:`farm.coordinator.leases.LeaseBoard.report`). A
+    recheck's answer does: it is the task's result (:meth:`recheck_outcome`, :meth:`wait_for_outcome`)."""
+
     def __init__(self, app: Celery) -> None:
         self.app = app
         self._results: Any = None  # a pub/sub subscription to stored results (Redis backend): wait_for_outcome
@@ -32,15 +36,15 @@ class CeleryDispatcher:
         """Return as soon as a worker stores a task result, or after ``timeout`` seconds.
 
         Celery's Redis result backend publishes each result it stores on a channel named after the result's key.
-        One pattern subscription, kept open between calls, also buffers those published while the coordinator
-        was ticking, so none is missed. Other result backends (the embedded SQLite one) have no channel: sleep.
+        One pattern subscription, kept open between calls, also buffers those published while the caller was
+        busy, so none is missed. Other result backends (the embedded SQLite one) have no channel: sleep.
         """
         deadline = time.monotonic() + timeout
         try:
             if self._results is None and not self._no_results_channel:
                 self._results = self._subscribe()
             if self._results is not None and self._results.get_message(timeout=timeout) is not None:
-                while self._results.get_message(timeout=0) is not None:  # one tick collects them all
+                while self._results.get_message(timeout=0) is not None:  # one look collects them all
                     pass
                 return
         except Exception as exc:  # e.g. Redis restarting: poll meanwhile, subscribe again next time
@@ -65,9 +69,8 @@ class CeleryDispatcher:
             except Exception as exc:
                 log.debug("closing the result subscription: %s", exc)
 
-    def submit(self, request: BuildRequest, *, arch: str) -> str:
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
         """Send a build signed with the coordinator's key (farm.trust.tasksig): workers refuse unsigned messages."""
-        task_id = str(uuid.uuid4())
         body = request.to_json()
         signature = tasksig.sign(task_id, body, self.signer())
         result = self.app.send_task(
@@ -102,28 +105,8 @@ class CeleryDispatcher:
             self._signer = keys.coordinator_key(Path(self.app.conf.mangos_keys_dir))
         return self._signer
 
-    def outcome(self, task_id: str) -> BuildOutcome | None:
-        result: Any = AsyncResult(task_id, app=self.app)
-        try:
-            if not result.ready():
-                return None
-        except Exception as exc:  # result backend unreachable: nothing known yet, ask again next tick
-            log.warning("cannot read the result of %s: %s", task_id, exc)
-            return None
-        if result.successful():
-            return BuildOutcome.from_json(result.get(propagate=False))
-        error = FarmError(
-            E.WORKER,
-            f"the worker raised {result.result!r}",
-            hint="this is a farm bug or a broken worker; see the worker log",
-        )
-        return BuildOutcome(
-            build_key="",
-            recipe="",
-            ok=False,
-            error=error.to_json(),
-            log_tail=str(result.traceback or "")[-3000:],
-        )
+    def check(self) -> None:
+        """The fleet's workers come and go on their own: nothing to check here."""
 
     def revoke(self, task_id: str) -> None:
         try:

@@ -32,9 +32,11 @@ class Fleet:
     dispatchers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
-        """Stop every dispatcher made so far (and the local workers they started)."""
+        """Stop every dispatcher made so far (and the local workers they started), and give back the coordinator
+        lease if this process holds it (a coordinator waiting for it takes over at once)."""
         for d in self.dispatchers:
             d.close()
+        self.coordinator.lease.release()
 
 
 def open_fleet(
@@ -44,7 +46,7 @@ def open_fleet(
     the embedded broker, or the fleet's Celery workers. ``on_change`` is called with each job whose state changes."""
     from farm.coordinator.engine import Config, Coordinator
     from farm.coordinator.kv import open_kv
-    from farm.trust import keys as keymod
+    from farm.trust.keyring import farm_keyring
 
     def factory() -> Any:
         if settings.embedded_broker:
@@ -60,7 +62,7 @@ def open_fleet(
         requeue_after=settings.requeue_after,
         max_attempts=settings.max_attempts,
         aging=settings.aging,
-        trusted=lambda: keymod.trusted_keys(settings.keys_dir, settings.trusted_keys_dir),
+        trusted=farm_keyring(settings),
         audit_log=settings.home / "audit.jsonl",
     )
     coordinator = Coordinator(

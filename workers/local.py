@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from farm.build import BuildOutcome, BuildRequest
+from farm.build import BuildRequest
 from farm.errors import E, FarmError
 from farm.run import Process, spawn, tail
 from farm.settings import Settings
@@ -101,18 +101,17 @@ class EmbeddedDispatcher:
         self.inner = CeleryDispatcher(self.app)
         self.workers.start()
 
-    def submit(self, request: BuildRequest, *, arch: str) -> str:
-        return self.inner.submit(request, arch=arch)
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
+        return self.inner.submit(request, arch=arch, task_id=task_id)
 
-    def outcome(self, task_id: str) -> BuildOutcome | None:
-        result = self.inner.outcome(task_id)
-        if result is None and not self.workers.alive():
+    def check(self) -> None:
+        """Builds are in flight: the local workers must still be there to carry them out."""
+        if not self.workers.alive():
             raise FarmError(
                 E.WORKER,
                 "the local build workers exited unexpectedly",
                 hint=f"see their log: {self.workers.logfile}\n{tail(self._log(), 2000)}",
             )
-        return result
 
     def revoke(self, task_id: str) -> None:
         self.inner.revoke(task_id)

@@ -18,7 +18,7 @@ from farm.build import BuildOutcome, BuildRequest
 from farm.build.context import WorkerContext
 from farm.build.execute import execute_build
 from farm.coordinator.kv import open_kv
-from farm.coordinator.leases import LeaseBoard, WorkerInfo
+from farm.coordinator.leases import DISABLED_TTL, LeaseBoard, WorkerInfo
 from farm.crossval.dispatch import RECHECK_TASK, recheck_queue
 from farm.crossval.recheck import recheck_from_payload
 from farm.errors import E, FarmError
@@ -65,24 +65,23 @@ def authenticate(task_id: str, request: Any, signature: Any, worker: str) -> Far
 @app.task(name=BUILD_TASK, bind=True)  # type: ignore[untyped-decorator]
 def build(self: Any, request: Any, signature: Any = None) -> dict[str, Any]:
     worker = str(self.request.hostname or socket.gethostname())
-    refused = authenticate(str(self.request.id or ""), request, signature, worker)
+    task_id = str(self.request.id or "")
+    refused = authenticate(task_id, request, signature, worker)
     if refused is not None:
-        return BuildOutcome(
-            build_key="",
-            recipe="",
-            ok=False,
-            error=refused.to_json(),
-            worker=worker,
-        ).to_json()
+        outcome = BuildOutcome(build_key="", recipe="", ok=False, error=refused.to_json(), worker=worker).to_json()
+        lease = request.get("lease") if isinstance(request, dict) else None
+        if isinstance(lease, str) and lease:  # the coordinator matches it with its task id, or discards it
+            _report(lease, task_id, worker, outcome)
+        return outcome
     req = BuildRequest.from_json(request)
     try:
-        return _build(req, worker)
+        return _build(req, worker, task_id)
     except Reject:
         raise
     except Exception as exc:  # the worker itself is broken (no key, store unreachable...): say who and why
         error = exc.to_json() if isinstance(exc, FarmError) else {"code": E.WORKER, "message": repr(exc)}
         log.exception("worker %s could not build %s", worker, req.recipe.get("name"))
-        return BuildOutcome(
+        outcome = BuildOutcome(
             build_key=req.build_key,
             recipe=str(req.recipe.get("name", "")),
             ok=False,
@@ -91,11 +90,23 @@ def build(self: Any, request: Any, signature: Any = None) -> dict[str, Any]:
             worker=worker,
             lease=req.lease,
         ).to_json()
+        if req.lease:
+            _report(req.lease, task_id, worker, outcome)
+        return outcome
 
 
-def _build(req: BuildRequest, worker: str) -> dict[str, Any]:
+def _report(lease: str, task_id: str, worker: str, outcome: dict[str, Any]) -> None:
+    """Push the outcome to the coordinator's inbox. If that fails the build's heartbeat stops all the same, and
+    the coordinator re-dispatches it when its lease expires."""
+    try:
+        lease_board().report(lease, task_id, worker, outcome)
+    except Exception as exc:
+        log.error("cannot report the outcome of lease %s to the coordinator: %s", lease[:8], exc)
+
+
+def _build(req: BuildRequest, worker: str, task_id: str) -> dict[str, Any]:
     board = lease_board()
-    if board.is_disabled(worker):
+    if board.is_disabled(worker, max_age=DISABLED_TTL):
         # Out of rotation (failure attribution): hand the build back for a healthy worker. The coordinator also
         # asks Celery to stop this worker consuming; this covers transports without remote control.
         time.sleep(1)
@@ -117,7 +128,9 @@ def _build(req: BuildRequest, worker: str) -> dict[str, Any]:
         return execute_build(req, ctx).to_json()
     with board.keep_alive(req.lease):
         outcome = execute_build(req, ctx)
-    return BuildOutcome(**(outcome.to_json() | {"worker": worker})).to_json()
+    result = BuildOutcome(**(outcome.to_json() | {"worker": worker})).to_json()
+    _report(req.lease, task_id, worker, result)
+    return result
 
 
 @app.task(name=RECHECK_TASK, bind=True)  # type: ignore[untyped-decorator]
@@ -212,6 +225,6 @@ def _withdraw_worker(**_: Any) -> None:
     if stop is not None:
         stop.set()
         try:
-            open_kv(settings.state_url).delete(f"mangos:worker:{_announcer['name']}")
+            LeaseBoard(open_kv(settings.state_url), settings.lease_timeout).withdraw(_announcer["name"])
         except Exception as exc:
             log.warning("cannot withdraw worker registration: %s", exc)

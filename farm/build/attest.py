@@ -1,12 +1,15 @@
 """Attesting a finished build: its provenance statement, signed with the builder key and stored, and the build
-record that ties key inputs, outputs, provenance and log together."""
+record that ties key inputs, outputs, provenance and log together; the store writes of a build, made together."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from farm.build import BuildRequest
+from farm.build.outputs import Output
 from farm.identity import build_key_inputs
 from farm.recipes import Recipe
 from farm.sources.git import ResolvedSource
@@ -19,23 +22,54 @@ def _source_url(recipe: Recipe) -> str:
     return recipe.source.git or f"dsc:{recipe.source.dsc}"
 
 
-def sign_provenance(
+class Uploads:
+    """The store writes of one build, several at once: each waits on I/O (an fsync, an S3 round trip), not on this
+    process. Leaving the block waits for every write, so a record written after it only names stored blobs."""
+
+    def __init__(self, store: Store, threads: int = 4) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mangos-upload")
+
+    def __enter__(self) -> Uploads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+
+    def files(self, files: Sequence[Output]) -> list[Artifact]:
+        """Store each output (the artifacts), in their order, each read once: its digest is the one its writer
+        computed, and the store refuses a file whose bytes do not match it."""
+
+        def put(f: Output) -> Artifact:
+            return self.store.put_file(f.path, sha256=f.sha256)
+
+        if len(files) == 1:
+            return [put(files[0])]
+        return list(self.pool.map(put, files))
+
+    def bytes_and_file(self, data: bytes, path: Path) -> tuple[str, str]:
+        """Store ``data`` (the provenance envelope) and the file at ``path`` (the log) at once; their digests."""
+        envelope = self.pool.submit(self.store.put_bytes, data)
+        log_digest = self.store.put_file(path).digest
+        return envelope.result(), log_digest
+
+
+def provenance_envelope(
     req: BuildRequest,
     *,
     recipe: Recipe,
     resolved: ResolvedSource,
     artifacts: Sequence[Artifact],
-    store: Store,
     key: BuilderKey,
     builder_id: str,
     started: str,
     finished: str,
-) -> str:
-    """The signed provenance envelope of the build, stored; returns its digest.
+) -> bytes:
+    """The signed provenance envelope of the build, as the bytes to store.
 
     Its resolved dependencies are the recipe's patches (in the order applied, by sha256; none for a recipe without
-    any), its pinned archive packages, then every dependency recipe's artifacts (with the build key they came
-    from), in name order."""
+    any), its inputs (likewise), its pinned archive packages, then every dependency recipe's artifacts (with the
+    build key they came from), in name order."""
     stmt = provenance.statement(
         subjects=[(a.name, a.digest) for a in artifacts],
         recipe=recipe.content(),
@@ -45,6 +79,7 @@ def sign_provenance(
         tree=resolved.tree,
         environment=req.environment,
         dependencies=[{"name": f"patch/{p.file}", "digest": {"sha256": p.sha256}} for p in recipe.patches]
+        + [{"name": f"input/{i.file}", "digest": {"sha256": i.sha256}} for i in recipe.inputs]
         + [
             {
                 "name": f"archive/{pin['package']}_{pin['version']}_{pin['arch']}.deb",
@@ -67,7 +102,7 @@ def sign_provenance(
         finished=finished,
     )
     envelope = provenance.sign(stmt, key)
-    return store.put_bytes(json.dumps(envelope, sort_keys=True, indent=1).encode())
+    return json.dumps(envelope, sort_keys=True, indent=1).encode()
 
 
 def build_record(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from farm.build import sandbox
+from farm.build.trees import TreeCache
 from farm.envs.host import Environment, host_environment
 from farm.sources.git import SourceCache
 from farm.store import Store, open_store
@@ -39,6 +40,12 @@ class WorkerContext:
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
     # A recheck (farm.crossval.recheck): build in a deliberately varied environment and do not publish the record.
     variation: Variation | None = None
+    # Exported source trees kept beside the git mirrors (None: beside ``sources``, in ``trees/``).
+    trees: TreeCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.trees is None:
+            self.trees = TreeCache(self.sources.root.parent / "trees")
 
     def keyring(self) -> Sequence[PublicKey]:
         return self.trusted if self.trusted is not None else [self.builder_key.public]

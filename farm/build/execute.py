@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,17 +21,27 @@ from pathlib import Path
 from typing import IO
 
 from farm import metrics
-from farm.build import BuildFailure, BuildOutcome, BuildRequest, attest, outputs, sandbox
+from farm.build import (
+    BuildFailure,
+    BuildOutcome,
+    BuildRequest,
+    attest,
+    outputs,
+    sandbox,
+    script_env,
+    staging,
+    trees,
+    workdirs,
+)
 from farm.build import debian as debian_build
 from farm.build.context import WorkerContext
 from farm.build.variation import source_view
 from farm.errors import E, FarmError, StoreError
 from farm.log import step
-from farm.pack import safe_extract
 from farm.recipes import Recipe, patches
 from farm.run import require_tool, tail
 from farm.store import BuildRecord
-from farm.trust import audit, keyring
+from farm.trust import audit
 
 log = logging.getLogger(__name__)
 
@@ -51,55 +59,6 @@ def _timed(phase: str, arch: str) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _stage_dependencies(req: BuildRequest, ctx: WorkerContext, deps_dir: Path) -> None:
-    """Fetch each dependency's artifacts, but only after checking them against the dependency's signed provenance
-    and the keyring: the digests the coordinator passed come from the store's index, which could be poisoned."""
-    store = ctx.store
-    for dep in req.dependencies:
-        try:
-            keyring.check_published(store, dep.build_key, ctx.keyring(), dep.artifacts)
-        except FarmError as exc:
-            event = audit.REVOKED_KEY_USED if exc.code == E.KEY_REVOKED else audit.REFUSED_ARTIFACT
-            audit.record(
-                ctx.audit_log,
-                event,
-                who=ctx.builder_id,
-                what=f"dependency {dep.recipe} ({dep.build_key}) of {req.recipe.get('name')}",
-                error=exc.code,
-                message=exc.message,
-            )
-            metrics.signature_failures.inc()
-            raise BuildFailure(
-                exc.code,
-                f"dependency '{dep.recipe}' refused before use: {exc.message}",
-                hint=exc.hint,
-            ) from None
-        target = deps_dir / dep.recipe
-        target.mkdir(parents=True, exist_ok=True)
-        for name, digest in sorted(dep.artifacts.items()):
-            blob = target / name
-            try:
-                store.fetch_blob(digest, blob)  # verifies the sha256 on the way out
-            except FarmError as exc:
-                if exc.code == E.STORE_CORRUPT:  # the bytes under a signed digest were swapped: an attack or rot
-                    audit.record(
-                        ctx.audit_log,
-                        audit.REFUSED_ARTIFACT,
-                        who=ctx.builder_id,
-                        what=f"dependency {dep.recipe}/{name} ({digest})",
-                        error=exc.code,
-                        message=exc.message,
-                    )
-                raise
-            metrics.store_bytes.labels("down").inc(blob.stat().st_size)
-            if name.endswith(".tar"):
-                with tarfile.open(blob) as tar:
-                    safe_extract(tar, target / name[: -len(".tar")], "dependency file")
-                blob.unlink()
-            else:
-                blob.chmod(0o555)  # the mount is read-only anyway; a dependency's tool must be runnable
 
 
 def _log_tail(logfh: IO[bytes]) -> bytes:
@@ -137,54 +96,69 @@ def _run_steps(
     recipe: Recipe, spec: sandbox.SandboxSpec, logfh: IO[bytes], deadline: float, ctx: WorkerContext
 ) -> None:
     limits = spec.limits
-    for i, script in enumerate(recipe.steps, 1):
-        logfh.write(f"==> step {i}/{len(recipe.steps)}: {script}\n".encode())
-        logfh.flush()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BuildFailure(
-                E.BUILD_FAILED,
-                f"build timed out before step {i}",
-                file=recipe.path,
-                hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
-            )
-        # bwrap's own processes (pid 1 of the sandbox among them) keep the environment they were started with,
-        # and the build can read their /proc/N/environ: start them with nothing of the worker's. Whatever outlives
-        # the step (it cannot: bwrap owns a pid namespace) dies with its cgroup.
-        result, hit = sandbox.run_limited(
-            sandbox.bwrap_argv(spec, _step_command(script, ctx)),
-            limits,
-            logfh=logfh,
-            timeout=remaining,
-            env=sandbox.launcher_env(),
-            umask=ctx.variation.umask if ctx.variation else -1,
+    with sandbox.LimitedRunner(limits) as runner:  # the build's cgroup, made once for all its steps
+        for i, script in enumerate(recipe.steps, 1):
+            _run_step(runner, i, script, recipe=recipe, spec=spec, logfh=logfh, deadline=deadline, ctx=ctx)
+
+
+def _run_step(
+    runner: sandbox.LimitedRunner,
+    i: int,
+    script: str,
+    *,
+    recipe: Recipe,
+    spec: sandbox.SandboxSpec,
+    logfh: IO[bytes],
+    deadline: float,
+    ctx: WorkerContext,
+) -> None:
+    limits = spec.limits
+    logfh.write(f"==> step {i}/{len(recipe.steps)}: {script}\n".encode())
+    logfh.flush()
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise BuildFailure(
+            E.BUILD_FAILED,
+            f"build timed out before step {i}",
+            file=recipe.path,
+            hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
         )
-        if result.timed_out:
-            audit.record(ctx.audit_log, audit.SANDBOX_LIMIT, who=ctx.builder_id, what=recipe.name, limit="time")
-            raise BuildFailure(
-                E.SANDBOX_LIMIT,
-                f"step {i} timed out after {ctx.timeout:g}s and was killed with all its processes: {script}",
-                file=recipe.path,
-                field="build.steps",
-                hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
-            )
-        if "processes" in hit:
-            raise _limit_hit(ctx, recipe, "process", f"step {i} tried to run more than {limits.processes} tasks")
-        if "memory" in hit and result.returncode != 0:
-            raise _limit_hit(ctx, recipe, "memory", f"step {i} used more than {limits.memory // sandbox.MIB} MiB")
-        if result.returncode in (128 + signal.SIGXFSZ, -signal.SIGXFSZ) or b"File too large" in _log_tail(logfh):
-            raise _limit_hit(ctx, recipe, "disk", f"step {i} wrote a file over {limits.scratch // sandbox.MIB} MiB")
-        used = _tree_size(spec.src.parent)
-        if used > limits.scratch:
-            raise _limit_hit(ctx, recipe, "disk", f"the build directory holds {used // sandbox.MIB} MiB after step {i}")
-        if result.returncode != 0:
-            raise BuildFailure(
-                E.BUILD_FAILED,
-                f"step {i} failed with exit {result.returncode}: {script}",
-                file=recipe.path,
-                field="build.steps",
-                hint="read the log tail below; reproduce with 'mangos-farm rebuild --force'",
-            )
+    # bwrap's own processes (pid 1 of the sandbox among them) keep the environment they were started with,
+    # and the build can read their /proc/N/environ: start them with nothing of the worker's. Whatever outlives
+    # the step (it cannot: bwrap owns a pid namespace) is killed by the runner, through the build's cgroup.
+    result, hit = runner.run(
+        sandbox.bwrap_argv(spec, _step_command(script, ctx)),
+        logfh=logfh,
+        timeout=remaining,
+        env=sandbox.launcher_env(),
+        umask=ctx.variation.umask if ctx.variation else -1,
+    )
+    if result.timed_out:
+        audit.record(ctx.audit_log, audit.SANDBOX_LIMIT, who=ctx.builder_id, what=recipe.name, limit="time")
+        raise BuildFailure(
+            E.SANDBOX_LIMIT,
+            f"step {i} timed out after {ctx.timeout:g}s and was killed with all its processes: {script}",
+            file=recipe.path,
+            field="build.steps",
+            hint="raise MANGOS_FARM_BUILD_TIMEOUT or speed up the build",
+        )
+    if "processes" in hit:
+        raise _limit_hit(ctx, recipe, "process", f"step {i} tried to run more than {limits.processes} tasks")
+    if "memory" in hit and result.returncode != 0:
+        raise _limit_hit(ctx, recipe, "memory", f"step {i} used more than {limits.memory // sandbox.MIB} MiB")
+    if result.returncode in (128 + signal.SIGXFSZ, -signal.SIGXFSZ) or b"File too large" in _log_tail(logfh):
+        raise _limit_hit(ctx, recipe, "disk", f"step {i} wrote a file over {limits.scratch // sandbox.MIB} MiB")
+    used = _tree_size(spec.src.parent)
+    if used > limits.scratch:
+        raise _limit_hit(ctx, recipe, "disk", f"the build directory holds {used // sandbox.MIB} MiB after step {i}")
+    if result.returncode != 0:
+        raise BuildFailure(
+            E.BUILD_FAILED,
+            f"step {i} failed with exit {result.returncode}: {script}",
+            file=recipe.path,
+            field="build.steps",
+            hint="read the log tail below; reproduce with 'mangos-farm rebuild --force'",
+        )
 
 
 def _apply_patches(recipe: Recipe, ctx: WorkerContext, src: Path, mtime: int, logfh: IO[bytes]) -> None:
@@ -282,7 +256,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
         )
     finally:
         if not ctx.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            workdirs.discard(workdir, ctx.work_root)  # gone from the work root now, its files deleted in the background
 
 
 def _build(
@@ -298,7 +272,7 @@ def _build(
     debian = recipe.kind == "debian"
     if not debian:
         require_tool("bwrap")
-    if not debian and ctx.environment.digest != req.environment:
+    if not debian and not recipe.environment and ctx.environment.digest != req.environment:
         raise BuildFailure(
             E.WORKER,
             f"this worker's build environment {ctx.environment.digest[:16]} is not the planned {req.environment[:16]}",
@@ -308,19 +282,12 @@ def _build(
     for d in (out, home, deps, arts):
         d.mkdir()
     with step("source", log, commit=recipe.source.commit[:12]), _timed("source", ctx.arch):
-        resolved = ctx.sources.resolve(req.fetch_url, recipe.source.commit, recipe.source.ref, origin=req.recipe_path)
-        if resolved.tree != req.tree:
-            raise BuildFailure(
-                E.SOURCE_COMMIT,
-                f"commit {resolved.commit} has tree {resolved.tree}, but {req.tree} was planned",
-                hint="the repository was rewritten under the same commit id; investigate before building",
-            )
-        ctx.sources.export(req.fetch_url, recipe.source.commit, src, resolved.commit_time)
+        resolved = trees.checkout(ctx.sources, ctx.trees, req, recipe.source, src)
     if recipe.patches:
         with step("patches", log, count=len(recipe.patches)), _timed("source", ctx.arch):
             _apply_patches(recipe, ctx, src, resolved.commit_time, logfh)
     with step("dependencies", log, count=len(req.dependencies)), _timed("dependencies", ctx.arch):
-        _stage_dependencies(req, ctx, deps)
+        staging.stage_dependencies(req, ctx, deps)
     deadline = started_clock + ctx.timeout
     if debian:
         with step("environment", log, digest=req.environment[:12]), _timed("environment", ctx.arch):
@@ -349,32 +316,40 @@ def _build(
         env = sandbox.base_env(resolved.commit_time, v.jobs if v else ctx.jobs) | dict(recipe.env)
         env |= v.env() if v else {}
         spec = sandbox.SandboxSpec(src=src, out=out, home=home, deps=deps, env=env, limits=ctx.limits)
+        spec = script_env.prepare(  # a pinned environment's /usr instead of the host's; the recipe's inputs
+            spec,
+            recipe,
+            environment=req.environment,
+            store=ctx.store,
+            cache=ctx.sources.root.parent,
+            workdir=workdir,
+            logfh=logfh,
+        )
         with step("sandbox", log, steps=len(recipe.steps)), _timed("build", ctx.arch), source_view(src, v) as view:
             if v is not None:
                 spec = v.sandbox(replace(spec, src=view))
             _run_steps(recipe, spec, logfh, deadline, ctx)
-    with step("pack", log), _timed("upload", ctx.arch):
+    with step("pack", log), _timed("upload", ctx.arch), attest.Uploads(ctx.store) as uploads:
         files = outputs.collect_outputs(recipe, out, arts, resolved.commit_time)
-        size = sum(f.stat().st_size for f in files)
+        size = sum(f.size for f in files)
         if size > ctx.limits.output:
             raise _limit_hit(ctx, recipe, "output size", f"the outputs total {size // sandbox.MIB} MiB")
-        artifacts = [ctx.store.put_file(f) for f in files]
+        artifacts = uploads.files(files)
         metrics.store_bytes.labels("up").inc(sum(a.size for a in artifacts))
-    finished = _now()
-    envelope_digest = attest.sign_provenance(
-        req,
-        recipe=recipe,
-        resolved=resolved,
-        artifacts=artifacts,
-        store=ctx.store,
-        key=ctx.builder_key,
-        builder_id=ctx.builder_id,
-        started=started,
-        finished=finished,
-    )
-    logfh.write(f"==> outputs: {', '.join(f'{a.name} {a.digest}' for a in artifacts)}\n".encode())
-    logfh.flush()
-    log_digest = ctx.store.put_file(workdir / "build.log").digest
+        finished = _now()
+        envelope = attest.provenance_envelope(
+            req,
+            recipe=recipe,
+            resolved=resolved,
+            artifacts=artifacts,
+            key=ctx.builder_key,
+            builder_id=ctx.builder_id,
+            started=started,
+            finished=finished,
+        )
+        logfh.write(f"==> outputs: {', '.join(f'{a.name} {a.digest}' for a in artifacts)}\n".encode())
+        logfh.flush()
+        envelope_digest, log_digest = uploads.bytes_and_file(envelope, workdir / "build.log")
     return attest.build_record(
         req,
         recipe=recipe,

@@ -1,16 +1,24 @@
 """A build's declared outputs, collected from $OUT: glob patterns expanded, directories packed into reproducible
 tars, files copied with their mode. Every output must be a real file or directory under $OUT (no symlinks, nothing
-resolving outside it)."""
+resolving outside it). Each file is hashed as it is written, so storing it reads it once."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from farm.build import BuildFailure
 from farm.errors import E
-from farm.pack import check_tree_entry, pack_dir
+from farm.pack import check_tree_entry, copy_hashed, pack_dir
 from farm.recipes import Recipe
+
+
+class Output(NamedTuple):
+    """An output file ready to store, with the sha256 and size of its bytes as written."""
+
+    path: Path
+    sha256: str
+    size: int
 
 
 def _output_error(recipe: Recipe, message: str, hint: str) -> BuildFailure:
@@ -35,7 +43,7 @@ def expand_outputs(recipe: Recipe, out: Path) -> list[str]:
     return found
 
 
-def collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[Path]:
+def collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[Output]:
     """The outputs as files under ``dest``, ready to store: a directory becomes ``<name>.tar``, its entries at
     ``mtime``."""
     files = []
@@ -56,7 +64,7 @@ def collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[P
             )
         if path.is_dir() and not path.is_symlink():
             target = dest / f"{path.name}.tar"
-            pack_dir(path, target, mtime)
+            digest = pack_dir(path, target, mtime)
         else:
             check_tree_entry(out, path, rel)
             if path.is_symlink():
@@ -64,7 +72,6 @@ def collect_outputs(recipe: Recipe, out: Path, dest: Path, mtime: int) -> list[P
                     recipe, f"declared output '{rel}' is a symlink", "declare the file it points to instead"
                 )
             target = dest / path.name
-            shutil.copyfile(path, target)
-            shutil.copymode(path, target)
-        files.append(target)
+            digest = copy_hashed(path, target)
+        files.append(Output(target, digest, target.stat().st_size))
     return files

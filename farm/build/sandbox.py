@@ -8,11 +8,13 @@ recheck moves the source elsewhere on purpose: :mod:`farm.build.variation`):
     /build/src   the source tree (writable copy)     /build/out   where outputs go ($OUT)
     /build/deps  dependency outputs (read-only)      /build/home  $HOME, empty
 
-Limits (:class:`Limits`): each step runs in its own cgroup (pids + memory; cgroup v2 when its controllers are
+Limits (:class:`Limits`): each step runs in the build's cgroup (pids + memory; cgroup v2 when its controllers are
 available, else the v1 hierarchies) because rlimits on processes do not bind here: bubblewrap maps the build uid to
-the worker's uid, and for root the kernel ignores RLIMIT_NPROC. ``prlimit`` adds a file-size cap (and an address
-space cap when there is no memory cgroup), /tmp is a size-bounded tmpfs, and the caller's timeout kills bwrap,
-whose --die-with-parent takes the whole pid namespace with it; the cgroup is emptied (SIGKILL) afterwards too.
+the worker's uid, and for root the kernel ignores RLIMIT_NPROC. The cgroup is made once per build
+(:class:`LimitedRunner`) and each step joins it; ``prlimit`` adds a file-size cap (and an address space cap when
+there is no memory cgroup), /tmp is a size-bounded tmpfs, and the caller's timeout kills bwrap, whose
+--die-with-parent takes the whole pid namespace with it; the cgroup is emptied (SIGKILL) after every step too, so
+no step starts with anything of the one before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import logging
 import os
 import secrets
+import select
 import signal
 import time
 from collections.abc import Mapping
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from farm.run import Result, run
+from farm.run import Process, Result, spawn
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,8 @@ MIB = 1024 * 1024
 class Limits:
     """Resource limits of one build (bytes and counts); operators set them with MANGOS_FARM_BUILD_* settings."""
 
-    memory: int = 4096 * MIB  # per step, all processes together
-    processes: int = 512  # tasks in the step's cgroup
+    memory: int = 4096 * MIB  # all processes of a step together (and page cache the build keeps, reclaimable)
+    processes: int = 512  # tasks in the build's cgroup at once
     scratch: int = 8192 * MIB  # the build directory (src, out, home) and any single file in it
     output: int = 2048 * MIB  # the packed outputs together
     tmp: int = 1024 * MIB  # the private /tmp
@@ -162,7 +165,7 @@ def prlimit_argv(limits: Limits, *, memory_cgroup: bool) -> list[str]:
 
 
 def limited_argv(limits: Limits, cgroup: Cgroup | None, command: list[str]) -> list[str]:
-    """``command`` (the bwrap argv) under the limits: join the step's cgroups, set rlimits, exec. Pure."""
+    """``command`` (the bwrap argv) under the limits: join the build's cgroups, set rlimits, exec. Pure."""
     argv = prlimit_argv(limits, memory_cgroup=cgroup is not None and cgroup.has_memory) + command
     if cgroup is None:
         return argv
@@ -171,7 +174,7 @@ def limited_argv(limits: Limits, cgroup: Cgroup | None, command: list[str]) -> l
 
 @dataclass
 class Cgroup:
-    """One step's cgroup(s): the pids and memory controllers, in v2 or v1 layout, under ``mangos-farm/``."""
+    """One build's cgroup(s): the pids and memory controllers, in v2 or v1 layout, under ``mangos-farm/``."""
 
     dirs: list[Path]
     v2: bool
@@ -184,7 +187,7 @@ class Cgroup:
     @classmethod
     def create(cls, limits: Limits, root: Path = CGROUP_ROOT) -> Cgroup | None:
         """A fresh cgroup with the limits written, or None where this process may not make one (then rlimits)."""
-        name = f"step-{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"build-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             controllers = (root / "cgroup.controllers").read_text().split()
         except OSError:
@@ -236,61 +239,129 @@ class Cgroup:
             text = ""
         return dict(line.split() for line in text.splitlines() if line)
 
-    def hit(self) -> list[str]:
-        """Which limits the step ran into: "processes", "memory"."""
-        found = []
-        if int(self._events("pids", "pids.events").get("max", "0")):
-            found.append("processes")
-        if self.v2:
-            mem = self._events("memory", "memory.events") if self.has_memory else {}
-            if int(mem.get("oom_kill", "0")) or int(mem.get("max", "0")):
-                found.append("memory")
-            return found
-        # Not memory.failcnt: in v1 the page cache counts towards the limit, so an I/O-heavy build that the kernel
-        # reclaims from without trouble bumps it. Only an OOM kill means the build really ran out.
-        oom = self._events("memory", "memory.oom_control")
-        if self.has_memory and int(oom.get("oom_kill", "0")):
-            found.append("memory")
+    def counters(self) -> dict[str, int]:
+        """The cgroup's limit events so far (counters that only grow): "processes", tasks refused at pids.max;
+        "memory", OOM kills (v2: and times the usage reached memory.max). Not memory.failcnt: in v1 the page cache
+        counts towards the limit, so an I/O-heavy build that the kernel reclaims from without trouble bumps it."""
+        found = {"processes": int(self._events("pids", "pids.events").get("max", "0"))}
+        if self.has_memory and self.v2:
+            mem = self._events("memory", "memory.events")
+            found["memory"] = int(mem.get("oom_kill", "0")) + int(mem.get("max", "0"))
+        elif self.has_memory:
+            found["memory"] = int(self._events("memory", "memory.oom_control").get("oom_kill", "0"))
         return found
 
-    def destroy(self) -> None:
-        """Kill whatever is left in the cgroup and remove it."""
+    def hit(self, since: Mapping[str, int] | None = None) -> list[str]:
+        """Which limits were run into (since the :meth:`counters` given): "processes", "memory"."""
+        base = since or {}
+        return [k for k, v in self.counters().items() if v > base.get(k, 0)]
+
+    def empty(self, patience: float = 2.0) -> bool:
+        """Kill whatever is in the cgroup and wait until it has left (the kernel removes a task as it is reaped);
+        False if something is still there after ``patience`` seconds."""
+        deadline = time.monotonic() + patience
+        delay = 0.0001  # bwrap's pid 1 usually finishes tearing its namespaces down within a millisecond
         for d in self.dirs:
-            for _ in range(50):
+            while True:
                 try:
                     pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
                 except OSError:
                     pids = []
                 if not pids:
                     break
+                if time.monotonic() > deadline:
+                    log.warning("cgroup %s still holds %s after SIGKILL", d, pids)
+                    return False
                 for pid in pids:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                time.sleep(0.02)
+                time.sleep(delay)
+                delay = min(2 * delay, 0.02)
+        return True
+
+    def destroy(self) -> None:
+        """Kill whatever is left in the cgroup and remove it."""
+        self.empty()
+        for d in self.dirs:
             try:
                 d.rmdir()
             except OSError as exc:
                 log.warning("cannot remove cgroup %s: %s", d, exc)
 
 
+def _wait(proc: Process, timeout: float) -> bool:
+    """Wait until ``proc`` exits, at most ``timeout`` seconds; True if it did. The exit itself wakes the wait (a
+    pidfd), so a short step is not rounded up to a polling interval."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (an old kernel): poll, briefly at first
+        deadline, delay = time.monotonic() + timeout, 0.0005
+        while proc.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(2 * delay, 0.01)
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while not poller.poll(max(0, int(1000 * (deadline - time.monotonic())) + 1)):
+            if time.monotonic() >= deadline:
+                return False
+    finally:
+        os.close(fd)
+    proc.wait()
+    return True
+
+
+class LimitedRunner:
+    """Runs the steps of one build under its limits: the cgroup is made once, on entry, and removed on exit;
+    each step joins it (with prlimit's rlimits, :func:`limited_argv`), and whatever a step leaves in it is killed
+    before the step's result is returned. The limits a step ran into are told from the cgroup's event counters
+    before and after it, so each step's verdict is its own."""
+
+    def __init__(self, limits: Limits, root: Path = CGROUP_ROOT) -> None:
+        self.limits = limits
+        self.root = root
+        self.cgroup: Cgroup | None = None
+
+    def __enter__(self) -> LimitedRunner:
+        self.cgroup = Cgroup.create(self.limits, self.root)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cgroup is not None:
+            self.cgroup.destroy()
+            self.cgroup = None
+
+    def run(
+        self, command: list[str], *, logfh: IO[bytes], timeout: float, env: Mapping[str, str], umask: int = -1
+    ) -> tuple[Result, list[str]]:
+        """Run ``command`` (the bwrap argv) under the limits, its output (stderr too) streamed to ``logfh``;
+        the result and the cgroup limits it ran into. At ``timeout`` it is killed and the result is
+        ``timed_out``."""
+        cgroup = self.cgroup
+        before = cgroup.counters() if cgroup is not None else {}
+        argv = limited_argv(self.limits, cgroup, command)
+        proc = spawn(argv, stdout=logfh, stderr_to_stdout=True, env=env, umask=umask)
+        exited = False
+        try:
+            exited = _wait(proc, timeout)
+        finally:
+            if not exited:  # timed out, or the worker is being stopped: bwrap takes its pid namespace along
+                proc.kill()
+                proc.wait()
+            if cgroup is not None:
+                cgroup.empty()
+        args = tuple(os.fspath(a) for a in argv)
+        result = Result(args, proc.returncode if exited else -1, b"", b"", timed_out=not exited)
+        return result, cgroup.hit(before) if cgroup is not None else []
+
+
 def run_limited(
     command: list[str], limits: Limits, *, logfh: IO[bytes], timeout: float, env: Mapping[str, str], umask: int = -1
 ) -> tuple[Result, list[str]]:
-    """Run ``command`` under ``limits`` in a fresh cgroup, its output (stderr too) streamed to ``logfh``; returns
-    the result and the cgroup limits it ran into. Whatever is left in the cgroup afterwards is killed."""
-    cgroup = Cgroup.create(limits)
-    try:
-        result = run(
-            limited_argv(limits, cgroup, command),
-            stdout=logfh,
-            stderr_to_stdout=True,
-            check=False,
-            timeout=timeout,
-            env=env,
-            umask=umask,
-        )
-        hit = cgroup.hit() if cgroup is not None else []
-    finally:
-        if cgroup is not None:
-            cgroup.destroy()
-    return result, hit
+    """Run ``command`` once under ``limits`` in a cgroup of its own (:class:`LimitedRunner` for one command)."""
+    with LimitedRunner(limits) as runner:
+        return runner.run(command, logfh=logfh, timeout=timeout, env=env, umask=umask)

@@ -17,6 +17,15 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
     store = open_store(settings.store_url)
     records = records_for(store, args.commit, args.recipe)
+    if args.build_key:
+        records = [r for r in records if r.build_key == args.build_key]
+        if not records:
+            raise FarmError(
+                E.FETCH_NOTHING,
+                f"no build with key {args.build_key} from commit {args.commit} in {store.url}",
+                field="--build-key",
+                hint="take the key from 'mangos-farm plan --json' (build_key), or build it first",
+            )
     if args.output is None:
         rows = [
             {
@@ -72,6 +81,9 @@ def add_fetch(sub: Subparsers) -> None:
     sp = add_command(sub, "fetch", cmd_fetch, "artifacts built from a source commit")
     sp.add_argument("--commit", required=True, help="full 40-hex source commit")
     sp.add_argument("--recipe", help="only this recipe's artifacts")
+    sp.add_argument(
+        "--build-key", help="only the build with this key (a commit built with other inputs, e.g. certificates)"
+    )
     sp.add_argument("-o", "--output", help="write artifacts and NAME.intoto.json envelopes here (verified)")
     sp.add_argument("--key", action="append", help="extra trusted builder public key (PEM); repeatable")
     json_flag(sp)

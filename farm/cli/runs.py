@@ -15,6 +15,8 @@ from farm.settings import Settings
 if TYPE_CHECKING:
     from farm.coordinator.engine import Coordinator
 
+TEXT_LIMIT = 50  # builds per page of `status` as text; --json lists every build the filters select unless limited
+
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from farm.cli.progress import Progress
@@ -80,7 +82,7 @@ def _follow(coordinator: Coordinator, run_id: str, progress: Any) -> None:
     """Watch a run that the fleet's coordinator drives, reporting each change."""
     seen: dict[str, str] = {}
     while True:
-        jobs = coordinator.runs.jobs(run_id)
+        jobs = coordinator.runs.jobs(run_id, recipes=False)
         for job in jobs.values():
             if seen.get(job.name) != job.state.value + job.why:
                 seen[job.name] = job.state.value + job.why
@@ -103,27 +105,28 @@ def _run_id(coordinator: Coordinator, run: str | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    coordinator = _coordinator(settings)
-    status = coordinator.status(_run_id(coordinator, args.run))
+    from farm.coordinator.kv import open_kv
+    from farm.coordinator.runs import RunStore
+    from farm.coordinator.views import StatusQuery, run_status, slots
     from farm.crossval.results import update_metrics
 
+    query = StatusQuery.parse(
+        state=args.state,
+        lane=args.lane,
+        name=args.name,
+        limit=args.limit,
+        page=args.page,
+        default_limit=None if args.json else TEXT_LIMIT,
+    )
+    kv = open_kv(settings.state_url)
+    runs = RunStore(kv)
+    run_id = args.run or runs.latest().id
+    status = run_status(runs, run_id, query, slots=slots(kv, settings.lease_timeout), aging=settings.aging)
     reproducibility = update_metrics(settings)  # from 'mangos-farm recheck' results, per recipe and "all"
     if args.json:
         print_json(status | {"reproducibility": reproducibility})
         return 0
-    s = status["summary"]
-    print(
-        f"run {status['run']} ({status['status']}, lane {status['lane']}, arch {status['arch']}): "
-        + ", ".join(f"{v} {k}" for k, v in s.items() if v)
-        + f"; oldest waiting {status['oldest_waiting_seconds']:.0f}s"
-        + (f"\nqueued because: {status['reason']}" if status.get("reason") else "")
-    )
-    width = max((len(b["recipe"]) for b in status["builds"]), default=0)
-    for b in status["builds"]:
-        extra = f" [{b['worker']}]" if b.get("worker") and b["state"] in ("running", "built") else ""
-        print(f"{b['state']:<9} {b['recipe']:<{width}}  {b['why']}{extra}")
-        if b.get("reason"):
-            print(f"{'':<9} {'':<{width}}  queued because: {b['reason']}")
+    _print_status(status)
     if reproducibility:
         print(
             "reproducibility (recheck): "
@@ -137,8 +140,61 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    minutes = int(seconds // 60)
+    return f"{minutes}m" if minutes < 120 else f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    """The header (counts, done of total, critical path, ETA), then the page of builds the query selected."""
+    s = status["summary"]
+    print(
+        f"run {status['run']} ({status['status']}, lane {status['lane']}, arch {status['arch']}): "
+        + ", ".join(f"{v} {k}" for k, v in s.items() if v)
+        + f"; oldest waiting {status['oldest_waiting_seconds']:.0f}s"
+        + (f"\nqueued because: {status['reason']}" if status.get("reason") else "")
+    )
+    path, eta = status["critical_path"], status["eta"]
+    line = f"done {status['done']} of {status['total']}"
+    if path["builds"]:
+        took = f", ~{_duration(path['seconds'])}" if path["seconds"] is not None else ""
+        line += f"; critical path {path['builds']} builds{took} (from {path['first']})"
+    if eta["seconds"] is not None and status["done"] < status["total"]:
+        line += f"; ETA ~{_duration(eta['seconds'])} on {eta['slots']} slots"
+    elif eta["why"] and status["done"] < status["total"]:
+        line += f"; no ETA: {eta['why']}"
+    print(line)
+    query, builds = status["query"], status["builds"]
+    filters = [f"{k} {','.join(v) if isinstance(v, list) else v}" for k in ("state", "lane", "name")
+               if (v := query[k])]  # fmt: skip
+    first = (status["page"] - 1) * (query["limit"] or 0) + 1
+    shown = f"{first}-{first + len(builds) - 1}" if builds else "none"
+    print(
+        f"builds {shown} of {status['matched']}"
+        + (f" ({'; '.join(filters)})" if filters else "")
+        + (f", page {status['page']} of {status['pages']}" if status["pages"] > 1 or status["page"] > 1 else "")
+        + f"; {status['order']}"
+    )
+    width = max((len(b["recipe"]) for b in builds), default=0)
+    for b in builds:
+        extra = f" [{b['worker']}]" if b.get("worker") and b["state"] in ("running", "built") else ""
+        print(f"{b['state']:<9} {b['recipe']:<{width}}  {b['why']}{extra}")
+        if b.get("reason"):
+            print(f"{'':<9} {'':<{width}}  queued because: {b['reason']}")
+    if status["page"] < status["pages"]:
+        print(f"more: --page {status['page'] + 1} (or --limit 0 for all)")
+
+
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    run = _coordinator(settings).cancel(args.run)
+    from farm.coordinator.kv import open_kv
+    from farm.coordinator.migrate import ensure_current
+    from farm.coordinator.runs import RunStore
+
+    kv = open_kv(settings.state_url)
+    ensure_current(kv)
+    run, _ = RunStore(kv).cancel(args.run, time.time())  # the coordinator driving the state revokes the tasks
     print(f"run {run.id} cancelled")
     return 0
 
@@ -163,8 +219,18 @@ def add_rebuild(sub: Subparsers) -> None:
 
 
 def add_status(sub: Subparsers) -> None:
-    sp = add_command(sub, "status", cmd_status, "every build's state in a run, and for each waiting one why")
+    sp = add_command(sub, "status", cmd_status, "a run's progress and its builds, with why each waiting one waits")
+    sp.description = (
+        "a run: counts by state, done of total, the critical path remaining and an ETA (from the durations of "
+        "builds already done), then one page of its builds, failures first, then the oldest waiting, then the rest "
+        "in plan order, each with its state and, when waiting, why."
+    )
     sp.add_argument("run", nargs="?", help="run id (default: the latest)")
+    sp.add_argument("--state", help="only builds in this state (several: failed,blocked)")
+    sp.add_argument("--lane", help="only builds competing in this lane now (security, interactive, rebuild)")
+    sp.add_argument("--name", metavar="GLOB", help="only builds whose recipe name matches GLOB")
+    sp.add_argument("--limit", metavar="N", help=f"builds per page (default {TEXT_LIMIT}; with --json all; 0: all)")
+    sp.add_argument("--page", metavar="P", help="which page of builds (default 1)")
     json_flag(sp)
 
 

@@ -1,53 +1,61 @@
 """The coordinator: drives every active run to completion, healing what breaks on the way.
 
-Each :meth:`Coordinator.tick` reads the persisted state, collects outcomes, expires leases of silent workers,
-releases builds whose dependencies are done (or marks them cached or blocked), and dispatches the highest
-priority ready builds into free worker slots. Because all of it is re-derived from persisted state, a killed
-coordinator restarted on the same state simply continues: what finished stays finished.
+A tick costs what changed, not what exists. It drains the inbox (outcomes workers pushed, runs that commands in
+other processes changed), looks at the beats of the builds in flight when that is due (one batched read), releases
+the dependents of what finished, asks the store about each newly eligible build once, dispatches the best ready
+builds into free slots, and stores every change in one batch. An idle coordinator waits on the inbox (a blocking
+pop), so a finished build is noticed at once and an idle tick issues no command.
 
-This module holds the tick and the dispatch; which ready build goes first is :mod:`farm.coordinator.policy`'s
-to say, and what happens to builds in flight (results, leases, blame) is :mod:`farm.coordinator.outcomes`'s.
-It knows nothing of Celery: a :class:`Dispatcher` carries requests to workers and brings outcomes back.
+Between ticks the coordinator holds its active runs in memory (:mod:`farm.coordinator.tickstate`), loaded from
+the state store on start and reloaded when a command changes one, a slice per tick (:mod:`farm.coordinator.loading`:
+a large run arriving does not stall dispatch from the others): a killed coordinator restarted on the same
+state simply continues, and what finished stays finished. Which ready build goes first is
+:mod:`farm.coordinator.policy`'s to say; release and dispatch are :mod:`farm.coordinator.scheduler`'s, builds in
+flight :mod:`farm.coordinator.outcomes`'. It knows nothing of Celery: a :class:`Dispatcher` carries requests.
+
+One coordinator drives a state at a time: :meth:`Coordinator.serve` and :meth:`Coordinator.run_until_done` hold the
+coordinator lease (:class:`~farm.coordinator.leases.CoordinatorLease`) while they tick, and wait while another
+process holds it. Each tick's duration is observed in ``mangos_coordinator_tick_seconds``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections import Counter
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from farm import metrics
-from farm.build import BuildRequest, DependencyInput
-from farm.coordinator import policy
+from farm.coordinator import layout
+from farm.coordinator.indexes import Live
 from farm.coordinator.kv import KV
-from farm.coordinator.leases import LeaseBoard
-from farm.coordinator.outcomes import Config, Dispatcher, Listener, Outcomes
+from farm.coordinator.leases import CoordinatorLease, Hold, LeaseBoard, LeaseLost
+from farm.coordinator.loading import Loading, RunLoader
+from farm.coordinator.migrate import ensure_current
+from farm.coordinator.outcomes import Outcomes
 from farm.coordinator.plan import Plan
 from farm.coordinator.policy import Lane
-from farm.coordinator.runs import Job, Run, RunStore, State, run_header
+from farm.coordinator.records import Job, Run, State, run_header
+from farm.coordinator.runs import RunStore
+from farm.coordinator.scheduler import Scheduler
+from farm.coordinator.tickstate import Config, Dispatcher, Listener
 from farm.coordinator.updates import LagBoard
-from farm.errors import E, FarmError
-from farm.identity import build_key
+from farm.errors import FarmError
 from farm.store import Store
 
-__all__ = ["Config", "Coordinator", "Dispatcher", "Listener"]
+__all__ = ["Config", "Coordinator", "Dispatcher", "LeaseLost", "Listener"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Scan:
-    runs: list[Run] = field(default_factory=list)
-    jobs: dict[str, dict[str, Job]] = field(default_factory=dict)
-    dirty: dict[str, dict[str, Job]] = field(default_factory=dict)
-    ready: dict[tuple[str, str], tuple[policy.Candidate, Job, Run, dict[str, Job]]] = field(default_factory=dict)
-    in_flight: Counter[str] = field(default_factory=Counter)
+INBOX_BATCH = 1000  # inbox messages taken at once
+LAG_EVERY = (5.0, 30.0)  # seconds between looks at the recipes-behind-archive board: after builds finished, else
+LEASE_SECONDS = 30.0  # the coordinator lease lapses this long after its holder stopped renewing it
+LEASE_POLL = 1.0  # seconds between looks at the coordinator lease while another process holds it
 
 
-class Coordinator(Outcomes):
+class Coordinator(Scheduler, Outcomes, Loading):
     def __init__(
         self,
         kv: KV,
@@ -67,6 +75,31 @@ class Coordinator(Outcomes):
         self._dispatcher: Dispatcher | None = None
         self.notify: Listener = on_change or (lambda _j, _a: None)
         self.lazy_workers = lazy_workers  # embedded: start local workers only once something must be built
+        ensure_current(kv)
+        self.lease = CoordinatorLease(kv, LEASE_SECONDS)
+        self.live: dict[str, Live] = {}
+        self.loading: dict[str, RunLoader] = {}
+        self.replay: list[dict[str, Any]] = []
+        self.inflight: dict[str, tuple[str, str]] = {}
+        self.eligible: deque[tuple[str, str]] = deque()
+        self.delayed: list[tuple[float, str, str]] = []
+        self.done_recently: list[Job] = []
+        self.workers = []
+        self.clean_workers: set[str] = set()
+        self.last_dispatch: dict[str, float] = {}
+        self.outbox: list[tuple[Live, Job]] = []
+        self.reasons: dict[str, str] = {}
+        self.gauge_archs: set[str] = set()
+        self._rewrite: list[tuple[Live, set[str] | None]] = []
+        self._recipes: dict[str, dict[str, bytes]] = {}  # run id -> build name -> recipe, as stored
+        self._inbox: list[bytes] = []
+        self._drained = False
+        self._loaded = False
+        self._waiting_noted = False
+        self._gc_was: bool | None = None
+        self._taken: list[dict[str, Any]] = []  # the messages this tick took up (back to the inbox if it stops)
+        self._beat_every = max(0.2, min(1.0, self.config.lease_timeout / 4))
+        self._beat_due = self._workers_due = self._lag_seen = self._no_worker_since = 0.0
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -74,7 +107,7 @@ class Coordinator(Outcomes):
             self._dispatcher = self._factory()
         return self._dispatcher
 
-    # -- commands ---------------------------------------------------------------------------------------------
+    # -- commands (from any process: the coordinator hears of them through its inbox) ---------------------------
     def submit(
         self,
         plan: Plan,
@@ -87,19 +120,32 @@ class Coordinator(Outcomes):
         reasons: Mapping[str, str] | None = None,
     ) -> Run:
         """Persist ``plan`` as a new active run; ``reason`` says why it was queued, ``reasons`` why each build was
-        (``status`` and the web view show both)."""
-        run = self.runs.create(plan, lane=lane, arch=arch, force=force, run_id=run_id, reason=reason, reasons=reasons)
+        (``status`` and the web view show both). With the embedded broker the process that submits drives the run
+        (:meth:`run_until_done`): it takes the coordinator lease first, waiting while another process drives this
+        state (a second ``rebuild`` on one farm home waits for the first), so that no run of its is left to a
+        process about to stop."""
+        if self.lazy_workers:
+            while not self._hold():
+                self._note_waiting()
+                time.sleep(LEASE_POLL)
+        run, jobs = self.runs.new(
+            plan, lane=lane, arch=arch, force=force, run_id=run_id, reason=reason, reasons=reasons
+        )
         # The plan takes a build as cached when the store has a record for its key; it is only accepted as such
         # when that record's signed provenance checks out against the keyring (a rogue worker's record does not).
-        jobs = self.runs.jobs(run.id)
-        refused = []
+        trusted = self.config.trusted() if self.config.trusted is not None else None
         for job in jobs.values():
-            if job.state is State.CACHED and job.key and (error := self._untrusted(job, "the store", job.key)):
+            record = plan.builds[job.name].record if job.name in plan.builds else None
+            if (
+                job.state is State.CACHED
+                and job.key
+                and (error := self._untrusted(job, "the store", job.key, record=record, trusted=trusted))
+            ):
                 job.error, job.outputs = error.to_json(), None
-                self._finish(run, job, State.FAILED, error.message, time.time())
-                refused.append(job)
-        if refused:
-            self.runs.save_jobs(run.id, refused)
+                job.state, job.why, job.finished_at = State.FAILED, error.message, run.created
+                metrics.builds_finished.labels(job.name, lane.value, arch, State.FAILED.value).inc()
+                self.notify(job, jobs)
+        self.runs.insert(run, jobs)
         log.info(
             "run %s submitted: %d builds, lane %s, arch %s%s",
             run.id,
@@ -111,256 +157,239 @@ class Coordinator(Outcomes):
         return run
 
     def cancel(self, run_id: str) -> Run:
-        run = self.runs.get(run_id)
-        jobs = self.runs.jobs(run_id)
-        for job in jobs.values():
-            if job.state.in_flight and job.task_id:
-                self.dispatcher.revoke(job.task_id)
-                self.board.revoke(run_id, job.name)
-            if not job.state.terminal:
-                job.state, job.why, job.finished_at = State.CANCELLED, "run cancelled", time.time()
-        self.runs.save_jobs(run_id, list(jobs.values()))
-        run.status, run.finished = "cancelled", time.time()
-        self.runs.save(run)
+        """Cancel a run (:meth:`RunStore.cancel`: its builds in flight can no longer be taken up). The coordinator
+        driving the state revokes their tasks when told; this one does too if it has dispatched (it drives)."""
+        run, in_flight = self.runs.cancel(run_id, time.time())
+        if self._dispatcher is not None:
+            for job in in_flight:
+                if job.task_id:
+                    self._dispatcher.revoke(job.task_id)
         return run
 
     def retry(self, run_id: str, name: str) -> Job:
-        run = self.runs.get(run_id)
-        jobs = self.runs.jobs(run_id)
-        if name not in jobs:
-            raise FarmError(E.BUILD_UNKNOWN, f"run {run_id} has no build '{name}'", hint="see 'mangos-farm status'")
-        job = jobs[name]
-        if job.state not in (State.FAILED, State.BLOCKED, State.CANCELLED):
-            raise FarmError(
-                E.BUILD_UNKNOWN,
-                f"build '{name}' is {job.state.value}, not failed",
-                hint="only failed, blocked or cancelled builds can be retried",
-            )
-        changed = [job]
-        job.state, job.why, job.attempts, job.failures, job.error = State.WAITING, "retry requested", 0, [], None
-        job.store_checked = -1
-        for other in jobs.values():
-            if other.state in (State.BLOCKED, State.CANCELLED):
-                other.state, other.why = State.WAITING, "retry requested"
-                changed.append(other)
-        self.runs.save_jobs(run_id, changed)
-        run.status, run.finished = "active", None
-        self.runs.save(run)
-        return job
+        return self.runs.retry(run_id, name)
 
     # -- the loop ---------------------------------------------------------------------------------------------
-    def run_until_done(self, run_id: str, poll: float = 0.2) -> Run:
-        while True:
-            changed = self.tick()
-            run = self.runs.get(run_id)
-            if run.status != "active":
-                return run
-            if not changed:
+    def run_until_done(self, run_id: str, poll: float = 5.0) -> Run:
+        """Drive the state until run ``run_id`` ends (holding the coordinator lease; while another process holds
+        it, wait, or return if that process ends the run); the lease is given back on return."""
+        try:
+            while True:
+                if not self._hold():
+                    run = self.runs.get(run_id)
+                    if run.status != "active":
+                        return run
+                    self._note_waiting()
+                    time.sleep(LEASE_POLL)
+                    continue
+                try:
+                    self.tick()
+                except LeaseLost:
+                    continue
+                if run_id not in self.live and run_id not in self.loading:
+                    run = self.runs.get(run_id)
+                    if run.status != "active":
+                        return run
+                    self._reload(run_id, time.time())
                 self._idle(poll)
+        finally:
+            self.lease.release()
 
-    def serve(self, poll: float = 0.5, stop: Callable[[], bool] = lambda: False) -> None:
-        while not stop():
-            try:
-                changed = self.tick()
-            except FarmError as exc:
-                log.warning("coordinator tick failed, retrying: %s", exc.message)
-                changed = False
-                time.sleep(1)
-            if not changed:
+    def serve(self, poll: float = 5.0, stop: Callable[[], bool] = lambda: False) -> None:
+        """Drive the state until ``stop()``: a standby while another process holds the coordinator lease."""
+        try:
+            while not stop():
+                try:
+                    if not self._hold():
+                        self._note_waiting()
+                        time.sleep(LEASE_POLL)
+                        continue
+                    self.tick()
+                except LeaseLost:
+                    continue
+                except FarmError as exc:  # the state store away: keep serving, and start again from what it stored
+                    log.warning("coordinator tick failed, retrying: %s", exc.message)
+                    self._loaded = False
+                    time.sleep(1)
+                    continue
                 self._idle(poll)
+        finally:
+            self.lease.release()
+
+    def _hold(self) -> bool:
+        """Hold the coordinator lease (take it, or renew it when due); whether this process drives the state. Taken
+        afresh, everything is loaded again from the stored state (another process may have driven it meanwhile)."""
+        hold = self.lease.hold()
+        if hold is Hold.TAKEN:
+            self._loaded = False
+            if self._waiting_noted:
+                log.warning("coordinator lease taken: this process drives %s now", self.kv.url)
+            self._waiting_noted = False
+        return hold is not Hold.LOST
+
+    def _keep_hold(self) -> None:
+        """As a tick works, and before it stores anything: the lease must still be this process's (renewed when
+        due). If another process took it meanwhile, the messages this tick took from the inbox (and those held
+        back for runs loading) go back to it, for whoever drives the state now, and the tick stops
+        (:class:`LeaseLost`) with nothing stored."""
+        if self.lease.taken and self.lease.hold() is not Hold.KEPT:
+            self._loaded = False
+            seen = {id(m) for m in self._taken}
+            held = [*(m for loader in self.loading.values() for m in loader.deferred), *self.replay]
+            messages = [*self._taken, *(m for m in held if id(m) not in seen)]
+            back = [json.dumps(m, sort_keys=True).encode() for m in messages]
+            if back:
+                self.kv.rpush(layout.INBOX, *back)
+            raise LeaseLost(self.kv.url)
+
+    def _note_waiting(self) -> None:
+        if not self._waiting_noted:
+            holder = self.lease.holder() or {}
+            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+            log.warning("another coordinator (%s) drives %s; waiting until it stops", who, self.kv.url)
+            self._waiting_noted = True
 
     def _idle(self, poll: float) -> None:
-        """Wait for the next tick: ``poll`` seconds, or less when an outcome arrives sooner.
+        """Wait for the next tick: until something arrives in the inbox, the next timer is due, or ``poll``."""
+        now = time.time()
+        timeout = max(0.0, min(poll, self._next_due(now) - now))
+        found = self.kv.bpop(layout.INBOX, INBOX_BATCH, timeout)
+        self._inbox.extend(found)
+        self._drained = len(found) < INBOX_BATCH
 
-        A dispatcher may offer ``wait_for_outcome(timeout)`` (not part of :class:`Dispatcher`: optional), which
-        returns as soon as a worker stores a result; then a finished build's slot is refilled at once instead of
-        up to ``poll`` seconds later. Everything else a tick reacts to (leases, retries, new runs) keeps the poll.
-        """
-        wait = getattr(self._dispatcher, "wait_for_outcome", None)
-        if wait is None:
-            time.sleep(poll)
-        else:
-            wait(poll)
+    def _next_due(self, now: float) -> float:
+        due = [self._lag_due(), self._workers_due]
+        if self.inflight:
+            due.append(self._beat_due)
+        if self.delayed:
+            due.append(self.delayed[0][0])
+        if self.eligible or self.outbox or self.loading or self.replay:
+            due.append(now)
+        return min(due)
 
     def tick(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        scan = self._scan(now)
-        self._dispatch_ready(scan, now)
-        self._export_gauges(scan, now)
-        changed = False
-        for run_id, jobs_changed in scan.dirty.items():
-            if jobs_changed:
-                changed = True
-                self.runs.save_jobs(run_id, list(jobs_changed.values()))
-        for run in scan.runs:
-            if all(j.state.terminal for j in scan.jobs[run.id].values()):
-                run.status, run.finished = "done", now
-                self.runs.save(run)
-                changed = True
-        return changed
+        """One step (see the module docstring); whether anything changed. Its duration is observed in
+        ``mangos_coordinator_tick_seconds``."""
+        started = time.perf_counter()
+        try:
+            return self._tick(time.time() if now is None else now, started)
+        finally:
+            metrics.coordinator_tick_seconds.observe(time.perf_counter() - started)
 
-    def _scan(self, now: float) -> _Scan:
-        """Collect outcomes and expire leases, advance waiting builds, gather the ready ones."""
-        scan = _Scan()
-        for run in self.runs.active():
-            jobs = self.runs.jobs(run.id)
-            scan.runs.append(run)
-            scan.jobs[run.id] = jobs
-            dirty = scan.dirty.setdefault(run.id, {})
-            for job in jobs.values():
-                if job.state.in_flight and self._check_in_flight(run, job, jobs, now):
-                    dirty[job.name] = job
-            for name in run.order:
-                job = jobs[name]
-                if job.state is State.WAITING and self._advance(run, job, jobs, now):
-                    dirty[job.name] = job
-                if job.state is State.WAITING and job.key and (job.retry_at is None or job.retry_at <= now):
-                    cand = policy.Candidate(run.id, name, run.lane, run.arch, job.ready_since or now, job.critical_path)
-                    scan.ready[(run.id, name)] = (cand, job, run, jobs)
-                if job.state.in_flight:
-                    scan.in_flight[run.arch] += 1
-        return scan
+    def _tick(self, now: float, started: float) -> bool:
+        if not self._loaded:
+            self._load_all(now)
+            self._loaded = True
+        events = self._take_inbox()
+        self._take_events(events, now, started)
+        if self.inflight and now >= self._beat_due:
+            if self._dispatcher is not None:
+                self._dispatcher.check()
+            self._check_beats(now)
+            self._beat_due = now + self._beat_every
+        self._due_retries(now)
+        self._settle_eligible(now)
+        if now >= self._workers_due:
+            self._look_at_workers(now)
+        self._dispatch_ready(now)
+        self._keep_hold()
+        changed = self._flush(now)
+        while self.outbox:
+            for live, job in self._send():
+                live.touch(job)
+            self._flush(now)
+        self._export_gauges(now)
+        if now >= self._lag_due():
+            LagBoard(self.kv).refresh(self.done_recently, now)
+            self.done_recently = []
+            self._lag_seen = now
+        return changed or bool(events)
 
-    def _dispatch_ready(self, scan: _Scan, now: float) -> None:
-        """Dispatch the highest-priority ready builds into free slots; tell the others why they wait."""
-        if not scan.ready:
-            return
-        if self._dispatcher is None and self.lazy_workers:
-            _ = self.dispatcher  # start local workers; they announce themselves within a second or two
-        capacity = self._capacity()
-        cands = [c[0] for c in scan.ready.values()]
-        free = {arch: max(0, capacity.get(arch, 0) - scan.in_flight[arch]) for arch in {c.arch for c in cands}}
-        chosen = {(c.run_id, c.name) for c in policy.pick(cands, free, now, self.config.aging)}
-        position = 0
-        for cand in policy.order(cands, now, self.config.aging):
-            _, job, run, jobs = scan.ready[(cand.run_id, cand.name)]
-            if (cand.run_id, cand.name) in chosen:
-                self._dispatch(run, job, jobs, now)
-                scan.dirty[run.id][job.name] = job
+    def _take_events(self, events: list[dict[str, Any]], now: float, started: float) -> None:
+        """Reload the runs commands changed (once each), load for a while (the tick ``started`` then), then take up
+        the outcomes (those held back while their run loaded first); an outcome for a run still being loaded
+        waits for it."""
+        self._taken = list(events)
+        outcomes: list[dict[str, Any]] = []
+        changed: dict[str, None] = {}
+        for message in events:
+            if "run" in message:
+                changed[str(message["run"])] = None
+            else:
+                outcomes.append(message)
+        for run_id in changed:
+            loader = self.loading.get(run_id)
+            if loader is None or loader.started:  # one not started yet will read the run as it is now
+                self._reload(run_id, now)
+        if self.loading or self._gc_was is not None:
+            self._advance_loading(now, started)
+        self._taken.extend(self.replay)
+        outcomes, self.replay = self.replay + outcomes, []
+        for message in outcomes:
+            self._keep_hold()  # checking an outcome may take a while (its provenance is read from the store)
+            if (message.get("lease") or "") in self.inflight or not self._defer(message):
+                self._on_outcome(message, now)
+
+    def _lag_due(self) -> float:
+        return self._lag_seen + LAG_EVERY[0 if self.done_recently else 1]
+
+    def _take_inbox(self) -> list[dict[str, Any]]:
+        raw, self._inbox = self._inbox, []
+        if not self._drained:
+            while len(found := self.kv.pop(layout.INBOX, INBOX_BATCH)) > 0:
+                raw.extend(found)
+                if len(found) < INBOX_BATCH:
+                    break
+        self._drained = False
+        messages = []
+        for item in raw:
+            try:
+                message = json.loads(item)
+            except ValueError:
+                log.warning("discarding a malformed inbox message: %r", item[:200])
                 continue
-            position += 1
-            why = (
-                f"no worker for arch {run.arch}"
-                if capacity.get(run.arch, 0) == 0
-                else f"all {capacity[run.arch]} {run.arch} slots busy ({run.lane.value} lane, position {position})"
-            )
-            if job.why != why:
-                job.why = why
-                scan.dirty[run.id][job.name] = job
+            if isinstance(message, dict):
+                messages.append(message)
+        return messages
 
-    # -- steps ---------------------------------------------------------------------------------------------------
-    def _advance(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> bool:
-        """Move a waiting job on if its dependencies allow: blocked, cached, or ready (key known)."""
-        deps = [jobs[d] for d in job.deps]
-        bad = [d.name for d in deps if d.state in (State.FAILED, State.BLOCKED, State.CANCELLED)]
-        if bad:
-            self._finish(run, job, State.BLOCKED, f"blocked by failed dependency {', '.join(bad)}", now)
-            return True
-        pending = [d.name for d in deps if d.state not in (State.BUILT, State.CACHED)]
-        if pending:
-            why = f"waiting on {', '.join(pending)}"
-            changed = job.why != why
-            job.why = why
-            return changed
-        changed = False
-        if job.key is None:
-            outputs = {d.name: d.outputs or {} for d in deps}
-            job.key = build_key(job.recipe, job.commit, job.tree, job.environment or run.environment, outputs)
-            changed = True
-        if job.ready_since is None:
-            job.ready_since = now
-            changed = True
-        due = job.retry_at is None or job.retry_at <= now
-        # Ask the store once per attempt (not every tick: on S3 each ask is a request).
-        if (not run.force or job.attempts > 0) and due and job.store_checked != job.attempts:
-            job.store_checked = job.attempts
-            changed = True
-            record = self.store.get_record(job.key)
-            metrics.cache_lookups.labels("hit" if record is not None else "miss").inc()
-            refused = self._untrusted(job, "the store", job.key) if record is not None else None
-            if refused is not None:  # a record nobody trusted wrote (a rogue worker, a poisoned index): not cached
-                job.error = refused.to_json()
-                self._finish(run, job, State.FAILED, refused.message, now)
-                return True
-            if record is not None:
-                job.outputs = record.outputs()
-                state = State.CACHED if job.attempts == 0 else State.BUILT
-                self._finish(run, job, state, "found in the store", now)
-                return True
-        if job.retry_at and job.retry_at > now:
-            why = f"retry in {job.retry_at - now:.0f}s (attempt {job.attempts + 1} of {self.config.max_attempts})"
-            changed = changed or job.why != why
-            job.why = why
-        return changed
-
-    def _request(self, run: Run, job: Job, jobs: dict[str, Job], lease: str) -> BuildRequest:
-        assert job.key is not None
-        return BuildRequest(
-            build_key=job.key,
-            recipe=job.recipe,
-            recipe_path=job.recipe_path,
-            fetch_url=job.fetch_url,
-            tree=job.tree,
-            environment=job.environment or run.environment,
-            dependencies=tuple(DependencyInput(d, jobs[d].key or "", jobs[d].outputs or {}) for d in job.deps),
-            lease=lease,
-        )
-
-    def _dispatch(self, run: Run, job: Job, jobs: dict[str, Job], now: float) -> None:
-        assert job.key is not None
-        lease = self.board.grant(run.id, job.name, job.key)
-        job.task_id = self.dispatcher.submit(self._request(run, job, jobs, lease), arch=run.arch)
-        job.lease, job.worker, job.started_at = lease, None, None
-        job.state, job.why, job.dispatched_at = State.QUEUED, f"queued for arch {run.arch}", now
-        job.attempts += 1
-        job.retry_at = None
-        metrics.builds_started.labels(job.name, run.lane.value, run.arch).inc()
-        if job.attempts > 1:
-            metrics.redispatches.labels(job.failures[-1]["code"] if job.failures else "retry").inc()
-        self.notify(job, jobs)
-
-    def _export_gauges(self, scan: _Scan, now: float) -> None:
-        """Queue and fleet gauges for Prometheus, recomputed from state each tick (so they survive restarts)."""
-        depth: Counter[tuple[str, str]] = Counter()
-        oldest: dict[tuple[str, str], float] = {}
-        for _cand, job, run, _jobs in scan.ready.values():
-            if job.state is State.WAITING:
-                where = (run.lane.value, run.arch)
-                depth[where] += 1
-                oldest[where] = max(oldest.get(where, 0.0), now - (job.ready_since or now))
-        for lane in Lane:
-            for arch in {r.arch for r in scan.runs} | {a for _, a in depth}:
-                metrics.queue_depth.labels(lane.value, arch).set(depth[(lane.value, arch)])
-                metrics.oldest_waiting.labels(lane.value, arch).set(oldest.get((lane.value, arch), 0.0))
-        for arch, count in scan.in_flight.items():
-            metrics.builds_in_flight.labels(arch).set(count)
-        metrics.runs_active.set(len(scan.runs))
-        workers = self.board.workers()
-        busy = {j.worker for jobs in scan.jobs.values() for j in jobs.values() if j.state is State.RUNNING}
-        for arch in {w.arch for w in workers} | set(scan.in_flight):
-            mine = [w for w in workers if w.arch == arch]
-            metrics.workers_alive.labels(arch).set(sum(1 for w in mine if not w.disabled))
-            metrics.workers_disabled.labels(arch).set(sum(1 for w in mine if w.disabled))
-            metrics.workers_busy.labels(arch).set(sum(1 for w in mine if w.name in busy))
-        for w in workers:
-            metrics.worker_heartbeat_age.labels(w.name, w.arch).set(max(0.0, now - w.seen))
-        LagBoard(self.kv).refresh((j for jobs in scan.jobs.values() for j in jobs.values()), now)
-
-    # -- workers ----------------------------------------------------------------------------------------------
-    def _capacity(self) -> dict[str, int]:
-        cap: Counter[str] = Counter()
-        for w in self.board.workers():
-            if not w.disabled:
-                cap[w.arch] += w.concurrency
-        return dict(cap)
+    # -- storing -----------------------------------------------------------------------------------------------
+    def _flush(self, now: float) -> bool:
+        """Store every change of this tick in one batch; finish the runs with nothing left to do."""
+        finished = []
+        with self.kv.batch() as b:
+            for live, members in self._rewrite:
+                if self.live.get(live.run.id) is live:
+                    live.rewrite(b, members)
+            self._rewrite.clear()
+            for live in self.live.values():
+                changed = live.settle()
+                live.writes(b, changed)
+                if live.finished:
+                    finished.append(live)
+            for live in finished:
+                run = live.run
+                run.status, run.finished = "done", now
+                b.set(layout.meta_key(run.id), run.to_bytes())
+                b.srem(layout.ACTIVE, run.id)
+                b.delete(live.key)
+                b.hdel(layout.WAITING, run.id)
+                self.reasons.pop(run.id, None)
+            b.hset(layout.WAITING, {r: why.encode() for r, why in self.reasons.items()})
+            self.reasons.clear()
+            stored = len(b) > 0
+        for live in finished:
+            del self.live[live.run.id]
+            self._recipes.pop(live.run.id, None)
+            self.last_dispatch.pop(live.run.id, None)
+        return stored
 
     # -- views ------------------------------------------------------------------------------------------------
     def status(self, run_id: str, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         run = self.runs.get(run_id)
-        jobs = self.runs.jobs(run_id)
+        jobs = self.runs.jobs(run_id, now)
         waiting = [now - j.ready_since for j in jobs.values() if j.state is State.WAITING and j.ready_since]
         return run_header(run, jobs) | {
             "oldest_waiting_seconds": round(max(waiting), 1) if waiting else 0.0,
-            "builds": [jobs[n].summary(now) for n in run.order],
+            "builds": [jobs[n].summary(now) for n in run.order if n in jobs],
         }

@@ -7,7 +7,7 @@ be built gets its key only once that dependency is done. ``plan`` says so rather
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,24 +107,37 @@ def make_plan(
     force: bool = False,
     env_for: Callable[[Recipe], str] | None = None,
 ) -> Plan:
-    """``env_for`` names the environment digest of recipes that do not build on the host (debian builds)."""
+    """``env_for`` names the environment digest of recipes that name a pinned environment (debian builds, and script
+    builds with ``build.environment``); the others build on the host.
+
+    Recipes are planned level by level (a level's dependencies are all in earlier levels), and each level's records
+    are read from the store in one :meth:`~farm.store.Store.get_records` call, so a store with per-request latency
+    is asked once per level rather than once per recipe. The plan's ``order`` and ``builds`` are in dependency order.
+    """
     deps_graph = {r.name: list(r.build_depends) for r in recipes.recipes.values()}
     order = graph.topological_order(deps_graph)
     critical = graph.critical_path_lengths(deps_graph)
     plan = Plan(environment=environment, order=order)
-    for name in order:
-        recipe = recipes.recipes[name]
-        source = resolve(recipe)
-        _store_patches(recipe, store)
-        pending = [d for d in recipe.build_depends if plan.builds[d].decision is Decision.BUILD]
-        env = env_for(recipe) if env_for is not None and recipe.kind != "script" else environment.digest
-        pb = PlannedBuild(recipe, source, Decision.BUILD, "", critical_path=critical[name], environment=env)
-        if pending:
-            pb.reason = f"dependency {', '.join(pending)} will be built first; key known after"
-        else:
-            deps = {d: _outputs(plan.builds[d]) for d in recipe.build_depends}
-            pb.key = compute_key(recipe, source, env, deps)
-            record = store.get_record(pb.key)
+    stored: set[str] = set()  # patch digests known to be in the store
+    for level in _levels(order, deps_graph):
+        keyed: list[PlannedBuild] = []
+        for name in level:
+            recipe = recipes.recipes[name]
+            source = resolve(recipe)
+            _store_patches(recipe, store, stored)
+            pending = [d for d in recipe.build_depends if plan.builds[d].decision is Decision.BUILD]
+            env = env_for(recipe) if env_for is not None and recipe.environment else environment.digest
+            pb = PlannedBuild(recipe, source, Decision.BUILD, "", critical_path=critical[name], environment=env)
+            if pending:
+                pb.reason = f"dependency {', '.join(pending)} will be built first; key known after"
+            else:
+                deps = {d: _outputs(plan.builds[d]) for d in recipe.build_depends}
+                pb.key = compute_key(recipe, source, env, deps)
+                keyed.append(pb)
+            plan.builds[name] = pb
+        records = store.get_records([pb.key for pb in keyed if pb.key is not None]) if keyed else {}
+        for pb in keyed:
+            record = records.get(pb.key or "")
             if record is not None and not force:
                 pb.decision, pb.record = Decision.CACHED, record
                 pb.reason = f"built {record.finished} by {record.builder}"
@@ -132,18 +145,36 @@ def make_plan(
                 pb.reason = "cached, but --force rebuilds it"
             else:
                 pb.reason = "no build with this key in the store"
-        plan.builds[name] = pb
+    plan.builds = {name: plan.builds[name] for name in order}
     return plan
 
 
-def _store_patches(recipe: Recipe, store: Store) -> None:
+def _levels(order: list[str], deps_graph: Mapping[str, list[str]]) -> list[list[str]]:
+    """``order`` (a topological order) cut into levels: each node one level above its highest dependency, each
+    level in ``order``'s order."""
+    depth: dict[str, int] = {}
+    levels: list[list[str]] = []
+    for name in order:
+        d = 1 + max((depth[dep] for dep in deps_graph[name] if dep in depth), default=-1)
+        depth[name] = d
+        if d == len(levels):
+            levels.append([])
+        levels[d].append(name)
+    return levels
+
+
+def _store_patches(recipe: Recipe, store: Store, stored: set[str]) -> None:
     """A recipe's patches go to the store by sha256 (as its pinned packages do), so that a worker holding no
-    recipe files finds them there."""
-    for patch in recipe.patches:
+    recipe files finds them there. ``stored``: digests already known to be there (added to)."""
+    for patch in (*recipe.patches, *recipe.inputs):
+        if patch.sha256 in stored:
+            continue
         if not store.has_blob(patch.sha256):
             data = read_local(patch, recipe.path)
-            if data is not None:
-                store.put_bytes(data)
+            if data is None:
+                continue
+            store.put_bytes(data)
+        stored.add(patch.sha256)
 
 
 def _outputs(pb: PlannedBuild) -> dict[str, str]:

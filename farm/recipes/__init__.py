@@ -6,11 +6,12 @@ checked against the commit when the source is fetched, never followed: the commi
 Every problem found while loading names the file, the field and the fix; all problems in a directory are
 reported together. :mod:`~farm.recipes.schema` holds the schema and its checks, :mod:`~farm.recipes.model` the
 recipe, :mod:`~farm.recipes.load` the loading of a file or a directory, :mod:`~farm.recipes.patches` the patches a
-recipe applies on top of its commit.
+recipe applies on top of its commit, :mod:`~farm.recipes.inputs` the files its build reads.
 """
 
 from __future__ import annotations
 
+from farm.recipes.inputs import Input
 from farm.recipes.load import RecipeSet, check_patches, load_dir, load_file
 from farm.recipes.model import Recipe, Source, parse
 from farm.recipes.patches import Patch
@@ -21,6 +22,7 @@ __all__ = [
     "PIN_KEYS",
     "RESERVED_ENV",
     "SCHEMA",
+    "Input",
     "Patch",
     "Recipe",
     "RecipeSet",

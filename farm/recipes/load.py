@@ -28,6 +28,18 @@ def load_file(path: Path) -> Recipe:
     return parse(data, path)
 
 
+# A subdirectory holding this file is a recipe set of its own: built when named (``rebuild recipes/kernel``), left out
+# when a parent directory is loaded (``rebuild recipes``).
+SEPARATE_SET = ".recipe-set"
+
+
+def recipe_files(directory: Path) -> list[Path]:
+    """The ``*.toml`` recipes of ``directory`` and its subdirectories (a set may be grouped in them, as
+    ``recipes/debian/``), sorted, leaving out every subdirectory that holds a :data:`SEPARATE_SET` file."""
+    separate = [d.parent for d in directory.rglob(SEPARATE_SET) if d.parent != directory]
+    return sorted(p for p in directory.rglob("*.toml") if not any(s in p.parents for s in separate))
+
+
 @dataclass(frozen=True)
 class RecipeSet:
     """All recipes of a directory, by name, checked as a whole (duplicates, dependencies, cycles)."""
@@ -50,7 +62,7 @@ def load_dir(directory: Path) -> RecipeSet:
             file=directory,
             hint="pass the directory holding the *.toml recipes, e.g. 'recipes/'",
         )
-    files = sorted(directory.rglob("*.toml"))  # a set may be grouped in subdirectories (recipes/debian/)
+    files = recipe_files(directory)
     if not files:
         raise RecipeError(
             E.RECIPE_DIR,

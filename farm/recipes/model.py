@@ -4,18 +4,22 @@ A recipe pins its source to a full git commit. A human ``ref`` (tag or branch) m
 checked against the commit when the source is fetched, never followed: the commit is the identity.
 
 A recipe's :meth:`Recipe.content` is what its build key and provenance record (everything but where the file lies);
-its patches (:mod:`farm.recipes.patches`) are recorded there by path and sha256, and only when it has some.
+its patches (:mod:`farm.recipes.patches`) and inputs (:mod:`farm.recipes.inputs`) are recorded there by path and
+sha256, and only when it has some. A script recipe may name a pinned build environment (``build.environment``) to
+build in instead of the host's /usr; that too is recorded only when given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from farm.errors import ErrorGroup, FarmError
 from farm.identity import digest_of
+from farm.recipes.inputs import Input, parse_inputs
 from farm.recipes.patches import Patch, parse_patches
 from farm.recipes.schema import (
     check_depends,
@@ -55,6 +59,7 @@ class Recipe:
     archive: tuple[tuple[tuple[str, str], ...], ...] = ()  # pins, each as sorted (key, value) pairs
     path: Path = Path("<memory>")
     patches: tuple[Patch, ...] = ()  # applied in order on top of the commit
+    inputs: tuple[Input, ...] = ()  # files the build reads at $INPUTS/<file>
 
     def content(self) -> dict[str, Any]:
         """What a build key and provenance record of the recipe: everything but where the file lies."""
@@ -68,6 +73,8 @@ class Recipe:
         build: dict[str, Any] = {"steps": list(self.steps), "env": dict(self.env)}
         if self.kind != "script":  # script recipes keep the content (and so the keys) they always had
             build |= {"kind": self.kind, "environment": self.environment, "archive": self.pins()}
+        elif self.environment:  # a script recipe in a pinned environment (none had one before: keys unchanged)
+            build["environment"] = self.environment
         content: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
@@ -79,6 +86,8 @@ class Recipe:
         }
         if self.patches:  # a recipe without patches keeps the content (and so the keys) it always had
             content["patches"] = [p.to_json() for p in self.patches]
+        if self.inputs:  # likewise for inputs
+            content["inputs"] = [i.to_json() for i in self.inputs]
         return content
 
     def pins(self) -> list[dict[str, str]]:
@@ -96,12 +105,18 @@ class Recipe:
         url = self.source.git
         if "://" in url or url.startswith(("git@", "/")):
             return url
-        return str((self.path.parent / url).resolve())
+        return _resolved(self.path.parent, url)
 
     @classmethod
     def from_content(cls, content: Mapping[str, Any], path: Path = Path("<memory>")) -> Recipe:
         """Rebuild a recipe from :meth:`content` (how workers receive it): its patches come pinned by digest."""
         return parse(dict(content), path, pinned=True)
+
+
+@lru_cache(maxsize=4096)
+def _resolved(directory: Path, url: str) -> str:
+    """``url`` resolved against ``directory``: once per pair, as a run of thousands of recipes shares a few."""
+    return str((directory / url).resolve())
 
 
 def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
@@ -128,6 +143,7 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
     env = parse_env(build, path, errors)
     kind, environment, pins = parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
     patches = parse_patches(data.get("patches", []), path, errors, pinned=pinned)
+    inputs = parse_inputs(data.get("inputs", []), path, errors, pinned=pinned)
     if errors:
         raise ErrorGroup(errors)
     ref = source.get("ref")
@@ -150,4 +166,5 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
         env=env,
         path=path,
         patches=patches,
+        inputs=inputs,
     )

@@ -19,10 +19,10 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from farm.errors import E, FarmError, RecipeError
 from farm.run import require_tool, run
@@ -42,6 +42,11 @@ class Patch:
     file: str  # as written in the recipe
     sha256: str
 
+    # What the file is to the recipe: its field, the word for it in messages, the error id of its problems.
+    FIELD: ClassVar[str] = "patches"
+    WHAT: ClassVar[str] = "patch"
+    CODE: ClassVar[str] = E.RECIPE_PATCH
+
     @property
     def name(self) -> str:
         return PurePosixPath(self.file).name
@@ -60,11 +65,11 @@ def locate(recipe_path: Path, file: str) -> Path | None:
     return None
 
 
-def _problem(path: Path, field: str, message: str, hint: str) -> FarmError:
-    return RecipeError(E.RECIPE_PATCH, message, hint=hint, file=path, field=field)
+def _problem(path: Path, field: str, message: str, hint: str, code: str = E.RECIPE_PATCH) -> FarmError:
+    return RecipeError(code, message, hint=hint, file=path, field=field)
 
 
-def _bad_path(file: str) -> str | None:
+def check_path(file: str) -> str | None:
     if file.startswith("/"):
         return "is absolute"
     if "\\" in file or "\0" in file:
@@ -77,29 +82,51 @@ def _bad_path(file: str) -> str | None:
 def parse_patches(value: Any, path: Path, errors: list[FarmError], *, pinned: bool = False) -> tuple[Patch, ...]:
     """The ``patches`` field. In a recipe file each entry is a path, read now for its digest; in a recipe's content
     (``pinned``, as a worker receives it) each is ``{file, sha256}``, whose bytes are checked when they are used."""
+    return parse_pinned(value, path, errors, Patch, pinned=pinned)
+
+
+P = TypeVar("P", bound=Patch)
+
+
+def parse_pinned(
+    value: Any,
+    path: Path,
+    errors: list[FarmError],
+    kind: type[P],
+    *,
+    pinned: bool = False,
+    bad_path: Callable[[str], str | None] = check_path,
+    example: str = EXAMPLE,
+) -> tuple[P, ...]:
+    """A list of files pinned by sha256 (``kind``: :class:`Patch`, or another class of the same shape naming its
+    field, word and error id), parsed as :func:`parse_patches` describes."""
     if not isinstance(value, list):
         return ()
-    found: list[Patch] = []
+    what, code = kind.WHAT, kind.CODE
+    hint = LOCATION_HINT.replace(EXAMPLE, example)
+    found: list[P] = []
     for i, entry in enumerate(value):
-        field = f"patches[{i}]"
+        field = f"{kind.FIELD}[{i}]"
         if pinned and isinstance(entry, dict):
             file, digest = entry.get("file"), entry.get("sha256")
             if set(entry) != {"file", "sha256"} or not isinstance(file, str) or not isinstance(digest, str):
-                errors.append(_problem(path, field, "a pinned patch is {file, sha256}", "rebuild the request"))
+                errors.append(
+                    _problem(path, field, f"a pinned {what} is {{file, sha256}}", "rebuild the request", code)
+                )
                 continue
-            if not SHA256_RE.fullmatch(digest) or _bad_path(file):
-                errors.append(_problem(path, field, f"'{file}' is not a pinned patch", "rebuild the request"))
+            if not SHA256_RE.fullmatch(digest) or bad_path(file):
+                errors.append(_problem(path, field, f"'{file}' is not a pinned {what}", "rebuild the request", code))
                 continue
-            found.append(Patch(file, digest))
+            found.append(kind(file, digest))
             continue
         if not isinstance(entry, str) or not entry:
             errors.append(
-                RecipeError(E.RECIPE_TYPE, "every entry must be a non-empty path", hint=EXAMPLE, file=path, field=field)
+                RecipeError(E.RECIPE_TYPE, "every entry must be a non-empty path", hint=example, file=path, field=field)
             )
             continue
-        why = _bad_path(entry)
+        why = bad_path(entry)
         if why:
-            errors.append(_problem(path, field, f"patch path '{entry}' {why}", LOCATION_HINT))
+            errors.append(_problem(path, field, f"{what} path '{entry}' {why}", hint, code))
             continue
         where = locate(path, entry)
         if where is None:
@@ -107,25 +134,29 @@ def parse_patches(value: Any, path: Path, errors: list[FarmError], *, pinned: bo
                 _problem(
                     path,
                     field,
-                    f"patch file '{entry}' does not exist (looked in {path.parent} and its parents)",
-                    LOCATION_HINT,
+                    f"{what} file '{entry}' does not exist (looked in {path.parent} and its parents)",
+                    hint,
+                    code,
                 )
             )
             continue
         try:
             data = where.read_bytes()
         except OSError as exc:
-            errors.append(_problem(path, field, f"patch file {where} is unreadable: {exc.strerror}", "fix its mode"))
+            errors.append(
+                _problem(path, field, f"{what} file {where} is unreadable: {exc.strerror}", "fix its mode", code)
+            )
             continue
-        found.append(Patch(entry, hashlib.sha256(data).hexdigest()))
+        found.append(kind(entry, hashlib.sha256(data).hexdigest()))
     if len({p.file for p in found}) != len(found):
-        errors.append(_problem(path, "patches", "lists a patch twice", "list each patch once, in the order to apply"))
+        again = f"list each {what} once" + (", in the order to apply" if kind.FIELD == "patches" else "")
+        errors.append(_problem(path, kind.FIELD, f"lists a {what} twice", again, code))
     return tuple(found)
 
 
 def read_local(patch: Patch, recipe_path: Path) -> bytes | None:
-    """The patch's bytes from next to the recipe, or None when it is not there; a file whose bytes are not the
-    recorded digest is refused (it changed after the build was planned)."""
+    """The file's bytes from next to the recipe, or None when it is not there; a file whose bytes are not the
+    recorded digest is refused (it changed after the build was planned). Any :class:`Patch`-shaped pinned file."""
     where = locate(recipe_path, patch.file)
     if where is None:
         return None
@@ -134,9 +165,10 @@ def read_local(patch: Patch, recipe_path: Path) -> bytes | None:
     if digest != patch.sha256:
         raise _problem(
             recipe_path,
-            "patches",
-            f"patch file {where} has sha256 {digest}, but {patch.sha256} was planned",
-            "the patch changed after planning: plan (rebuild) again",
+            patch.FIELD,
+            f"{patch.WHAT} file {where} has sha256 {digest}, but {patch.sha256} was planned",
+            f"the {patch.WHAT} changed after planning: plan (rebuild) again",
+            patch.CODE,
         )
     return data
 

@@ -2,27 +2,30 @@
 
 A commit is immutable, so once it is in the cache nothing is fetched again; the cache is only updated when a
 recipe names a commit it does not hold. Concurrent builds on one machine share the cache under a file lock.
+GitPython is imported where it is used: it costs ~50 ms, and a plan whose commits are all remembered never needs it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import logging
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import git
+from typing import TYPE_CHECKING
 
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.pack import safe_extract
+
+if TYPE_CHECKING:
+    import git
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class SourceCache:
             yield path
 
     def _mirror(self, url: str, path: Path) -> git.Repo:
+        import git
+
         try:
             if not path.exists():
                 with step("clone", log, url=url):
@@ -71,6 +76,8 @@ class SourceCache:
             raise _fetch_failed(f"cannot fetch {url}", exc, hint) from None
 
     def _has_commit(self, repo: git.Repo, commit: str) -> bool:
+        import git
+
         try:
             return repo.commit(commit).hexsha == commit
         except (ValueError, git.BadName, git.GitCommandError):
@@ -88,6 +95,8 @@ class SourceCache:
 
     def resolve(self, url: str, commit: str, ref: str | None = None, *, origin: str = "") -> ResolvedSource:
         """Make sure ``commit`` is cached; check ``ref`` against it; return its tree and time."""
+        import git
+
         url = self._local_url(url)
         where = origin or url
         with self._locked(url) as path:
@@ -113,6 +122,8 @@ class SourceCache:
             return ResolvedSource(url, commit, c.tree.hexsha, int(c.committed_date))
 
     def _check_ref(self, repo: git.Repo, ref: str, commit: str, where: str) -> None:
+        import git
+
         try:
             target = repo.commit(ref).hexsha
         except (ValueError, git.BadName, git.GitCommandError):
@@ -136,15 +147,17 @@ class SourceCache:
         )
 
     def export(self, url: str, commit: str, dest: Path, mtime: int) -> None:
-        """Write the commit's tree to ``dest`` (no .git), with every mtime set to ``mtime``."""
+        """Write the commit's tree to ``dest`` (no .git), with every mtime set to ``mtime``. The archive goes
+        through a temporary file beside ``dest``, not memory: a kernel tree is 1.5 GB."""
+        import git
+
         url = self._local_url(url)
-        with self._locked(url) as path:
-            repo = git.Repo(path)
-            data = io.BytesIO()
-            repo.archive(data, commit, format="tar")
-        data.seek(0)
         dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=data) as tar:
-            safe_extract(tar, dest, "source file")
+        with tempfile.TemporaryFile(dir=dest.parent, prefix=".export-") as data:
+            with self._locked(url) as path:
+                git.Repo(path).archive(data, commit, format="tar")
+            data.seek(0)
+            with tarfile.open(fileobj=data) as tar:
+                safe_extract(tar, dest, "source file")
         for p in [dest, *dest.rglob("*")]:
             os.utime(p, (mtime, mtime), follow_symlinks=False)

@@ -74,8 +74,10 @@ class Store(ABC):
     url: str
 
     @abstractmethod
-    def put_file(self, path: Path) -> Artifact:
-        """Store a file's bytes; returns its digest and size (name is the file's name)."""
+    def put_file(self, path: Path, *, sha256: str | None = None) -> Artifact:
+        """Store a file's bytes; returns its digest and size (name is the file's name). ``sha256``: the file's
+        digest when the caller has it (computed while writing the file), so the store can read the file once; a
+        digest that is not the file's stores nothing and raises E-STORE-CORRUPT."""
 
     @abstractmethod
     def put_bytes(self, data: bytes) -> str: ...
@@ -100,6 +102,11 @@ class Store(ABC):
 
     @abstractmethod
     def get_record(self, build_key: str) -> BuildRecord | None: ...
+
+    def get_records(self, build_keys: Iterable[str]) -> dict[str, BuildRecord | None]:
+        """The records of these keys (None where there is none): one call for a whole level of a plan, which a
+        store with per-request latency answers concurrently."""
+        return {k: self.get_record(k) for k in dict.fromkeys(build_keys)}
 
     @abstractmethod
     def keys_present(self, build_keys: Iterable[str]) -> set[str]:

@@ -70,7 +70,7 @@ class LocalStore(Store):
         _fsync_dir(final.parent)
         return True
 
-    def _put_stream(self, src: IO[bytes]) -> tuple[str, int]:
+    def _put_stream(self, src: IO[bytes], expect: str | None = None) -> tuple[str, int]:
         with self._staging() as (fh, tmp):
             h = hashlib.sha256()
             size = 0
@@ -82,12 +82,20 @@ class LocalStore(Store):
             os.fsync(fh.fileno())
             os.chmod(tmp, 0o444)
             digest = h.hexdigest()
+            if expect is not None and digest != expect:
+                raise StoreError(
+                    E.STORE_CORRUPT,
+                    f"a file to be stored as blob {expect} hashes to {digest}",
+                    hint="nothing was stored; give the store the digest of exactly the file's bytes",
+                )
             self._publish(tmp, self._blob_path(digest))
         return digest, size
 
-    def put_file(self, path: Path) -> Artifact:
+    def put_file(self, path: Path, *, sha256: str | None = None) -> Artifact:
+        if sha256 is not None:
+            check_digest(sha256)
         with path.open("rb") as src:
-            digest, size = self._put_stream(src)
+            digest, size = self._put_stream(src, sha256)
         return Artifact(name=path.name, digest=digest, size=size, executable=os.access(path, os.X_OK))
 
     def put_bytes(self, data: bytes) -> str:

@@ -8,12 +8,12 @@ Layout under ``s3://BUCKET/PREFIX``::
     index/commit/<sha>/<key>
 
 S3 makes an object visible whole or not at all (PutObject and CompleteMultipartUpload are atomic), so no
-staging area is needed. A small blob (up to one part) is read into memory, hashed and put with If-None-Match.
-A large file is hashed first, then sent as a multipart upload straight to its final name and hashed again on
-the way; the upload stays invisible until it is completed (again with If-None-Match), and any failure, or a file
-that changed between the two reads, aborts it. That is simpler and cheaper than uploading to a temporary name
-and copying: no second server-side write, no 5 GiB CopyObject limit, no orphaned temporary objects after a
-crash (an interrupted multipart upload is invisible; a bucket lifecycle rule ``AbortIncompleteMultipartUpload``
+staging area is needed: a blob goes straight to its final name, a small one (up to one part) as one PUT with
+If-None-Match, a large one as a multipart upload completed with If-None-Match (:mod:`farm.store.s3_multipart`).
+``put_file(path, sha256=...)`` reads the file once when the caller has its digest; without it the file is hashed
+first (S3 needs the name before the first byte). That is simpler and cheaper than uploading to a temporary name
+and copying: no second server-side write, no 5 GiB CopyObject limit, no orphaned temporary objects after a crash
+(an interrupted multipart upload is invisible; a bucket lifecycle rule ``AbortIncompleteMultipartUpload``
 reclaims its parts), and a blob already present costs one HEAD request, not an upload.
 
 Endpoint, region and credentials come from boto3's usual chain (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
@@ -62,7 +62,7 @@ from farm.store.s3_errors import (
     no_bucket,
     status,
 )
-from farm.store.s3_multipart import MiB, first_pass, put_large, read_blob
+from farm.store.s3_multipart import MiB, put_stream, read_blob
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -239,27 +239,18 @@ class S3Store(Store):
         check_digest(digest)
         return f"{self.prefix}blobs/sha256/{digest[:2]}/{digest}"
 
-    def _put_fileobj(self, fh: io.BufferedIOBase, what: str) -> tuple[str, int]:
-        """Store the bytes of ``fh`` (seekable when larger than a part); returns (digest, size).
+    def _put_fileobj(self, fh: io.BufferedIOBase, what: str, sha256: str | None = None) -> tuple[str, int]:
+        """Store the bytes of ``fh`` (:func:`~farm.store.s3_multipart.put_stream`); returns (digest, size)."""
+        with self._errors():
+            return put_stream(self, fh, what, sha256)
 
-        A file of one part is one conditional PUT; a larger one is a multipart upload (:func:`first_pass`).
-        """
-        first = first_pass(fh, self.part_size, self.max_concurrency)
-        if first.single:
-            self.ready()
-            self.put_if_absent(self.blob_key(first.digest), first.kept[0] if first.kept else b"", sha256=first.digest)
-        else:
-            put_large(self, fh, first, what)
-        return first.digest, first.size
-
-    def put_file(self, path: Path) -> Artifact:
+    def put_file(self, path: Path, *, sha256: str | None = None) -> Artifact:
         with self._errors(), path.open("rb") as fh:
-            digest, size = self._put_fileobj(fh, str(path))
+            digest, size = self._put_fileobj(fh, str(path), sha256)
         return Artifact(name=path.name, digest=digest, size=size, executable=os.access(path, os.X_OK))
 
     def put_bytes(self, data: bytes) -> str:
-        with self._errors():
-            return self._put_fileobj(io.BytesIO(data), "the bytes")[0]
+        return self._put_fileobj(io.BytesIO(data), "the bytes")[0]
 
     def has_blob(self, digest: str) -> bool:
         key = self.blob_key(digest)
@@ -358,6 +349,10 @@ class S3Store(Store):
                 f"record {build_key} in {self.url} is unreadable: {exc}",
                 hint="records are immutable; restore it from a backup or rebuild with --force",
             ) from None
+
+    def get_records(self, build_keys: Iterable[str]) -> dict[str, BuildRecord | None]:
+        keys = list(dict.fromkeys(build_keys))
+        return dict(zip(keys, self._fan_out(self.get_record, keys), strict=True))
 
     def keys_present(self, build_keys: Iterable[str]) -> set[str]:
         keys = list(dict.fromkeys(build_keys))

@@ -1,8 +1,16 @@
-"""Large blobs in S3: the multipart upload of a file that is hashed as it is read, and the resumable download.
+"""Blobs in S3: uploads that are hashed as they are read, and the resumable download.
 
-An upload goes straight to the blob's final name and stays invisible until it is completed with If-None-Match: *;
-any failure, or a file that changed between the first read (which named it) and the second (which sent it),
-aborts it. A download that breaks off resumes at its offset, from the same object (by ETag).
+A blob is named by its sha256, and S3 needs an object's name before its first byte, so how many times a file is
+read depends on whether the caller knows its digest:
+
+- given (``sha256=``, e.g. computed by whoever wrote the file while writing it): one pass. The file is sent straight
+  to its final name and hashed on the way; the upload is completed only if what was sent hashes to that digest.
+- not given: a first pass hashes the file (keeping its first parts in memory); the upload then reads the rest
+  again, hashing it on from there, so a file that changed in between is never stored under a name it does not have.
+
+A file of one part is one conditional PUT. A larger one is a multipart upload that stays invisible until it is
+completed with If-None-Match: *, and any failure or mismatch aborts it. A download that breaks off resumes at its
+offset, from the same object (by ETag).
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ class Bucket(Protocol):
     def ready(self) -> None: ...
     def exists(self, key: str) -> bool: ...
     def blob_key(self, digest: str) -> str: ...
+    def put_if_absent(self, key: str, body: bytes | bytearray, content_type: str = ..., sha256: str = ...) -> bool: ...
 
 
 def read_part(fh: io.BufferedIOBase, size: int, h: hashlib._Hash) -> bytearray:
@@ -83,6 +92,7 @@ class FirstPass:
     kept: list[bytearray]
     resume: hashlib._Hash
     single: bool = False  # the whole file fits in one part, kept[0] (or is empty)
+    claimed: bool = False  # digest and size are the caller's, still to be checked against the rest of the file
 
 
 def first_pass(fh: io.BufferedIOBase, part_size: int, keep: int) -> FirstPass:
@@ -112,11 +122,56 @@ def first_pass(fh: io.BufferedIOBase, part_size: int, keep: int) -> FirstPass:
     return FirstPass(digest=h.hexdigest(), size=size, kept=kept, resume=resume)
 
 
+def claimed_pass(fh: io.BufferedIOBase, part_size: int, digest: str, size: int) -> FirstPass:
+    """The start of a file whose digest and size the caller gives: only its first part is read (a file of one part
+    is then hashed whole; a larger one is hashed as the upload reads the rest, and checked at the end)."""
+    h = hashlib.sha256()
+    part = read_part(fh, part_size, h)
+    if len(part) < part_size:
+        return FirstPass(digest=h.hexdigest(), size=len(part), kept=[part] if part else [], resume=h, single=True)
+    return FirstPass(digest=digest, size=size, kept=[part], resume=h, claimed=True)
+
+
+def mismatch(what: str, url: str, named: tuple[str, int], read: tuple[str, int]) -> StoreError:
+    return StoreError(
+        E.STORE_CORRUPT,
+        f"{what} is not the blob it was to be stored as in {url} ({named[1]} bytes hashing to {named[0]}, but "
+        f"{read[1]} bytes hashing to {read[0]} were read)",
+        hint="nothing was stored; do not modify files while they are being stored, and give the store the digest "
+        "of exactly the file's bytes",
+    )
+
+
+def put_stream(store: Bucket, fh: io.BufferedIOBase, what: str, sha256: str | None = None) -> tuple[str, int]:
+    """Store the bytes of ``fh`` (seekable when larger than a part) as a blob; returns (digest, size).
+
+    ``sha256``: the bytes' digest, when the caller has it: then ``fh`` is read once (see the module docstring) and a
+    wrong digest stores nothing (E-STORE-CORRUPT)."""
+    if sha256 is None:
+        first = first_pass(fh, store.part_size, store.max_concurrency)
+    else:
+        store.blob_key(sha256)  # a malformed digest is refused before anything is read
+        size = fh.seek(0, io.SEEK_END)  # to size the parts; what counts is the digest of what is read
+        fh.seek(0)
+        first = claimed_pass(fh, store.part_size, sha256, size)
+        if first.single and first.digest != sha256:
+            raise mismatch(what, store.url, (sha256, first.size), (first.digest, first.size))
+    if first.single:
+        store.ready()
+        body = first.kept[0] if first.kept else b""
+        store.put_if_absent(store.blob_key(first.digest), body, sha256=first.digest)
+    else:
+        put_large(store, fh, first, what)
+    return first.digest, first.size
+
+
 def put_large(store: Bucket, fh: io.BufferedIOBase, first: FirstPass, what: str) -> None:
     """Store the file ``fh`` named by ``first`` as a multipart upload, unless the blob is there already."""
     key = store.blob_key(first.digest)
     store.ready()
     if store.exists(key):
+        if first.claimed:  # nothing to send, but the caller's digest must still be the file's
+            _check_rest(fh, first, what, store.url)
         return
     if store.checksums:
         created = store.call(
@@ -129,16 +184,23 @@ def put_large(store: Bucket, fh: io.BufferedIOBase, first: FirstPass, what: str)
     try:
         parts, got_digest, got_size = _upload_parts(store, fh, key, upload_id, first)
         if (got_digest, got_size) != (first.digest, first.size):
-            raise StoreError(
-                E.STORE_CORRUPT,
-                f"{what} changed while it was being stored in {store.url} ({first.size} bytes hashing to "
-                f"{first.digest}, then {got_size} bytes hashing to {got_digest})",
-                hint="nothing was stored; do not modify build outputs while they are being stored",
-            )
+            raise mismatch(what, store.url, (first.digest, first.size), (got_digest, got_size))
         completed = _complete(store, key, upload_id, parts)
     finally:
         if not completed:
             _abort(store, key, upload_id)
+
+
+def _check_rest(fh: io.BufferedIOBase, first: FirstPass, what: str, url: str) -> None:
+    h = first.resume.copy()
+    size = sum(len(p) for p in first.kept)
+    fh.seek(size)
+    with memoryview(bytearray(CHUNK)) as buf:
+        while n := fh.readinto(buf):
+            h.update(buf[:n])
+            size += n
+    if (h.hexdigest(), size) != (first.digest, first.size):
+        raise mismatch(what, url, (first.digest, first.size), (h.hexdigest(), size))
 
 
 def _upload_parts(

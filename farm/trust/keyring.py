@@ -7,16 +7,20 @@ and read in :mod:`farm.trust.keys`; this module changes them. A revoked key cann
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from farm.errors import E, FarmError, TrustError
 from farm.fsutil import atomic_write
+from farm.settings import Settings
 from farm.store import BuildRecord, Store
 from farm.trust import keys as keymod
 from farm.trust.keys import KEYID, Revocation, revocations, revoked_path
+from farm.trust.memo import MemoKeys, ProvenanceMemo, keyring_digest, memo_path, record_digest
 from farm.trust.provenance import verify_envelope
 
 
@@ -71,7 +75,13 @@ def listing(keys_dir: Path, trusted_dir: Path) -> list[dict[str, Any]]:
 
 
 def check_published(
-    store: Store, build_key: str, trusted: Sequence[keymod.PublicKey], expected: Mapping[str, str] | None = None
+    store: Store,
+    build_key: str,
+    trusted: Sequence[keymod.PublicKey],
+    expected: Mapping[str, str] | None = None,
+    *,
+    record: BuildRecord | None = None,
+    memo: ProvenanceMemo | None = None,
 ) -> BuildRecord:
     """The store's record of ``build_key``, checked against its signed provenance and the keyring.
 
@@ -79,6 +89,11 @@ def check_published(
     unrevoked builder key, be about this build key, and name exactly the artifacts the record lists, each with the
     same sha256; and when ``expected`` (name -> sha256, e.g. what the coordinator passed) is given, those too. So a
     swapped index entry or blob is refused before anything uses it. Raises E-ARTIFACT-REFUSED / E-KEY-REVOKED.
+
+    ``record``: the record the caller has just read from ``store`` for this key (checked instead of reading it
+    again, so that what is checked is what the caller uses). ``memo`` (by default the one ``trusted`` carries, see
+    :class:`~farm.trust.memo.MemoKeys`): a check that passed before for the same record bytes, envelope and keyring
+    is not repeated; one that passes now is remembered.
     """
 
     def refuse(why: str) -> FarmError:
@@ -88,11 +103,40 @@ def check_published(
             hint="the store or its index was tampered with, or the builder is not trusted; investigate before use",
         )
 
-    record = store.get_record(build_key)
+    if record is None:
+        record = store.get_record(build_key)
     if record is None:
         raise refuse("it has no record")
+    if record.build_key != build_key:
+        raise refuse(f"its record is about build {record.build_key[:16]}...")
     if not record.provenance:
         raise refuse("it has no signed provenance")
+    if memo is None and isinstance(trusted, MemoKeys):
+        memo = trusted.memo
+    if memo is None:
+        _verify_provenance(store, build_key, record, trusted, refuse)
+    else:
+        ring = trusted.digest if isinstance(trusted, MemoKeys) else keyring_digest(trusted)
+        row = (build_key, record_digest(record), record.provenance, ring)
+        if not memo.seen(*row):
+            _verify_provenance(store, build_key, record, trusted, refuse)
+            memo.remember(*row)
+    subjects = record.outputs()  # equal to the signed subjects: checked now, or when the memo's row was written
+    for name, digest in (expected or {}).items():
+        if subjects.get(name) != digest:
+            raise refuse(f"'{name}' is {digest[:16]}..., but the signed provenance says {subjects.get(name)}")
+    return record
+
+
+def _verify_provenance(
+    store: Store,
+    build_key: str,
+    record: BuildRecord,
+    trusted: Sequence[keymod.PublicKey],
+    refuse: Callable[[str], FarmError],
+) -> None:
+    """Check ``record``'s envelope: signed by a trusted, unrevoked key, about ``build_key``, naming exactly the
+    record's artifacts."""
     try:
         envelope = json.loads(store.get_bytes(record.provenance))
         verified = verify_envelope(envelope, trusted)
@@ -105,10 +149,50 @@ def check_published(
     params = verified.statement.get("predicate", {}).get("buildDefinition", {}).get("internalParameters", {})
     if not isinstance(params, dict) or params.get("buildKey") != build_key:
         raise refuse("its provenance is about another build")
-    subjects = verified.subjects()
-    if subjects != record.outputs():
+    if verified.subjects() != record.outputs():
         raise refuse("the record's artifacts are not the ones its provenance signs")
-    for name, digest in (expected or {}).items():
-        if subjects.get(name) != digest:
-            raise refuse(f"'{name}' is {digest[:16]}..., but the signed provenance says {subjects.get(name)}")
-    return record
+
+
+class LiveKeyring:
+    """The farm's keyring as its files are now, with the farm's provenance memo: calling it returns the trusted keys
+    (:class:`~farm.trust.memo.MemoKeys`), read again whenever one of the key files changed (a revocation included),
+    so a check never uses a keyring older than the files. Checking the files costs a few ``stat`` calls."""
+
+    def __init__(self, keys_dir: Path, trusted_dir: Path, memo: ProvenanceMemo) -> None:
+        self.keys_dir, self.trusted_dir, self.memo = keys_dir, trusted_dir, memo
+        self._files: tuple[tuple[object, ...], ...] | None = None
+        self._keys: MemoKeys | None = None
+        self._lock = threading.Lock()
+
+    def _signature(self) -> tuple[tuple[object, ...], ...]:
+        """What identifies the keyring files' contents: each file's inode, size, mtime and ctime (ns)."""
+        entries: list[tuple[object, ...]] = []
+        for path in (self.keys_dir / keymod.PUBLIC_NAME, revoked_path(self.keys_dir)):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                entries.append((path.name,))
+                continue
+            entries.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        try:
+            with os.scandir(self.trusted_dir) as found:
+                for entry in found:
+                    if entry.name.endswith(".pem"):
+                        st = entry.stat()
+                        entries.append((f"trusted/{entry.name}", st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        except FileNotFoundError:
+            pass
+        return tuple(sorted(entries, key=str))
+
+    def __call__(self) -> MemoKeys:
+        files = self._signature()
+        with self._lock:
+            if self._keys is None or files != self._files:
+                keys = keymod.trusted_keys(self.keys_dir, self.trusted_dir)
+                self._keys, self._files = MemoKeys(keys, self.memo), files
+            return self._keys
+
+
+def farm_keyring(settings: Settings) -> LiveKeyring:
+    """This farm's keyring (``keys/``, ``keys/trusted/``, ``keys/revoked.json``) with its memo under the cache."""
+    return LiveKeyring(settings.keys_dir, settings.trusted_keys_dir, ProvenanceMemo(memo_path(settings)))

@@ -2,7 +2,7 @@
 streamed with its digest checked on the way out). Errors are JSON ``{"error": {code, message, hint}}`` with the ids
 of :mod:`farm.errors`; nothing reaches a client as a traceback.
 
-Everything is read-only: the coordinator here has no dispatcher and is only asked for views.
+Everything is read-only: the routes read the coordinator's state through :mod:`farm.coordinator.views`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from farm.coordinator.engine import Coordinator, Dispatcher
 from farm.coordinator.kv import KV
 from farm.coordinator.runs import RunStore
-from farm.coordinator.views import run_rows, worker_rows
+from farm.coordinator.views import StatusQuery, run_rows, run_status, slots, worker_rows
 from farm.errors import E, FarmError, StoreError
 from farm.store import Artifact, BuildRecord, Store
 from farm.trust.fetch import records_for
@@ -53,6 +52,7 @@ HTTP_STATUS = {
     E.STORE_MISSING: 404,
     E.WEB_NOT_FOUND: 404,
     E.WEB_REQUEST: 400,
+    E.STATUS_QUERY: 400,
     E.FETCH_AMBIGUOUS: 409,
     E.STATE_UNREACHABLE: 503,
     E.STORE_UNREACHABLE: 503,
@@ -140,22 +140,18 @@ def _static(name: str) -> bytes:
     return resources.files("farm.web").joinpath("static", name).read_bytes()
 
 
-def _no_dispatcher() -> Dispatcher:
-    raise FarmError(E.WEB_REQUEST, "the web view is read-only", hint="use the mangos-farm CLI to change the farm")
-
-
 Route = Callable[..., Response]
 
 
 class WebApp:
     """The routes over one coordinator state (KV) and one store."""
 
-    def __init__(self, kv: KV, store: Store, *, lease_timeout: float = 30.0) -> None:
+    def __init__(self, kv: KV, store: Store, *, lease_timeout: float = 30.0, aging: float = 600.0) -> None:
         self.kv = kv
         self.store = store
         self.lease_timeout = lease_timeout
+        self.aging = aging
         self.runs = RunStore(kv)
-        self.coordinator = Coordinator(kv, store, _no_dispatcher)
         self.chunk = CHUNK
         self.page = _static("index.html")
         self.assets = {name: _static(name) for name in STATIC}
@@ -233,7 +229,19 @@ class WebApp:
         return json_response(run_rows(self.runs))
 
     def api_run(self, run_id: str, *, query: dict[str, list[str]]) -> Response:
-        return json_response(self.coordinator.status(self._run_id(run_id)))
+        """The run as ``status --json`` shows it; ``state``, ``lane``, ``name``, ``limit`` and ``page`` select
+        builds as the command's flags do (no ``limit``: every build selected)."""
+        wanted = StatusQuery.parse(
+            state=_one(query, "state"),
+            lane=_one(query, "lane"),
+            name=_one(query, "name"),
+            limit=_one(query, "limit"),
+            page=_one(query, "page"),
+        )
+        status = run_status(
+            self.runs, self._run_id(run_id), wanted, slots=slots(self.kv, self.lease_timeout), aging=self.aging
+        )
+        return json_response(status)
 
     def api_workers(self, *, query: dict[str, list[str]]) -> Response:
         return json_response(worker_rows(self.kv, self.lease_timeout))

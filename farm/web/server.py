@@ -134,7 +134,12 @@ def make_server(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -
     from farm.coordinator.kv import open_kv
     from farm.store import open_store
 
-    app = WebApp(open_kv(settings.state_url), open_store(settings.store_url), lease_timeout=settings.lease_timeout)
+    app = WebApp(
+        open_kv(settings.state_url),
+        open_store(settings.store_url),
+        lease_timeout=settings.lease_timeout,
+        aging=settings.aging,
+    )
     cls = FarmHTTPServer6 if ":" in host else FarmHTTPServer
     try:
         return cls((host, port), app)

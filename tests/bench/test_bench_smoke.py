@@ -20,7 +20,7 @@ import pytest
 from tests.lib.cli import REPO, clean_env
 from tests.lib.tools import require
 
-BENCHES = ["bench_overhead", "bench_sched", "bench_plan", "bench_s3", "bench_debian", "bench_image"]
+BENCHES = ["bench_overhead", "bench_sched", "bench_plan", "bench_s3", "bench_debian", "bench_image", "bench_archive"]
 
 
 def bench(name: str, *args: str, ok_codes: tuple[int, ...] = (0,), timeout: float = 120) -> dict[str, Any]:
@@ -74,20 +74,25 @@ def test_overhead() -> None:
         "execute_build in process / farm bwrap of true",
     }
     assert all(positive(v) for v in r["ratios"].values())
+    assert positive(r["redis_commands_per_build"]) and positive(r["broker_commands_per_build"])
+    assert set(fleet["state_commands"]["by_connection"]) >= {"coordinator", "w1"}  # named, so attributed
+    assert {"celery_redis: dispatch -> start", "  limits (under limits - bare)"} <= set(r["overhead_split_ms"])
 
 
 @pytest.mark.e2e
 def test_sched() -> None:
     for tool in ("git", "bwrap", "redis-server"):
         require(tool)
-    args = ("--builds", "12", "--slots", "2", "--concurrency", "2", "--time-scale", "0.1", "--poll", "0.2")
-    r = bench("bench_sched", *args)
-    assert r["dag"]["builds"] == 12 and positive(r["lower_bound_s"])
-    assert positive(r["measured"]["makespan_s"]) and r["measured"]["registered_slots"] == 2
-    assert positive(r["ratio"]) and isinstance(r["meets_target"], bool)
-    ours = r["simulated"]["ours as implemented (lane+aging, then critical path in builds)"]
-    assert ours["ratio"] >= 1.0  # no schedule beats the lower bound
-    assert any("measured mean slot overhead" in k for k in r["simulated"])
+    args = ("--seeds", "2", "--builds", "12", "--slots", "2", "--concurrency", "2", "--time-scale", "0.1")
+    r = bench("bench_sched", *args, "--poll", "0.2")
+    assert [s["seed"] for s in r["seeds"]] == [r["args"]["seed"], r["args"]["seed"] + 1]
+    for s in r["seeds"]:
+        assert s["dag"]["builds"] == 12 and positive(s["lower_bound_s"])
+        assert positive(s["measured"]["makespan_s"]) and s["measured"]["registered_slots"] == 2
+        assert s["policy_ratio"] >= 1.0  # no schedule beats the lower bound
+        assert any("measured mean slot overhead" in k for k in s["simulated"])
+    assert positive(r["ratio"]) and r["worst_ratio"] >= r["ratio"] and isinstance(r["meets_target"], bool)
+    assert set(r["summary"]) == {"policy_sim", "policy_sim_plus_measured_overhead", "measured"}
 
 
 @pytest.mark.e2e
@@ -125,3 +130,18 @@ def test_image_check_inputs(tmp_path: Path) -> None:
     assert r["check_inputs"]["packages"] > 0 and positive(r["check_inputs"]["seconds"])
     assert r["total_seconds"] is None and "ratio_build_to_input_check" in r
     assert (tmp_path / "home" / "release" / "verity.key").is_file()  # the set-up made the release keys
+
+
+@pytest.mark.e2e
+def test_archive() -> None:
+    from tests.integration.apt_sources import require_deb_src
+
+    require_deb_src("bwrap", "redis-server")
+    args = ("--limit", "40", "--dispatches", "6", "--workers", "1", "--concurrency", "2", "--arches", "amd64,arm64")
+    r = bench("bench_archive", *args, "--phase-timeout", "60", ok_codes=(0, 1))  # 1: a target missed
+    assert r["graph"]["sources"] == 40 and r["plan"]["builds"] == 40 and r["pending"]["first"] == 40
+    assert r["dispatch"]["first"]["reached"] and r["dispatch"]["second"]["reached"]
+    for key in ("plan_s", "submit_s", "dispatch_p99_ms_35k", "coordinator_rss_bytes", "state_redis_commands_per_build"):
+        assert positive(r["figures"][key]), key
+    assert r["cancel"]["dispatched_after_cancel"] <= r["fleet"]["slots"]  # at most a tick begun before it
+    assert {run["status"] for run in r["cancel"]["runs"].values()} == {"cancelled"}

@@ -5,13 +5,14 @@ its store is the pinned environment's, a local directory). The archive is a loca
 to the real apt (:mod:`tests.lib.debarchive`): ``xx 1.0-1`` in bookworm, ``xx 1.0-1+deb12u1`` in
 bookworm-security (the issue's ``x``: a recipe's source name has two characters at least). The recipes: ``xx``
 imported at 1.0-1 (a real Debian build in the pinned environment) and ``y``, a git recipe that build-depends on
-it. While a rebuild-lane run of slow git builds holds the slot, ``recipes update --queue`` re-imports xx at the
-security version and queues xx and y on the security lane; both start before every rebuild-lane build that had
-not yet been dispatched when the security run was queued.
+it. While a rebuild-lane run of git builds holds the slot (its build held at a gate until the security run is
+queued), ``recipes update --queue`` re-imports xx at the security version and queues xx and y on the security
+lane; both start before every rebuild-lane build that had not yet been dispatched when the security run was queued.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tomllib
 import urllib.request
@@ -27,6 +28,7 @@ from tests.e2e.fleet import E2E_ENV
 from tests.integration.conftest import Made, made_env  # noqa: F401 - the session's pinned environment
 from tests.lib.debarchive import LocalArchive
 from tests.lib.fleet import Fleet
+from tests.lib.recipes import gate_step
 from tests.lib.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -37,12 +39,17 @@ REASON = f"security update xx 1.0-1 → {SECURITY}"
 
 @pytest.fixture
 def local_fleet(tmp_path: Path, redis_server: RedisServer, made_env: Made) -> Iterator[Fleet]:  # noqa: F811
-    """A fleet on a clean Redis whose store holds the pinned environment; the client home has its record."""
+    """A fleet on a clean Redis whose store holds the pinned environment; the client home has its record.
+
+    The store is this test's own: the session's environment blobs linked in, none of the records other builds of
+    the session published (a record of xx signed by another fleet's key would be refused here)."""
     redis_server.restart()
     client = redis_server.client()
     client.flushall()
     client.close()
-    fleet = Fleet(tmp_path / "fleet", redis_server, made_env.store.url, E2E_ENV)
+    store = tmp_path / "store"
+    shutil.copytree(Path(made_env.store.url) / "blobs", store / "blobs", copy_function=os.link)
+    fleet = Fleet(tmp_path / "fleet", redis_server, str(store), E2E_ENV)
     (fleet.client_home / "envs").mkdir(parents=True, exist_ok=True)
     shutil.copy(made_env.records_dir / "bookworm-amd64.json", fleet.client_home / "envs")
     fleet.start_coordinator()
@@ -91,12 +98,12 @@ def test_security_update_is_reimported_and_overtakes_a_running_rebuild(
     slow_repo, slow_commit = make_repo("slow-src", {"data": "r\n"})
     for i in range(5):
         write_recipe(
-            slow, f"r{i}", git_url=str(slow_repo), commit=slow_commit, steps=["sleep 6", f'echo {i} > "$OUT/r{i}"']
+            slow, f"r{i}", git_url=str(slow_repo), commit=slow_commit, steps=[gate_step(), f'echo {i} > "$OUT/r{i}"']
         )
 
     fleet.wait_workers(1)
     big = fleet.cli("rebuild", str(slow), "--lane", "rebuild").stdout.strip()
-    fleet.wait_for("the rebuild-lane run to hold the slot", lambda: fleet.status(big)["summary"]["running"] == 1)
+    (holding,) = fleet.wait_held(1)  # the rebuild-lane run holds the slot until the security run is queued
 
     report = fleet.json("recipes", "update", "--dir", str(recipes), "--queue")
     by_name = {r["recipe"]: r for r in report["recipes"]}
@@ -119,18 +126,21 @@ def test_security_update_is_reimported_and_overtakes_a_running_rebuild(
         "the security update counted", lambda: gauges(port).get('mangos_recipes_behind_archive{kind="security"}')
     )
 
-    done = fleet.wait_run(queued["run"], timeout=900)
+    assert builds(fleet.status(big))[holding.recipe]["state"] == "running"
+    assert holding.open()
+    with fleet.gates.opened():
+        done = fleet.wait_run(queued["run"], timeout=900)
+        rebuild = fleet.wait_run(big, timeout=900)
     failed = {b["recipe"]: (b.get("error"), b.get("log_tail")) for b in done["builds"] if b["state"] != "built"}
     assert done["ok"], (failed, fleet.logs())
     assert {n: (b["state"], b["version"]) for n, b in builds(done).items()} == {
         "xx": ("built", SECURITY),
         "y": ("built", "1.0"),
     }
-    rebuild = fleet.wait_run(big, timeout=900)
     assert rebuild["ok"], rebuild
     # Every rebuild-lane build not yet dispatched when the security run was queued started after both security builds.
     waiting_then = [b for b in rebuild["builds"] if b["dispatched_at"] > security["created"]]
-    assert waiting_then, rebuild  # the rebuild was still under way
+    assert len(waiting_then) == 4, rebuild  # all but the one holding the slot
     last_security = max(b["started_at"] for b in done["builds"])
     assert all(b["started_at"] > last_security for b in waiting_then), (done["builds"], waiting_then)
     held = [b for b in rebuild["builds"] if b["dispatched_at"] <= security["created"]]

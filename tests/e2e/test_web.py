@@ -19,10 +19,10 @@ from urllib.request import urlopen
 
 import pytest
 
-from tests.conftest import MakeRepo, require, write_recipe
+from tests.conftest import MakeRepo, write_recipe
 from tests.e2e.conftest import CLI, REPO
 from tests.e2e.fleet import Fleet
-from tests.store.conftest import require_module
+from tests.web.browser import chromium
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -61,42 +61,10 @@ def web(fleet: Fleet) -> Iterator[str]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    chromium = require("chromium")
-    chromedriver = require("chromedriver")
-    require_module("selenium", "selenium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",  # we run as root
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",  # no connections to the outside (refused here anyway)
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium' / 'profile'}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    (tmp_path / "chromium").mkdir()
-    options.add_experimental_option(
-        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
-    )
-    # An explicit driver path: selenium never runs its own driver/browser download (Selenium Manager).
-    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromium" / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    with chromium(tmp_path / "chromium", downloads) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def text(browser: WebDriver, css: str) -> str:

@@ -4,23 +4,102 @@ worker`` processes, each with its own home (as if on its own machine), driven th
 Every process runs in its own session and is stopped by its process-group id. The client home (where the CLI
 runs) generates the keys; each process gets the builder pair and the coordinator's public key, the coordinator
 its private key too (:mod:`tests.lib.keys`).
+
+Tests wait for events, never for time: a recipe with a :func:`~tests.lib.recipes.gate_step` holds its build on
+the worker until the test opens the gate (:class:`Gates`), and the processes' own state (``status --json``,
+``workers --json``, /metrics) says when something has happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.lib.cli import CLI, run_cli
 from tests.lib.keys import install_fleet_keys
+from tests.lib.recipes import GATE_HELD, GATE_OPEN
 from tests.lib.redis_server import RedisServer
 from tests.lib.tools import free_port
+
+
+@dataclass(frozen=True)
+class Held:
+    """A build held at its gate: ``recipe`` on the worker whose home is ``root/worker``, in the build directory
+    ``src``."""
+
+    worker: str
+    recipe: str
+    src: Path
+
+    def open(self) -> bool:
+        """Let the build go on; False if its build directory is gone (the build ended, or its worker died)."""
+        try:
+            (self.src / GATE_OPEN).touch()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class Gates:
+    """The gated builds (:func:`~tests.lib.recipes.gate_step`) of the workers whose homes are under ``root``.
+
+    A build is held from the moment its gate step starts until the test opens its gate. A build directory of a
+    killed worker stays on disk, so its build keeps looking held: filter by worker when that matters.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def held(self, recipe: str = "*", worker: str = "*") -> list[Held]:
+        """The builds held now (of ``recipe`` on ``worker``: glob patterns), oldest first."""
+        found = []
+        for marker in self.root.glob(f"{worker}/work/{recipe}-*/src/{GATE_HELD}"):
+            src = marker.parent
+            if not (src / GATE_OPEN).exists():
+                found.append(Held(src.parents[2].name, src.parent.name.rsplit("-", 1)[0], src))
+        return sorted(found, key=lambda h: _mtime(h.src / GATE_HELD))
+
+    def release(self, recipe: str = "*", worker: str = "*") -> list[Held]:
+        """Open the gate of every build held now; those opened."""
+        return [h for h in self.held(recipe, worker) if h.open()]
+
+    @contextlib.contextmanager
+    def opened(self, recipe: str = "*", worker: str = "*", interval: float = 0.05) -> Iterator[None]:
+        """Within the block, every build that reaches its gate (of ``recipe`` on ``worker``) goes straight on."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while True:
+                self.release(recipe, worker)
+                if stop.wait(interval):
+                    return
+
+        thread = threading.Thread(target=loop, name="gates-opened", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 class Fleet:
@@ -54,6 +133,7 @@ class Fleet:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.metrics_ports: dict[str, int] = {}
+        self.gates = Gates(root)
         self.cli("keys", "generate")
 
     def env(self, home: Path) -> dict[str, str]:
@@ -66,8 +146,11 @@ class Fleet:
         return json.loads(self.cli(*args, "--json").stdout)
 
     # -- processes -------------------------------------------------------------------------------------------
-    def spawn(self, name: str, argv: list[str], *, coordinator: bool = False) -> subprocess.Popen[bytes]:
-        """``mangos-farm ARGV`` with home ``root/name`` and its keys, output appended to ``root/name.log``."""
+    def spawn(
+        self, name: str, argv: list[str], *, coordinator: bool = False, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``mangos-farm ARGV`` with home ``root/name`` and its keys (and ``env`` added to its environment),
+        output appended to ``root/name.log``."""
         home = self.root / name
         install_fleet_keys(self.client_home / "keys", home, coordinator=coordinator)
         if self.metrics:
@@ -75,7 +158,7 @@ class Fleet:
             argv = [*argv, "--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
         with (self.root / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                [CLI, *argv], cwd=self.root, env=self.env(home), stdout=log, stderr=subprocess.STDOUT,
+                [CLI, *argv], cwd=self.root, env=self.env(home) | dict(env or {}), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         self.procs[name] = proc
@@ -84,9 +167,12 @@ class Fleet:
     def start_coordinator(self) -> None:
         self.coordinator = self.spawn("coordinator", ["coordinator"], coordinator=True)
 
-    def start_worker(self, name: str, concurrency: int = 1) -> None:
+    def start_worker(self, name: str, concurrency: int = 1, *, builder_id: str | None = None) -> None:
+        """A worker named ``NAME@fleet``; with ``builder_id`` its provenance and records name it so (by default
+        every worker of the fleet writes the same builder id)."""
         argv = ["worker", "--concurrency", str(concurrency), "--name", f"{name}@fleet"]
-        self.workers[name] = self.spawn(name, argv)
+        env = {"MANGOS_FARM_BUILDER_ID": builder_id} if builder_id else {}
+        self.workers[name] = self.spawn(name, argv, env=env)
 
     def kill(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the process group of ``proc``; wait for it if the signal ends it."""
@@ -136,6 +222,28 @@ class Fleet:
     def status(self, run: str) -> dict[str, Any]:
         status: dict[str, Any] = self.json("status", run)
         return status
+
+    def wait_held(self, count: int, recipe: str = "*", worker: str = "*", timeout: float = 120) -> list[Held]:
+        """Wait until at least ``count`` builds (of ``recipe`` on ``worker``) are held at their gates; those."""
+        held: list[Held] = self.wait_for(
+            f"{count} build(s) of {recipe} held on {worker}",
+            lambda: h if len(h := self.gates.held(recipe, worker)) >= count else None,
+            timeout,
+            interval=0.1,
+        )
+        return held
+
+    def metric(self, sample: str, process: str = "coordinator", **labels: str) -> float:
+        """The sum of the samples named ``sample`` (with ``labels``) that ``process`` serves on /metrics now."""
+        url = f"http://127.0.0.1:{self.metrics_ports[process]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def wait_run(self, run: str, timeout: float = 300, poll: float = 0.3) -> dict[str, Any]:
         """Wait until run ``run`` is no longer active; its status."""

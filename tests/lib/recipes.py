@@ -1,5 +1,5 @@
-"""Recipe files written the way a user writes them, and build requests made from a recipe as the coordinator
-makes them."""
+"""Recipe files written the way a user writes them, build steps a test can hold and release
+(:func:`gate_step`), and build requests made from a recipe as the coordinator makes them."""
 
 from __future__ import annotations
 
@@ -21,6 +21,21 @@ from tests.lib.git import git
 def toml_strings(values: Iterable[str]) -> str:
     """A TOML array of basic strings (JSON string syntax is TOML's), safe for any mix of quotes."""
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+GATE_HELD = ".gate-held"
+GATE_OPEN = ".gate-open"
+
+
+def gate_step() -> str:
+    """A build step that holds the build until the test opens its gate (:class:`tests.lib.fleet.Gates`).
+
+    It runs in the build directory (``/build/src`` in the sandbox), which is a host directory under the worker's
+    work root, ``<home>/work/<recipe>-XXXXXXXX/src``: the step leaves :data:`GATE_HELD` there, waits for
+    :data:`GATE_OPEN` to appear beside it, and removes :data:`GATE_HELD` as it goes on. A held build is running
+    on its worker for certain, and stays so for as long as the test likes, whatever the machine's load.
+    """
+    return f"touch {GATE_HELD} && while [ ! -e {GATE_OPEN} ]; do sleep 0.05; done && rm -f {GATE_HELD}"
 
 
 def write_recipe(

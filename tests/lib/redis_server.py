@@ -43,14 +43,23 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with (self.workdir / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if self._serving():
+                return
+            time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def _serving(self) -> bool:
+        """Whether the server answers commands: listening is not enough, it refuses them (-LOADING) while it
+        reads its append-only file back after a restart."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
+        except OSError:
+            return False
+        return bool(reply) and not reply.startswith(b"-LOADING")
 
     def client(self) -> Any:
         import redis

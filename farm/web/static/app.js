@@ -103,7 +103,8 @@
       h("td", {}, r.lane), h("td", {}, r.arch),
       h("td", { title: clock(r.created) }, ago(r.created)),
       h("td", {}, duration((r.finished || now()) - r.created)),
-      h("td", { class: "wide" }, bar(r.summary, r.total), h("div", { class: "counts" }, counts(r.summary)))));
+      h("td", { class: "wide" }, bar(r.summary, r.total),
+        h("div", { class: "counts" }, `${r.done} of ${r.total} done: ${counts(r.summary)}`))));
     view.replaceChildren(
       h("h1", {}, "Runs"),
       runs.length
@@ -193,10 +194,78 @@
     for (const tr of [...tbody.children]) if (!seen.has(tr.dataset.recipe)) tr.remove();
   }
 
+  // The run page's filters live in its query string (?state=&lane=&name=&limit=&page=), as the API's do.
+  const FILTERS = ["state", "lane", "name", "limit", "page"];
+  const LANES = ["security", "interactive", "rebuild"];
+  const LIMITS = [25, 50, 100, 200];
+  const DEFAULT_LIMIT = "50";
+
+  function filters() {
+    const params = new URL(window.location.href).searchParams;
+    const out = {};
+    for (const k of FILTERS) if (params.get(k)) out[k] = params.get(k);
+    if (!out.limit) out.limit = DEFAULT_LIMIT;
+    return out;
+  }
+
+  function setFilters(changes) {
+    const url = new URL(window.location.href);
+    for (const [k, v] of Object.entries(changes)) {
+      if (v === null || v === undefined || v === "" || (k === "page" && String(v) === "1") || (k === "limit" && String(v) === DEFAULT_LIMIT)) url.searchParams.delete(k);
+      else url.searchParams.set(k, String(v));
+    }
+    window.history.pushState(null, "", url);
+    refreshNow();
+  }
+
+  function filterBar(status) {
+    const f = filters();
+    const summary = status ? status.summary : {};
+    const option = (value, label, selected) => h("option", { value, selected: selected || null }, label);
+    const state = h("select", { id: "f-state", name: "state", onchange: (e) => setFilters({ state: e.target.value, page: 1 }) },
+      option("", "all states", !f.state),
+      STATES.map((s) => option(s, summary[s] !== undefined ? `${s} (${summary[s]})` : s, f.state === s)),
+      f.state && !STATES.includes(f.state) ? option(f.state, f.state, true) : null);
+    const lane = h("select", { id: "f-lane", name: "lane", onchange: (e) => setFilters({ lane: e.target.value, page: 1 }) },
+      option("", "any lane", !f.lane), LANES.map((l) => option(l, l, f.lane === l)),
+      f.lane && !LANES.includes(f.lane) ? option(f.lane, f.lane, true) : null);
+    const name = h("input", { id: "f-name", name: "name", value: f.name || "", placeholder: "recipe name glob, e.g. lib*", spellcheck: "false" });
+    const limit = h("select", { id: "f-limit", name: "limit", onchange: (e) => setFilters({ limit: e.target.value, page: 1 }) },
+      LIMITS.map((n) => option(String(n), `${n} per page`, f.limit === String(n))),
+      LIMITS.map(String).includes(f.limit) ? null : option(f.limit, `${f.limit} per page`, true));
+    const form = h("form", { id: "filters", class: "filters", autocomplete: "off" },
+      h("label", {}, "state ", state), h("label", {}, "lane ", lane), h("label", {}, "name ", name),
+      h("label", {}, limit), h("button", { type: "submit" }, "filter"));
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); setFilters({ name: name.value.trim(), page: 1 }); });
+    return form;
+  }
+
+  function pager(status) {
+    const q = status.query;
+    const first = (status.page - 1) * (q.limit || 0) + 1;
+    const shown = status.builds.length ? `builds ${first}-${first + status.builds.length - 1} of ${status.matched}` : `no builds of ${status.matched}`;
+    return h("div", { id: "pager", class: "pager", dataset: { page: String(status.page), pages: String(status.pages) } },
+      h("button", { type: "button", id: "prev", disabled: status.page <= 1, onclick: () => setFilters({ page: status.page - 1 }) }, "‹ previous"),
+      h("span", { class: "pages" }, `${shown} · page ${status.page} of ${status.pages}`),
+      h("button", { type: "button", id: "next", disabled: status.page >= status.pages, onclick: () => setFilters({ page: status.page + 1 }) }, "next ›"),
+      h("span", { class: "order" }, status.order));
+  }
+
+  function eta(status) {
+    const e = status.eta;
+    if (status.done >= status.total) return null;
+    if (e.seconds === null) return [h("dt", {}, "ETA"), h("dd", { class: "eta", title: e.why }, `unknown: ${e.why}`)];
+    return [h("dt", {}, "ETA"), h("dd", { class: "eta", title: `at ${clock(e.at)}, median build ${duration(e.median_seconds)}` },
+      `~${duration(e.seconds)} on ${e.slots} slots`)];
+  }
+
   function runHeader(status) {
-    const total = status.builds.length;
-    const done = (status.summary.built || 0) + (status.summary.cached || 0);
     const took = duration((status.finished || now()) - status.created);
+    const path = status.critical_path;
+    const stateLinks = STATES.filter((s) => status.summary[s]).map((s) => h("a", {
+      href: "#", class: `count state-link`, dataset: { state: s },
+      onclick: (ev) => { ev.preventDefault(); setFilters({ state: s, page: 1 }); },
+    }, `${status.summary[s]} ${s}`));
     return h("div", { id: "run", dataset: { status: status.status, ok: String(status.ok) } },
       h("h1", {}, "Run ", h("code", {}, status.run), " ", runBadge(status)),
       h("dl", { class: "facts" },
@@ -205,38 +274,48 @@
         status.reason ? [h("dt", {}, "queued because"), h("dd", { class: "reason" }, status.reason)] : null,
         h("dt", {}, "created"), h("dd", { title: clock(status.created) }, ago(status.created)),
         h("dt", {}, status.finished ? "took" : "running for"), h("dd", {}, took),
-        h("dt", {}, "done"), h("dd", {}, `${done} of ${total}`),
+        h("dt", {}, "done"), h("dd", { id: "done" }, `${status.done} of ${status.total}`),
+        path.builds ? [h("dt", {}, "critical path"), h("dd", { id: "critical-path", title: `starts with ${path.first}` },
+          `${path.builds} builds` + (path.seconds !== null ? `, ~${duration(path.seconds)}` : ""))] : null,
+        eta(status),
         status.oldest_waiting_seconds ? [h("dt", {}, "oldest waiting"), h("dd", {}, duration(status.oldest_waiting_seconds))] : null),
-      bar(status.summary, total),
-      h("div", { class: "counts" }, counts(status.summary)));
+      bar(status.summary, status.total),
+      h("div", { class: "counts", id: "counts" }, stateLinks.flatMap((a, i) => (i ? [", ", a] : [a]))));
   }
 
   async function drawRun(view, runId) {
+    const params = new URLSearchParams(filters());
     let status;
     try {
-      status = await getJSON(`/api/runs/${encodeURIComponent(runId)}`);
+      status = await getJSON(`/api/runs/${encodeURIComponent(runId)}?${params}`);
     } catch (err) {
-      if (err.status === 404) {
-        view.replaceChildren(h("p", {}, h("a", { href: "/" }, "all runs")), errorBox(err));
+      if (err.status === 404 || err.status === 400) {
+        lastStatus = null;
+        view.replaceChildren(h("p", { class: "crumbs" }, h("a", { href: "/" }, "all runs")),
+          err.status === 400 ? filterBar(null) : null, errorBox(err));
         return;
       }
       throw err;
     }
     lastStatus = status;
-    const done = (status.summary.built || 0) + (status.summary.cached || 0);
-    document.title = `run ${status.run}: ${done}/${status.builds.length} done (${status.status})`;
-    let header = document.getElementById("run-header");
+    document.title = `run ${status.run}: ${status.done}/${status.total} done (${status.status})`;
     if (!document.getElementById("builds")) {
-      header = h("div", { id: "run-header" });
       view.replaceChildren(
         h("p", { class: "crumbs" }, h("a", { href: "/" }, "all runs")),
-        header,
+        h("div", { id: "run-header" }),
+        h("div", { id: "filters-box" }),
+        h("div", { id: "pager-box" }),
         h("table", { id: "builds", class: "grid" },
           h("thead", {}, h("tr", {}, ["recipe", "state", "why", "worker", "time", "attempts", "links", "artifacts"].map((c) => h("th", {}, c)))),
           h("tbody", {})));
     }
-    header.replaceChildren(runHeader(status));
+    document.getElementById("run-header").replaceChildren(runHeader(status));
+    const box = document.getElementById("filters-box");
+    const focused = box.contains(document.activeElement);
+    if (!focused) box.replaceChildren(filterBar(status)); // never redraw a control under the user's hands
+    document.getElementById("pager-box").replaceChildren(pager(status));
     drawBuilds(status);
+    if (window.farmFirstRender === undefined) window.farmFirstRender = performance.now();
   }
 
   // -- workers -----------------------------------------------------------------------------------------------
@@ -291,18 +370,35 @@
   // -- the loop ----------------------------------------------------------------------------------------------
   window.farmRefreshes = 0; // for tests and the curious: how many refreshes have completed
 
+  // A refresh runs at a time; the next one comes POLL_MS after the last, or later when refreshes are slow (a run
+  // of many thousand builds): never more than a fifth of the time is spent asking.
+  let timer = null;
+  let busy = false;
+  let again = false;
+
   async function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    window.clearTimeout(timer);
+    const started = performance.now();
     const view = document.getElementById("view");
     const match = window.location.pathname.match(/^\/runs\/([^/]+)\/?$/);
     try {
-      await Promise.all([match ? drawRun(view, decodeURIComponent(match[1])) : drawRuns(view), drawWorkers()]);
+      await (match ? drawRun(view, decodeURIComponent(match[1])) : drawRuns(view)); // the main view first,
+      await drawWorkers(); // then the workers: on a busy server the two would only slow each other down
       window.farmRefreshes += 1;
       setLive(true, `live, updated ${new Date().toLocaleTimeString()}`);
     } catch (err) {
       setLive(false, `not updating: ${err.message}`);
     }
-    window.setTimeout(refresh, POLL_MS);
+    busy = false;
+    const wait = again ? 0 : Math.max(POLL_MS, 4 * (performance.now() - started));
+    again = false;
+    timer = window.setTimeout(refresh, wait);
   }
+
+  function refreshNow() { refresh(); }
+  window.addEventListener("popstate", refreshNow);
 
   document.addEventListener("DOMContentLoaded", () => {
     const form = document.getElementById("commit-form");
