@@ -137,7 +137,9 @@ def test_archive() -> None:
     from tests.integration.apt_sources import require_deb_src
 
     require_deb_src("bwrap", "redis-server")
-    args = ("--limit", "40", "--dispatches", "6", "--workers", "1", "--concurrency", "2", "--arches", "amd64,arm64")
+    # Builds of 0.5 s keep the 40-build amd64 run busy past the first phase, so the second still has work to send.
+    args = ["--limit", "40", "--dispatches", "6", "--workers", "1", "--concurrency", "2", "--arches", "amd64,arm64"]
+    args += ["--sleep", "0.5"]
     r = bench("bench_archive", *args, "--phase-timeout", "60", ok_codes=(0, 1))  # 1: a target missed
     assert r["graph"]["sources"] == 40 and r["plan"]["builds"] == 40 and r["pending"]["first"] == 40
     assert r["dispatch"]["first"]["reached"] and r["dispatch"]["second"]["reached"]

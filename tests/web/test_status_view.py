@@ -169,6 +169,9 @@ def farm_env(small: Small, monkeypatch: pytest.MonkeyPatch) -> Small:
     for key in [k for k in os.environ if k.startswith("MANGOS_FARM_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("MANGOS_FARM_HOME", str(small.home))
+    # The command and the API read the clock: hold it at the run's NOW, so that how long a build has waited (and so
+    # its aged lane) does not depend on how long after collection the test runs.
+    monkeypatch.setattr(time, "time", lambda: NOW)
     LeaseBoard(small.kv, 30).announce(WorkerInfo("w1@x", "amd64", 2, "x", 1, NOW, seen=NOW), ttl=600)
     return small
 
