@@ -30,7 +30,7 @@ from farm.coordinator import policy
 from farm.coordinator.kv import KV
 from farm.coordinator.leases import LeaseBoard
 from farm.coordinator.policy import Lane
-from farm.coordinator.records import Brief, no_gc
+from farm.coordinator.records import Brief, no_gc, run_header
 from farm.coordinator.remaining import Briefed, critical_path, estimate, eta, finished_seconds, left_of
 from farm.coordinator.runs import Job, Run, RunStore, State
 from farm.errors import E, FarmError
@@ -170,21 +170,12 @@ def previous_durations(runs: RunStore, run: Run, names: Iterable[str]) -> dict[s
 
 # -- headers -----------------------------------------------------------------------------------------------------
 def header(run: Run, counts: Mapping[str, int]) -> dict[str, Any]:
-    """What every view of a run starts with: identity, status, outcome, counts by state, done of total (done:
-    built, cached, failed, blocked or cancelled: nothing more happens to it)."""
-    total = sum(counts.values())
-    return {
-        "run": run.id,
-        "status": run.status,
-        "lane": run.lane.value,
-        "arch": run.arch,
-        "created": run.created,
-        "finished": run.finished,
-        "reason": run.reason,
-        "ok": run.status == "done" and not (counts.get(State.FAILED.value) or counts.get(State.BLOCKED.value)),
-        "summary": dict(counts),
-        "total": total,
-        "done": sum(n for s, n in counts.items() if State(s).terminal),
+    """The run's header (:func:`~farm.coordinator.records.run_header`) plus done of total (done: built, cached,
+    failed, blocked or cancelled: nothing more happens to it)."""
+    by_state = {State(s): n for s, n in counts.items()}
+    return run_header(run, counts=by_state) | {
+        "total": sum(by_state.values()),
+        "done": sum(n for s, n in by_state.items() if s.terminal),
     }
 
 
