@@ -13,21 +13,23 @@ export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg dpkg-dev redis-server \
 	chromium chromium-driver prometheus mmdebstrap \
 	erofs-utils cryptsetup-bin fdisk dosfstools mtools sbsigntool binutils systemd-boot-efi systemd-container \
-	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux locales hostname
+	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux locales hostname uidmap \
+	podman podman-compose runc catatonit netavark aardvark-dns iproute2 nodejs
 
 # Debian source packages (farm/sources/dsc.py) come from deb-src entries mirroring every system 'deb' entry for
 # $(DEBIAN_SUITE) and its update suites ($(DEBIAN_SUITE)-updates, $(DEBIAN_SUITE)-security, ...): same URIs, Suites,
 # Components and Signed-By, so sources come from the very archives (or snapshots) this machine installs binaries
-# from, security fixes included. The file carries a format marker; one written by an older farm (main suite only)
-# is rewritten. apt-get update runs only when the file changes.
+# from, security fixes included; plus $(DEBIAN_SUITE)-backports sources beside every main-suite entry (deb-src only:
+# apt installs no binary from backports; the farm builds systemd 254 from its source, recipes/systemd/). The file
+# carries a format marker; one written by an older farm is rewritten. apt-get update runs only when the file changes.
 DEBIAN_SUITE ?= bookworm
 DEB_SRC_LIST := /etc/apt/sources.list.d/mangos-deb-src.sources
-DEB_SRC_MARK := \# mangos-farm deb-src v2: every suite the machine installs from
-DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; out = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)(-[a-z]+)?[ \t]/) want = 1; out = out l "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out }
+DEB_SRC_MARK := \# mangos-farm deb-src v3: every suite the machine installs from, and backports
+DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; main = 0; out = ""; bp = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)(-[a-z]+)?[ \t]/) want = 1; if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)[ \t]/) main = 1; if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)-backports[ \t]/) hasbp = 1; out = out l "\n"; bp = bp (l ~ /^Suites:/ ? "Suites: $(DEBIAN_SUITE)-backports" : l) "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out; if (deb && main) bps = bps "\n" bp } END { if (!hasbp) printf "%s", bps }
 
-.PHONY: setup apt venv demo-sources demo image boot kernel test lint pytest bench clean
+.PHONY: setup apt venv node-deps demo-sources demo image boot kernel base base-import test lint pytest bench clean
 
-setup: apt venv demo-sources
+setup: apt venv demo-sources node-deps
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -45,8 +47,9 @@ apt:
 	    { echo '$(DEB_SRC_MARK)'; awk '$(DEB_SRC_AWK)' /etc/apt/sources.list.d/debian.sources; } > $(DEB_SRC_LIST).tmp; \
 	    target=$(DEB_SRC_LIST); \
 	  else \
-	    { echo '$(DEB_SRC_MARK)'; sed -n -E 's/^deb (.* $(DEBIAN_SUITE)(-[a-z]+)? .*)/deb-src \1/p' /etc/apt/sources.list; } \
-	      > $(DEB_SRC_LIST).tmp; \
+	    { echo '$(DEB_SRC_MARK)'; { sed -n -E 's/^deb (.* $(DEBIAN_SUITE)(-[a-z]+)? .*)/deb-src \1/p' /etc/apt/sources.list; \
+	      sed -n -E 's/^deb (.*) $(DEBIAN_SUITE) (.*)/deb-src \1 $(DEBIAN_SUITE)-backports \2/p' /etc/apt/sources.list; } \
+	      | awk '!seen[$$0]++'; } > $(DEB_SRC_LIST).tmp; \
 	    target=$(DEB_SRC_LIST:.sources=.list); \
 	  fi; \
 	  if ! grep -q '^Types: deb-src\|^deb-src ' $(DEB_SRC_LIST).tmp; then rm -f $(DEB_SRC_LIST).tmp; \
@@ -60,6 +63,15 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
+
+# KEDA's CRD schemas for tests/deploy/test_kubernetes.py (npm, pinned by the lock file). Debian's nodejs comes
+# without npm (its own package); a nodejs that bundles npm must not get Debian's npm on top.
+KEDA_SCHEMAS := tests/deploy/keda
+node-deps: $(KEDA_SCHEMAS)/node_modules/.package-lock.json
+
+$(KEDA_SCHEMAS)/node_modules/.package-lock.json: $(KEDA_SCHEMAS)/package.json $(KEDA_SCHEMAS)/package-lock.json
+	command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm
+	npm ci --prefix $(KEDA_SCHEMAS) --no-audit --no-fund
 
 demo-sources: demo/git/.made
 
@@ -107,7 +119,11 @@ boot:
 # The MANGOS kernel (recipes/kernel/, a recipe set of its own): compiled once (~20 min on 2 cores, cached in the
 # store after that), then this farm's verity certificate inserted into it (seconds). Point MANGOS_FARM_HOME (or
 # MANGOS_FARM_STORE) at a directory outside the checkout to keep the compiled kernel between checkouts.
+# KERNEL_OUT: where the verified vmlinuz and kernel.release (with their provenance) are fetched to; `image build
+# --kernel $(KERNEL_OUT)` puts that kernel into the image. The QEMU tests (tests/lib/kernel.py) use MANGOS_KERNEL_HOME
+# (default ~/mangos-kernel) as the persistent home; .ci/run makes the kernel there before `make test`.
 KERNEL_CERT := recipes/kernel/organization.crt
+KERNEL_OUT ?= out/kernel
 kernel: setup
 	$(BIN)/mangos-farm keys generate --if-missing
 	$(BIN)/mangos-farm keys generate --release --if-missing
@@ -115,12 +131,30 @@ kernel: setup
 	cmp -s $(RELEASE)/verity.crt $(KERNEL_CERT) || cp $(RELEASE)/verity.crt $(KERNEL_CERT)
 	$(BIN)/mangos-farm recipes check recipes/kernel
 	MANGOS_FARM_BUILD_TIMEOUT=$${MANGOS_FARM_BUILD_TIMEOUT:-7200} $(BIN)/mangos-farm rebuild recipes/kernel
-	rm -rf out/kernel
+	rm -rf $(KERNEL_OUT)
 	key=$$($(BIN)/mangos-farm plan recipes/kernel --json | $(BIN)/python -c "$$KERNEL_IMAGE_KEY"); \
 	commit=$$(sed -n 's/^commit = "\(.*\)"/\1/p' recipes/kernel/linux-image-mangos.toml); \
-	  $(BIN)/mangos-farm fetch --commit $$commit --recipe linux-image-mangos --build-key $$key -o out/kernel
-	$(BIN)/mangos-farm verify out/kernel
-	@echo "kernel: $(CURDIR)/out/kernel/vmlinuz ($$(cat out/kernel/kernel.release)), certificate $(KERNEL_CERT)"
+	  $(BIN)/mangos-farm fetch --commit $$commit --recipe linux-image-mangos --build-key $$key -o $(KERNEL_OUT)
+	$(BIN)/mangos-farm verify $(KERNEL_OUT)
+	@echo "kernel: $(abspath $(KERNEL_OUT))/vmlinuz ($$(cat $(KERNEL_OUT)/kernel.release)), certificate $(KERNEL_CERT)"
+
+# The whole base image from source: recipes/base/ holds a recipe per source package behind the image's packages
+# (docker profile included), written by `make base-import` (`recipes import --image`); the sources the archive here
+# cannot serve are listed in recipes/base/unavailable.json with the reason, and stay archive binaries. Cycles are cut
+# into bootstrap edges (`plan recipes/base` lists them). A full rebuild takes hours on 2 cores, so its home and store
+# live outside the work tree ($(MANGOS_BASE_HOME)): a fresh checkout resumes where the last run stopped.
+MANGOS_BASE_HOME ?= $(HOME)/mangos-base
+BASE_FARM := MANGOS_FARM_HOME=$(MANGOS_BASE_HOME) $(BIN)/mangos-farm
+base: setup
+	$(BASE_FARM) keys generate --if-missing
+	$(BASE_FARM) env build bookworm-amd64 --if-missing
+	$(BASE_FARM) recipes check recipes/base
+	$(BASE_FARM) plan recipes/base
+	MANGOS_FARM_BUILD_TIMEOUT=$${MANGOS_FARM_BUILD_TIMEOUT:-9000} $(BASE_FARM) rebuild recipes/base
+
+base-import: setup
+	$(BASE_FARM) env build bookworm-amd64 --if-missing
+	nice -n 10 $(BASE_FARM) recipes import --image --profile docker --dir recipes/base
 
 # The build key of the kernel image with the current certificate (the store may hold one per certificate it had).
 define KERNEL_IMAGE_KEY

@@ -120,3 +120,77 @@ def render_tree(graph: Graph) -> list[str]:
         shown.add(node)
         stack.extend((dep, depth + 1) for dep in reversed(deps))
     return lines
+
+
+def strongly_connected_components(graph: Graph) -> list[list[str]]:
+    """The strongly connected components (Tarjan, iterative), each sorted, the list sorted by first name.
+
+    Edges to nodes outside ``graph`` are ignored. The result depends only on the graph's content, never on the
+    order its nodes or edges are given in."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    components: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, list[str]]] = [(root, sorted(d for d in set(graph[root]) if d in graph))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, todo = work[-1]
+            if todo:
+                nxt = todo.pop(0)
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, sorted(d for d in set(graph[nxt]) if d in graph)))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(sorted(component))
+    return sorted(components)
+
+
+def bootstrap_split(graph: Graph) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """Cut every cycle: the acyclic graph of farm edges, and the bootstrap edges ``(from, to)`` taken out of it.
+
+    Within each strongly connected component the members are ranked by how many of its other members depend on them
+    (most first), then by name; an edge to a member ranked earlier stays a farm edge, an edge to one ranked later
+    (or to itself) becomes a bootstrap edge: the dependent builds against the archive's binaries of that dependency
+    instead of the farm's. So what most of a cycle needs builds first, and the fewest edges are cut in the usual
+    cycles. Edges between components, and to nodes outside the graph, stay. The result depends only on the graph's
+    content (not on the order of its nodes or edges), and the farm graph has no cycle."""
+    component_of = {n: i for i, c in enumerate(strongly_connected_components(graph)) for n in c}
+    dependents: dict[str, int] = {}
+    for node in graph:
+        for dep in set(graph[node]) - {node}:
+            if component_of.get(dep) == component_of[node]:
+                dependents[dep] = dependents.get(dep, 0) + 1
+    rank = {n: (-dependents.get(n, 0), n) for n in graph}
+    farm: dict[str, list[str]] = {}
+    bootstrap: list[tuple[str, str]] = []
+    for node in sorted(graph):
+        keep = []
+        for dep in sorted(set(graph[node])):
+            if component_of.get(dep) == component_of[node] and rank[dep] >= rank[node]:
+                bootstrap.append((node, dep))
+            else:
+                keep.append(dep)
+        farm[node] = keep
+    return farm, bootstrap

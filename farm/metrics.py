@@ -5,9 +5,16 @@ metric that exists. The coordinator updates fleet- and queue-level series; worke
 bytes and verification failures. Worker builds run in Celery's prefork children, so workers use
 prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported
 (``workers.metrics_setup`` does that), and one endpoint in the worker's main process aggregates all children.
+
+Series that describe something that can go away (a worker, a queue) are published whole each time
+(:class:`FleetGauges`, :func:`publish`): what is gone reads 0 or is removed, it never keeps its last value.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -28,6 +35,12 @@ oldest_waiting = Gauge(
     "mangos_oldest_waiting_seconds",
     "Age of the longest-waiting ready build",
     ["lane", "arch"],
+    multiprocess_mode="livemax",
+)
+builds_ready_waiting = Gauge(
+    "mangos_builds_ready_waiting",
+    "Builds ready to run (dependencies done, not found in the store) waiting for a worker slot, per worker class",
+    ["arch", "class"],
     multiprocess_mode="livemax",
 )
 builds_in_flight = Gauge(
@@ -82,7 +95,8 @@ signature_failures = Counter(
 )
 security_events = Counter(
     "mangos_security_events_total",
-    "Security events recorded in the audit log (refused results, artifacts and tasks, revoked keys, sandbox limits)",
+    "Security events recorded in the audit log (refused results and artifacts, forged or replayed tasks, revoked keys, "
+    "sandbox limits)",
     ["event"],
 )
 reproducibility = Gauge(
@@ -99,6 +113,7 @@ METRICS = {
         builds_finished,
         queue_depth,
         oldest_waiting,
+        builds_ready_waiting,
         builds_in_flight,
         workers_alive,
         workers_busy,
@@ -132,3 +147,89 @@ def exported_names() -> set[str]:
         else:
             names.add(name)
     return names
+
+
+# -- publishing what can go away ----------------------------------------------------------------------------------
+WORKER_SERIES_KEPT = 3600.0  # seconds a vanished worker's series stay after its registration expired
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # not there: nothing to remove
+        gauge.remove(*labels)
+
+
+_published: dict[str, set[tuple[str, ...]]] = {}
+
+
+def publish(gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+    """Set the series of ``gauge`` named in ``values``; every series published before and missing now reads 0
+    (a queue that emptied, a run finished or cancelled), so the gauge never keeps a stale value."""
+    before = _published.setdefault(gauge._name, set())
+    for labels in before - set(values):
+        gauge.labels(*labels).set(0)
+    for labels, value in values.items():
+        gauge.labels(*labels).set(value)
+    before |= set(values)
+
+
+class WorkerSeen(Protocol):
+    """What the fleet gauges read of a registered worker (``farm.coordinator.leases.WorkerInfo``)."""
+
+    name: str
+    arch: str
+    seen: float  # when it last announced itself (its own clock)
+    disabled: bool
+
+
+class FleetGauges:
+    """The per-worker and per-arch fleet series, from the workers' registry as the coordinator last read it.
+
+    A registered worker's heartbeat age is ``now - seen``. A worker that vanished without withdrawing (killed, its
+    host gone) drops out of the registry when its entry expires, ``expiry`` seconds after it last announced
+    itself: from then on it is not alive, and its heartbeat age keeps growing until :data:`WORKER_SERIES_KEPT`
+    seconds after the expiry, when its series is removed. A worker whose entry was gone before it could have
+    expired withdrew (stopped cleanly, scaled down): its series is removed at once. The per-arch series (alive,
+    disabled, busy) cover every arch with a registered worker, a vanished worker still shown, or builds
+    (``archs``: ready or in flight), at 0 where none is; an arch with none of these has no series.
+
+    A coordinator that starts after a worker vanished never knew it: only the arch's alive series (0 or absent)
+    says so.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, tuple[str, float]] = {}  # worker -> (arch, last seen)
+        self.archs: set[str] = set()
+
+    def publish(
+        self,
+        workers: Iterable[WorkerSeen],
+        running: Collection[str],
+        archs: Collection[str],
+        now: float,
+        expiry: float,
+    ) -> None:
+        """``workers``: the registry; ``running``: the workers running a build; ``archs``: those with builds."""
+        present = {w.name: w for w in workers}
+        for w in present.values():
+            self.known[w.name] = (w.arch, w.seen)
+        shown = set(archs)
+        for name, (arch, seen) in list(self.known.items()):
+            age = now - seen
+            if name not in present and (age < expiry or age > expiry + WORKER_SERIES_KEPT):
+                del self.known[name]
+                _remove(worker_heartbeat_age, name, arch)
+                continue
+            worker_heartbeat_age.labels(name, arch).set(max(0.0, age))
+            shown.add(arch)
+        for arch in shown:
+            mine = [w for w in present.values() if w.arch == arch]
+            workers_alive.labels(arch).set(sum(1 for w in mine if not w.disabled))
+            workers_disabled.labels(arch).set(sum(1 for w in mine if w.disabled))
+            workers_busy.labels(arch).set(sum(1 for w in mine if w.name in running))
+        for arch in self.archs - shown:
+            for gauge in (workers_alive, workers_disabled, workers_busy):
+                _remove(gauge, arch)
+        self.archs = shown
+
+
+fleet = FleetGauges()

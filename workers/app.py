@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from farm.recipes.needs import DEFAULT_CLASS, served
 from farm.settings import Settings
 from workers import transport
 
@@ -20,8 +22,16 @@ BUILD_TASK = "mangos.build"
 VISIBILITY_TIMEOUT = 48 * 3600
 
 
-def build_queue(arch: str) -> str:
-    return f"mangos.build.{arch}"
+def build_queue(arch: str, cls: str = DEFAULT_CLASS) -> str:
+    """The queue of the builds of ``arch`` needing class ``cls`` of worker (:mod:`farm.recipes.needs`):
+    ``mangos.build.<arch>.<class>``; the default class's keeps the name it always had, ``mangos.build.<arch>`` (a
+    wire contract: workers of the previous version consume it)."""
+    return f"mangos.build.{arch}" if cls == DEFAULT_CLASS else f"mangos.build.{arch}.{cls}"
+
+
+def build_queues(arch: str, capabilities: Iterable[str]) -> list[str]:
+    """The queues a worker of ``arch`` with ``capabilities`` consumes: one per class it can run."""
+    return [build_queue(arch, cls) for cls in served(capabilities)]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

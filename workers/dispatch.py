@@ -14,6 +14,7 @@ from celery.result import AsyncResult
 from farm.build import BuildRequest
 from farm.crossval.dispatch import RECHECK_TASK
 from farm.errors import E, FarmError
+from farm.recipes.needs import DEFAULT_CLASS, classes
 from farm.trust import keys, tasksig
 from farm.trust.keys import BuilderKey
 from workers.app import BUILD_TASK, build_queue
@@ -69,12 +70,13 @@ class CeleryDispatcher:
             except Exception as exc:
                 log.debug("closing the result subscription: %s", exc)
 
-    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
-        """Send a build signed with the coordinator's key (farm.trust.tasksig): workers refuse unsigned messages."""
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str, cls: str = DEFAULT_CLASS) -> str:
+        """Send a build signed with the coordinator's key (farm.trust.tasksig): workers refuse unsigned messages.
+        It goes to the queue of its arch and class (the workers that can run it)."""
         body = request.to_json()
         signature = tasksig.sign(task_id, body, self.signer())
         result = self.app.send_task(
-            BUILD_TASK, args=[body], kwargs={"signature": signature}, queue=build_queue(arch), task_id=task_id
+            BUILD_TASK, args=[body], kwargs={"signature": signature}, queue=build_queue(arch, cls), task_id=task_id
         )
         return str(result.id)
 
@@ -115,7 +117,9 @@ class CeleryDispatcher:
             log.info("cannot revoke %s: %s", task_id, exc)
 
     def stop_consuming(self, worker: str, arch: str) -> None:
-        try:
-            self.app.control.cancel_consumer(build_queue(arch), destination=[worker])
-        except Exception as exc:
-            log.info("cannot stop %s consuming: %s", worker, exc)
+        for cls in classes():  # whichever it consumes
+            try:
+                self.app.control.cancel_consumer(build_queue(arch, cls), destination=[worker])
+            except Exception as exc:
+                log.info("cannot stop %s consuming: %s", worker, exc)
+                return

@@ -7,19 +7,27 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from farm.build import BuildRequest
 from farm.errors import E, FarmError
+from farm.recipes.needs import CAPABILITIES, DEFAULT_CLASS
 from farm.run import Process, spawn, tail
 from farm.settings import Settings
-from workers.app import build_queue
+from workers.app import build_queues
 
 log = logging.getLogger(__name__)
 
 
-def worker_argv(concurrency: int, name: str, arch: str, loglevel: str = "INFO") -> list[str]:
+CAPABILITIES_ENV = "MANGOS_FARM_CAPABILITIES"  # what a worker announces it can do (comma-separated)
+
+
+def worker_argv(
+    concurrency: int, name: str, arch: str, loglevel: str = "INFO", capabilities: Sequence[str] = ()
+) -> list[str]:
+    """The Celery worker's command: it consumes the queue of every class of build its ``capabilities`` serve."""
     return [
         sys.executable,
         "-m",
@@ -32,7 +40,7 @@ def worker_argv(concurrency: int, name: str, arch: str, loglevel: str = "INFO") 
         "--concurrency",
         str(concurrency),
         "--queues",
-        build_queue(arch),
+        ",".join(build_queues(arch, capabilities)),
         "--hostname",
         name,
         "--loglevel",
@@ -53,7 +61,11 @@ class LocalWorkers:
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ) | self.settings.to_env()
         env["MANGOS_FARM_HOME"] = str(Path(self.settings.home).resolve())
-        argv = worker_argv(self.settings.workers, f"local-{os.getpid()}@%h", self.settings.build_arch)
+        # The embedded farm's workers take every class: a build this host cannot run fails with its own error
+        # rather than waiting for a worker that never comes.
+        env[CAPABILITIES_ENV] = ",".join(CAPABILITIES)
+        name = f"local-{os.getpid()}@%h"
+        argv = worker_argv(self.settings.workers, name, self.settings.build_arch, capabilities=CAPABILITIES)
         log.info("starting %d local build worker(s)", self.settings.workers)
         with self.logfile.open("ab") as out:
             self.proc = spawn(argv, env=env, stdout=out, stderr_to_stdout=True)
@@ -101,8 +113,8 @@ class EmbeddedDispatcher:
         self.inner = CeleryDispatcher(self.app)
         self.workers.start()
 
-    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
-        return self.inner.submit(request, arch=arch, task_id=task_id)
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str, cls: str = DEFAULT_CLASS) -> str:
+        return self.inner.submit(request, arch=arch, task_id=task_id, cls=cls)
 
     def check(self) -> None:
         """Builds are in flight: the local workers must still be there to carry them out."""

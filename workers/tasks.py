@@ -24,7 +24,9 @@ from farm.crossval.recheck import recheck_from_payload
 from farm.errors import E, FarmError
 from farm.trust import audit, tasksig
 from farm.trust.keys import coordinator_public, trusted_keys
+from farm.trust.nonces import Nonces
 from workers.app import BUILD_TASK, app, settings
+from workers.local import CAPABILITIES_ENV
 from workers.metrics_setup import child_exited, serve_aggregated
 
 log = logging.getLogger(__name__)
@@ -41,18 +43,31 @@ def lease_board() -> LeaseBoard:
     return LeaseBoard(open_kv(settings.state_url), settings.lease_timeout)
 
 
+@functools.cache
+def nonce_ledger() -> Nonces:
+    """The nonces of accepted tasks, in the coordinator state every worker shares (farm.trust.nonces)."""
+    return Nonces(lease_board().kv)
+
+
 def authenticate(task_id: str, request: Any, signature: Any, worker: str) -> FarmError | None:
-    """Check the coordinator's signature over the task before anything else (no parsing, no lease, no build).
-    A refusal is audited and counted; the returned error goes back as the task's (failed) outcome."""
+    """Check the coordinator's signature over the task before anything else (no parsing, no lease, no build), then
+    spend its nonce: a message accepted before, by any worker, is refused as a replay; so is every message while
+    the state store cannot say (fail closed). A forged or replayed task is audited and counted; the returned
+    error goes back as the task's (failed) outcome."""
     try:
-        tasksig.verify(task_id, request, signature, coordinator_public(settings.keys_dir))
+        tasksig.verify(
+            task_id, request, signature, coordinator_public(settings.keys_dir), nonces=nonce_ledger(), who=worker
+        )
     except FarmError as exc:
+        if exc.code == E.STATE_UNREACHABLE:
+            log.error("%s (%s)", exc.message, exc.hint)
+            return exc
         inner = request.get("request", request) if isinstance(request, dict) else None  # a recheck nests it
         name = inner.get("recipe", {}).get("name", "?") if isinstance(inner, dict) else "?"
         key = inner.get("build_key", "?") if isinstance(inner, dict) else "?"
         audit.record(
             audit.audit_path(settings.home),
-            audit.FORGED_TASK,
+            audit.REPLAYED_TASK if exc.code == E.TASK_REPLAYED else audit.FORGED_TASK,
             who=worker,
             what=f"task {task_id} (recipe {name!s:.100}, build key {key!s:.80})",
             error=exc.code,
@@ -66,11 +81,14 @@ def authenticate(task_id: str, request: Any, signature: Any, worker: str) -> Far
 def build(self: Any, request: Any, signature: Any = None) -> dict[str, Any]:
     worker = str(self.request.hostname or socket.gethostname())
     task_id = str(self.request.id or "")
+    _hand_back_if_out_of_rotation(worker)
     refused = authenticate(task_id, request, signature, worker)
     if refused is not None:
         outcome = BuildOutcome(build_key="", recipe="", ok=False, error=refused.to_json(), worker=worker).to_json()
         lease = request.get("lease") if isinstance(request, dict) else None
-        if isinstance(lease, str) and lease:  # the coordinator matches it with its task id, or discards it
+        # The coordinator matches a report with its task id, or discards it. A replay's lease belongs to the
+        # message's first delivery, which reports for itself: a report here could fail that build.
+        if isinstance(lease, str) and lease and refused.code == E.TASK_UNSIGNED:
             _report(lease, task_id, worker, outcome)
         return outcome
     req = BuildRequest.from_json(request)
@@ -104,13 +122,21 @@ def _report(lease: str, task_id: str, worker: str, outcome: dict[str, Any]) -> N
         log.error("cannot report the outcome of lease %s to the coordinator: %s", lease[:8], exc)
 
 
-def _build(req: BuildRequest, worker: str, task_id: str) -> dict[str, Any]:
-    board = lease_board()
-    if board.is_disabled(worker, max_age=DISABLED_TTL):
-        # Out of rotation (failure attribution): hand the build back for a healthy worker. The coordinator also
-        # asks Celery to stop this worker consuming; this covers transports without remote control.
+def _hand_back_if_out_of_rotation(worker: str) -> None:
+    """Out of rotation (failure attribution): hand the message back untouched, before authentication spends its
+    nonce, for a healthy worker. The coordinator also asks Celery to stop this worker consuming; this covers
+    transports without remote control. A state store that cannot answer is left to authentication (it refuses)."""
+    try:
+        disabled = lease_board().is_disabled(worker, max_age=DISABLED_TTL)
+    except FarmError:
+        return
+    if disabled:
         time.sleep(1)
         raise Reject("worker is out of rotation", requeue=True)
+
+
+def _build(req: BuildRequest, worker: str, task_id: str) -> dict[str, Any]:
+    board = lease_board()
     if req.lease and not board.claim(req.lease, worker):
         log.info("not building %s: lease %s is stale (re-dispatched or redelivered)", req.recipe["name"], req.lease[:8])
         stale = BuildOutcome(
@@ -163,6 +189,12 @@ def _consume_own_recheck_queue(sender: Any = None, instance: Any = None, **_: An
 _announcer: dict[str, Any] = {}
 
 
+def announced_capabilities() -> list[str]:
+    """What this worker says it can do: what ``mangos-farm worker`` probed and was allowed (it consumes the queues
+    of exactly those classes); none when started some other way (then it consumes the default queue only)."""
+    return sorted({c for c in os.environ.get(CAPABILITIES_ENV, "").split(",") if c})
+
+
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _announce_worker(sender: Any = None, **_: Any) -> None:
     name = str(getattr(sender, "hostname", None) or socket.gethostname())
@@ -176,6 +208,7 @@ def _announce_worker(sender: Any = None, **_: Any) -> None:
         host=socket.gethostname(),
         pid=os.getpid(),
         started=time.time(),
+        capabilities=announced_capabilities(),
     )
     stop = threading.Event()
     interval = max(0.5, settings.lease_timeout / 4)

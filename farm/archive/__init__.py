@@ -14,6 +14,8 @@ This package is the one owner of pinning Debian binaries; build recipes (``recip
    its source imported with :func:`farm.sources.dsc.import_dsc` and its build closure pinned. The source version
    is the one that produced the binaries the image would install (:mod:`~farm.archive.versions`: the highest
    version across every suite apt installs from); where that source cannot be downloaded, no older one is taken.
+   ``recipes import --image`` (:mod:`~farm.archive.closure`) does so for every source behind an image's packages,
+   trying every deb-src suite before it calls a source unavailable, and cuts the set's cycles into bootstrap edges.
 
 A debian recipe names its source (an imported .dsc) and the exact archive packages its build installs beyond the
 base environment. The worker puts those .debs (fetched from the farm store by sha256) and the dependency recipes'
@@ -22,7 +24,9 @@ base environment. The worker puts those .debs (fetched from the farm store by sh
 
 from __future__ import annotations
 
+from farm.archive.closure import UNAVAILABLE_FILE, ClosureReport, Outcome
 from farm.archive.download import deb_name, download_pins, ensure_pins
+from farm.archive.image_import import import_image
 from farm.archive.import_ import (
     Imported,
     ImportFailure,
@@ -37,10 +41,13 @@ from farm.archive.resolve import exclude_pins, parse_simulation, resolve_closure
 from farm.archive.versions import ArchiveVersions, SourceChoice, choose_source, is_older_code
 
 __all__ = [
+    "UNAVAILABLE_FILE",
     "ArchiveVersions",
+    "ClosureReport",
     "ImportFailure",
     "ImportReport",
     "Imported",
+    "Outcome",
     "Pin",
     "SourceChoice",
     "SourcesIndex",
@@ -51,6 +58,7 @@ __all__ = [
     "ensure_pins",
     "essential_packages",
     "exclude_pins",
+    "import_image",
     "import_recipes",
     "is_older_code",
     "parse_simulation",

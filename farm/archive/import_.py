@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -26,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from debian.debian_support import Version
+
 from farm.archive.download import download_pins
 from farm.archive.index import SourceEntry, SourcesIndex
 from farm.archive.pin import Pin
 from farm.archive.resolve import env_status_file, exclude_pins, resolve_closure
+from farm.archive.trims import existing_trims
 from farm.archive.versions import ArchiveVersions, SourceChoice, choose_source, is_older_code
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
@@ -60,10 +64,14 @@ def recipe_toml(
     environment: str,
     archive: Sequence[Pin],
     patches: Sequence[str] = (),
+    bootstrap: Sequence[tuple[str, str]] = (),
+    trims: str = "",
 ) -> str:
     """The recipe file of an imported source. ``patches`` (kept from the recipe this one replaces) are written as
     they were: a re-import moves the source, never drops the farm's own fixes; ``recipes check`` then says whether
-    they still apply."""
+    they still apply. ``bootstrap``: (recipe, archive version) of the dependencies built against as archive
+    binaries (:mod:`farm.recipes.bootstrap`). ``trims``: the ``[build]`` table's options and profiles, as the
+    replaced recipe wrote them (:mod:`farm.archive.trims`)."""
 
     def strings(values: Sequence[str]) -> str:
         return "[" + ", ".join(_toml_str(v) for v in values) + "]"
@@ -77,6 +85,15 @@ def recipe_toml(
         f"build-depends = {strings(build_depends)}",
         f"outputs = {strings(outputs)}",
         *([f"patches = {strings(patches)}"] if patches else []),
+        *(
+            [
+                "bootstrap = [",
+                *(f"  {{ recipe = {_toml_str(r)}, version = {_toml_str(v)} }}," for r, v in bootstrap),
+                "]",
+            ]
+            if bootstrap
+            else []
+        ),
         "",
         "[source]",
         f"dsc = {_toml_str(dsc)}",
@@ -85,6 +102,7 @@ def recipe_toml(
         "[build]",
         'kind = "debian"',
         f"environment = {_toml_str(environment)}",
+        *([trims.rstrip("\n")] if trims else []),
     ]
     if archive:
         lines.append("archive = [")
@@ -109,6 +127,7 @@ class Imported:
     pins: tuple[Pin, ...]
     candidate: str = ""
     explicit: bool = False
+    bootstrap: tuple[tuple[str, str], ...] = ()
 
     @property
     def older_than_candidate(self) -> bool:
@@ -187,6 +206,16 @@ def existing_patches(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return []
     return [p for p in patches if isinstance(p, str)] if isinstance(patches, list) else []
+
+
+def existing_bootstrap(path: Path) -> dict[str, str]:
+    """recipe -> version of the bootstrap edges of the recipe at ``path`` (none without a readable recipe)."""
+    try:
+        edges = tomllib.loads(path.read_text()).get("bootstrap", [])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+    ok = isinstance(edges, list) and all(isinstance(e, dict) for e in edges)
+    return {str(e.get("recipe")): str(e.get("version")) for e in edges if "recipe" in e} if ok else {}
 
 
 def existing_debian_recipes(recipes_dir: Path) -> dict[str, str]:
@@ -311,18 +340,28 @@ def write_recipe(
     env_name: str,
     store: Store,
     lists_dir: Path,
+    farm_deps: Sequence[str] | None = None,
+    bootstrap: Mapping[str, str] | None = None,
+    closure: Sequence[Pin] | None = None,
 ) -> Imported:
-    """Resolve and pin the build closure of one imported source on top of the environment, then write its recipe."""
+    """Resolve and pin the build closure of one imported source on top of the environment, then write its recipe.
+
+    ``farm_deps``: the recipes it builds against (default: every recipe its Build-Depends name); ``bootstrap``:
+    recipe -> source version of the ones it builds against as archive binaries instead (their binaries stay pinned;
+    each edge records the highest pinned version of them, or the given version when none is pinned); ``closure``:
+    its :func:`build_closure` when already resolved."""
     name = entry.name
-    deps = recipe_dependencies(entry, (), produced_by)
+    deps = list(farm_deps) if farm_deps is not None else recipe_dependencies(entry, (), produced_by)
+    if farm_deps is None and bootstrap is None:  # a re-import keeps the cycles cut where they were
+        bootstrap = {r: v for r, v in existing_bootstrap(recipes_dir / f"{name}.toml").items() if r in deps}
+        deps = [d for d in deps if d not in bootstrap]
     exclude = {b for b, n in produced_by.items() if n in deps}  # farm-built by its dependencies
-    src = tmp / f"{name}-src"
-    src.mkdir()
-    with (tmp / f"{name}.tar").open("wb") as fh:
-        run(["git", "--git-dir", str(source.repo), "archive", source.commit], stdout=fh)
-    run(["tar", "-xf", str(tmp / f"{name}.tar"), "-C", str(src)])
-    pins = exclude_pins(resolve_closure(status, src, set()), exclude)
+    pins = exclude_pins(closure if closure is not None else build_closure(source, tmp, status), exclude)
     stored = download_pins(pins, store, lists_dir)
+    edges = tuple(
+        (to, max((p.version for p in stored if produced_by.get(p.package) == to), key=Version, default=version))
+        for to, version in sorted((bootstrap or {}).items())
+    )
     path = recipes_dir / f"{name}.toml"
     text = recipe_toml(
         name=name,
@@ -335,8 +374,25 @@ def write_recipe(
         environment=env_name,
         archive=stored,
         patches=existing_patches(path),
+        bootstrap=edges,
+        trims=existing_trims(path),
     )
     atomic_write(path, text.encode())
     return Imported(
-        name, entry.version, source.commit, path, tuple(deps), tuple(stored), choice.candidate, choice.explicit
+        name, entry.version, source.commit, path, tuple(deps), tuple(stored), choice.candidate, choice.explicit, edges
     )
+
+
+def build_closure(source: ImportedSource, tmp: Path, status: Path) -> list[Pin]:
+    """Everything the source's Build-Depends take on top of the environment (dpkg status ``status``), every recipe's
+    binaries included: what a recipe leaves out of it depends on the set."""
+    src = tmp / f"{source.name}-src"
+    src.mkdir()
+    with (tmp / f"{source.name}.tar").open("wb") as fh:
+        run(["git", "--git-dir", str(source.repo), "archive", source.commit], stdout=fh)
+    run(["tar", "-xf", str(tmp / f"{source.name}.tar"), "-C", str(src)])
+    (tmp / f"{source.name}.tar").unlink()
+    try:
+        return resolve_closure(status, src, set())
+    finally:
+        shutil.rmtree(src)  # only debian/control was needed; big sources (gcc) must not pile up

@@ -4,9 +4,10 @@ record that ties key inputs, outputs, provenance and log together; the store wri
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from farm.build import BuildRequest
 from farm.build.outputs import Output
@@ -64,12 +65,15 @@ def provenance_envelope(
     builder_id: str,
     started: str,
     finished: str,
+    upstream: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The signed provenance envelope of the build, as the bytes to store.
 
     Its resolved dependencies are the recipe's patches (in the order applied, by sha256; none for a recipe without
     any), its inputs (likewise), its pinned archive packages, then every dependency recipe's artifacts (with the
-    build key they came from), in name order."""
+    build key they came from), in name order. ``upstream`` and ``parameters``: see
+    :func:`farm.trust.provenance.statement` (a Debian build's; absent for others)."""
     stmt = provenance.statement(
         subjects=[(a.name, a.digest) for a in artifacts],
         recipe=recipe.content(),
@@ -100,6 +104,8 @@ def provenance_envelope(
         build_key=req.build_key,
         started=started,
         finished=finished,
+        upstream=upstream,
+        parameters=parameters,
     )
     envelope = provenance.sign(stmt, key)
     return json.dumps(envelope, sort_keys=True, indent=1).encode()

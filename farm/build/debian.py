@@ -10,8 +10,11 @@ network: build-dependencies come from a read-only local repository holding exact
 environment, a fixed build path (/build/src), a fixed hostname and SOURCE_DATE_EPOCH from debian/changelog (a
 recheck varies these on purpose, :mod:`farm.build.variation`; the pinned environment itself never changes).
 
-(bubblewrap 0.8 has no overlay support, which is why this path uses unshare + overlayfs + chroot. It needs root
-on the worker.)
+(bubblewrap 0.8 has no overlay support, which is why this path uses unshare + overlayfs + chroot.) A worker that
+is not root runs it all in a user namespace mapping its subordinate ids (:mod:`farm.build.userns`): the environment
+is unpacked with its real owners (inner root is the worker), the mounts are the namespace's own, the build user is
+uid 1000 inside and a subordinate uid outside, and the build's files are handed back to the worker afterwards. A
+root worker runs the same script without the user namespace (and logs once that it need not be root).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from farm.build import buildd, userns
 from farm.build.sandbox import SRC, Limits, launcher_env, run_limited
+from farm.build.userns import IdMap
 from farm.build.variation import I18N, Variation, clamp_mtimes, disorderfs_argv, locale_parts
 from farm.errors import E, FarmError
 from farm.log import step
@@ -45,10 +50,28 @@ FAKETIME_LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
+def build_id_map() -> IdMap | None:
+    """None for a root worker (which logs once that it need not be root); for any other worker its subordinate-id
+    map, or the E-WORKER-SUBIDS refusal (:func:`farm.build.userns.require_id_map`)."""
+    if userns.note_root():
+        return None
+    require_tool("newuidmap")
+    return userns.require_id_map()
+
+
+def unpack_argv(tar: Path, dest: Path, idmap: IdMap | None) -> list[str]:
+    """tar keeping the environment's owners; without root, as inner root of ``idmap`` and without /dev's device
+    nodes (a user namespace cannot make them; the build mounts its own /dev)."""
+    argv = ["tar", "-x", "-p", "--numeric-owner", "-f", str(tar), "-C", str(dest)]
+    return argv if idmap is None else userns.wrap(idmap, [*argv, "--exclude=./dev/*"])
+
+
 def env_root(store: Store, digest: str, cache: Path) -> Path:
-    """The environment unpacked read-only under CACHE/envs/<digest>/root, once per machine (under a lock)."""
+    """The environment unpacked read-only under CACHE/envs/<digest>/root, once per machine (under a lock). Without
+    root it is unpacked with the worker's id map, as ``root-<map tag>``: its owners are subordinate ids."""
+    idmap = build_id_map()
     base = cache / "envs" / digest
-    root = base / "root"
+    root = base / ("root" if idmap is None else f"root-{idmap.tag}")
     base.mkdir(parents=True, exist_ok=True)
     with (base / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -57,10 +80,12 @@ def env_root(store: Store, digest: str, cache: Path) -> Path:
         with step("unpack environment", log, digest=digest[:12]):
             tar = base / "env.tar"
             store.fetch_blob(digest, tar)  # verifies the sha256: the environment is what was recorded
-            tmp = base / "root.tmp"
+            tmp = base / f"{root.name}.tmp"
+            if idmap is not None and tmp.exists():
+                run(userns.reclaim_argv(idmap, [], [tmp]))
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            run(["tar", "-x", "-p", "--numeric-owner", "-f", str(tar), "-C", str(tmp)])
+            run(unpack_argv(tar, tmp, idmap))
             tmp.chmod(0o755)  # the root directory itself is not in the tar: do not inherit the worker's umask
             tar.unlink()
             os.replace(tmp, root)
@@ -83,43 +108,38 @@ def stage_repo(repo: Path, recipe: Recipe, store: Store, dependency_debs: Iterab
     return count
 
 
-def inner_script(epoch: int, jobs: int, variation: Variation | None = None) -> str:
+def inner_script(
+    epoch: int,
+    jobs: int,
+    variation: Variation | None = None,
+    options: tuple[str, ...] = (),
+    profiles: tuple[str, ...] = (),
+) -> str:
     """What runs inside the build root: offline build-deps, then dpkg-buildpackage as uid 1000 in /build/src.
 
     A recheck's ``variation`` moves the source (its build path), changes TZ, locale (compiled here, into this
     build's overlay, from the host's locale sources that :func:`outer_script` binds), umask, uid and user name,
-    parallelism, CPU set and kernel version, and shifts the build's clock with the host's libfaketime."""
+    parallelism, CPU set and kernel version, and shifts the build's clock with the host's libfaketime. The build
+    user, its home and environment are a buildd's (:mod:`farm.build.buildd`), with the recipe's DEB_BUILD_OPTIONS
+    words (``options``) and build ``profiles``."""
     v = variation
     uid = v.uid if v else BUILD_UID
     build_dir = v.build_dir if v else SRC
     parent = posixpath.dirname(build_dir)
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-        "HOME": "/build/home",
-        "SOURCE_DATE_EPOCH": str(epoch),
-        "TZ": "UTC",
-        "LC_ALL": "C.UTF-8",
-        "LANG": "C.UTF-8",
-        "DEB_BUILD_OPTIONS": f"parallel={jobs}",
-    }
+    user = buildd.build_user(uid, v.user if v else "")
+    env = buildd.build_env(user, epoch=epoch, jobs=v.jobs if v else jobs, options=options)
     varied: list[str] = []
     prefix = ""
     if v is not None:
         env |= {k: val for k, val in v.env().items() if k not in ("JOBS", "SRC")}
-        env["DEB_BUILD_OPTIONS"] = f"parallel={v.jobs}"
         if v.clock_shift_days:
             env |= {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": f"+{v.clock_shift_days}d"}
         parts = locale_parts(v.locale)
         if parts is not None:
             varied.append(f"localedef -i {parts[0]} -f {parts[1]} {shlex.quote(v.locale)}")
-        if v.user:
-            varied += [
-                f"echo {shlex.quote(f'{v.user}:x:{uid}:{uid}::/build/home:/bin/sh')} >> /etc/passwd",
-                f"echo {shlex.quote(f'{v.user}:x:{uid}:')} >> /etc/group",
-            ]
         prefix = shlex.join(v.process_prefix()) + " " if v.process_prefix() else ""
     build_env = " ".join(shlex.quote(f"{k}={val}") for k, val in sorted(env.items()))
-    build = shlex.quote(f"cd {build_dir} && dpkg-buildpackage -b -us -uc")
+    build = shlex.quote(f"cd {build_dir} && {shlex.join(buildd.dpkg_buildpackage_argv(profiles))}")
     return "\n".join(
         [
             "set -eu",
@@ -130,10 +150,11 @@ def inner_script(epoch: int, jobs: int, variation: Variation | None = None) -> s
             'echo "==> phase build-deps $(date +%s.%N)"',
             "apt-get -q -o Acquire::Languages=none update",
             f"cd {build_dir}",
-            "apt-get -q -y --no-install-recommends build-dep ./",
+            shlex.join(buildd.build_dep_argv(profiles)),
             *varied,
+            *buildd.account_script(user),
             'echo "==> phase dpkg-buildpackage $(date +%s.%N)"',
-            f"mkdir -p /build/home && chown -R {uid}:{uid} {build_dir} /build/home /build/out",
+            f"chown -R {uid}:{uid} {build_dir} /build/out",
             f"chown {uid}:{uid} {parent}",
             f"setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all "
             f"env -i {build_env} {prefix}sh -c {build}",
@@ -153,8 +174,12 @@ def outer_script(
     inner: str,
     variation: Variation | None = None,
     src_mount: Path | None = None,
+    userxattr: bool = False,
 ) -> str:
     """Host side, inside the new mount namespace: overlay, /proc, a minimal /dev, binds, then chroot.
+
+    ``userxattr``: the overlay keeps its bookkeeping in user.* xattrs, as it must when mounted in a user namespace
+    (without it, deleting or renaming a lower directory fails with EIO or EXDEV).
 
     With a file-order variation the source is mounted through disorderfs. disorderfs (``--multi-user``) reaches
     its root directory as the calling user, so the build user must be able to walk to it: the source is first
@@ -168,7 +193,8 @@ def outer_script(
         "umask 022",
         "mount --make-rprivate /",
         f"mkdir -p {q(str(merged))} {q(str(upper))} {q(str(work))}",
-        f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {q(str(merged))}",
+        f"mount -t overlay overlay -o {'userxattr,' if userxattr else ''}lowerdir={lower},upperdir={upper},"
+        f"workdir={work} {q(str(merged))}",
         f"mount -t proc proc {q(str(merged / 'proc'))}",
         f"mount -t tmpfs -o mode=755 tmpfs {q(str(merged / 'dev'))}",
     ]
@@ -204,9 +230,11 @@ def outer_script(
     return "\n".join(lines)
 
 
-def unshare_argv(script: str) -> list[str]:
+def unshare_argv(script: str, idmap: IdMap | None = None) -> list[str]:
+    """The build's namespaces (mount, pid, net, uts, ipc); without root, inside a user namespace with ``idmap``."""
     return [
         "unshare",
+        *(idmap.unshare_args() if idmap is not None else []),
         "--mount",
         "--pid",
         "--net",
@@ -236,12 +264,7 @@ def run_debian_build(
     variation: Variation | None = None,
     limits: Limits | None = None,
 ) -> None:
-    if os.geteuid() != 0:
-        raise FarmError(
-            E.WORKER,
-            "debian builds need a worker running as root (overlay mounts and chroot)",
-            hint="run this worker as root, or route debian builds to workers that are",
-        )
+    idmap = build_id_map()
     require_tool("unshare")
     layer = workdir / "layer"
     src_mount = None
@@ -258,21 +281,30 @@ def run_debian_build(
         src=src,
         repo=repo,
         out=out,
-        inner=inner_script(epoch, jobs, variation),
+        inner=inner_script(epoch, jobs, variation, recipe.options, recipe.profiles),
         variation=variation,
         src_mount=src_mount,
+        userxattr=idmap is not None,
     )
     logfh.write(f"==> dpkg-buildpackage -b in environment {env_lower.parent.name[:16]}\n".encode())
     logfh.flush()
     # The same limits as sandboxed steps (a cgroup for processes and memory, rlimits), and a clean environment:
     # nothing of the worker's (AWS_*, broker URL, key paths) is inherited by the build root's processes.
     result, hit = run_limited(
-        unshare_argv(script),
+        unshare_argv(script, idmap),
         limits or Limits(),
         logfh=logfh,
         timeout=timeout,
         env=launcher_env() | {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
     )
+    if idmap is not None:  # the build user's files are a subordinate uid's: the namespace's root gives them back
+        back = run(userns.reclaim_argv(idmap, [src, out], [layer]), check=False)
+        if back.returncode != 0:
+            log.warning(
+                "could not reclaim the files of a rootless build in %s: %s",
+                workdir,
+                back.stderr[-500:].decode(errors="replace"),
+            )
     shutil.rmtree(layer, ignore_errors=True)
     if src_mount is not None:
         src_mount.rmdir()  # only ever a mountpoint in the build's namespace: empty here

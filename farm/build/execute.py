@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from farm import metrics
 from farm.build import (
@@ -26,6 +26,8 @@ from farm.build import (
     BuildOutcome,
     BuildRequest,
     attest,
+    buildd,
+    failure,
     outputs,
     sandbox,
     script_env,
@@ -40,6 +42,7 @@ from farm.errors import E, FarmError, StoreError
 from farm.log import step
 from farm.recipes import Recipe, patches
 from farm.run import require_tool, tail
+from farm.sources import upstream
 from farm.store import BuildRecord
 from farm.trust import audit
 
@@ -59,6 +62,16 @@ def _timed(phase: str, arch: str) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cause(exc: FarmError, logpath: Path) -> failure.Cause:
+    """The failure's classified cause (:mod:`farm.build.failure`), also written to the end of the log."""
+    with logpath.open("rb") as fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - failure.WINDOW))
+        cause = failure.classify(exc.code, exc.message, fh.read())
+    with logpath.open("ab") as fh:
+        fh.write(f"!!! cause: {cause.kind}: {cause.evidence}\n".encode())
+    return cause
 
 
 def _log_tail(logfh: IO[bytes]) -> bytes:
@@ -226,7 +239,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                     lease=req.lease,
                     recipe=recipe.name,
                     ok=False,
-                    error=exc.to_json(),
+                    error=exc.to_json() | {"cause": _cause(exc, logpath).to_json()},
                     log_digest=ctx.store.put_file(logpath).digest,
                     log_tail=tail(logpath.read_bytes(), LOG_TAIL),
                     worker=ctx.builder_id,
@@ -257,6 +270,21 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
     finally:
         if not ctx.keep_workdir:
             workdirs.discard(workdir, ctx.work_root)  # gone from the work root now, its files deleted in the background
+
+
+def _debian_provenance(recipe: Recipe, ctx: WorkerContext, src: Path) -> dict[str, Any]:
+    """What a Debian build's provenance adds: where its source comes from upstream, and what it ran with."""
+    v = ctx.variation
+    return {
+        "upstream": upstream.of_source(recipe.source.dsc, recipe.version, src, ctx.sources.root.parent),
+        "parameters": buildd.provenance_parameters(
+            options=recipe.options,
+            profiles=recipe.profiles,
+            jobs=v.jobs if v else ctx.jobs,
+            memory=ctx.limits.memory,
+            timeout=ctx.timeout,
+        ),
+    }
 
 
 def _build(
@@ -346,6 +374,7 @@ def _build(
             builder_id=ctx.builder_id,
             started=started,
             finished=finished,
+            **(_debian_provenance(recipe, ctx, src) if debian else {}),
         )
         logfh.write(f"==> outputs: {', '.join(f'{a.name} {a.digest}' for a in artifacts)}\n".encode())
         logfh.flush()

@@ -9,9 +9,10 @@ recheck moves the source elsewhere on purpose: :mod:`farm.build.variation`):
     /build/deps  dependency outputs (read-only)      /build/home  $HOME, empty
 
 Limits (:class:`Limits`): each step runs in the build's cgroup (pids + memory; cgroup v2 when its controllers are
-available, else the v1 hierarchies) because rlimits on processes do not bind here: bubblewrap maps the build uid to
-the worker's uid, and for root the kernel ignores RLIMIT_NPROC. The cgroup is made once per build
-(:class:`LimitedRunner`) and each step joins it; ``prlimit`` adds a file-size cap (and an address space cap when
+available, else the v1 hierarchies; without root, a delegated subtree: :mod:`farm.build.cgroups`) because rlimits
+on processes bind loosely here: bubblewrap maps the build uid to the worker's uid, so RLIMIT_NPROC counts the
+worker's own processes, and for root the kernel ignores it. The cgroup is made once per build
+(:class:`LimitedRunner`) and each step joins it; rlimits add a file-size cap (and an address space cap when
 there is no memory cgroup), /tmp is a size-bounded tmpfs, and the caller's timeout kills bwrap, whose
 --die-with-parent takes the whole pid namespace with it; the cgroup is emptied (SIGKILL) after every step too, so
 no step starts with anything of the one before.
@@ -19,18 +20,18 @@ no step starts with anything of the one before.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
 import select
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from farm.build.cgroups import CGROUP_PARENT as CGROUP_PARENT  # noqa: PLC0414 - re-exported
+from farm.build.cgroups import CGROUP_ROOT as CGROUP_ROOT  # noqa: PLC0414
+from farm.build.cgroups import Cgroup as Cgroup  # noqa: PLC0414
 from farm.run import Process, Result, spawn
 
 log = logging.getLogger(__name__)
@@ -150,143 +151,39 @@ def step_command(script: str) -> list[str]:
 
 
 # -- limits ------------------------------------------------------------------------------------------------------
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-CGROUP_PARENT = "mangos-farm"
-# Joins the cgroups named by its arguments (up to "--"), then becomes the rest: a fixed script with argv only, so
-# no recipe text ever reaches this shell.
-_JOIN = 'while [ "$1" != "--" ]; do echo $$ > "$1"; shift; done; shift; exec "$@"'
+# One fixed dash script, given argv only (no recipe text ever reaches it), runs before bwrap: it joins the cgroups
+# named by its arguments up to the first "--", sets the rlimits given as (option, value) pairs up to the second
+# "--" with the shell's own ``ulimit`` (no exec of prlimit: a millisecond per step), then becomes the rest. A join
+# or a limit that fails stops it (exit 125) rather than run the step unlimited. dash, named: its ``ulimit`` options
+# are these (bash's ``-p`` is the pipe size, its process count ``-u``).
+LIMITS_SHELL = "/bin/dash"
+_LIMITS = (
+    'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; '
+    'while [ "$1" != "--" ]; do ulimit "$1" "$2" || exit 125; shift 2; done; shift; '
+    'exec "$@"'
+)
 
 
-def prlimit_argv(limits: Limits, *, memory_cgroup: bool) -> list[str]:
-    argv = ["prlimit", f"--fsize={limits.scratch}", f"--nofile={limits.open_files}", f"--nproc={limits.processes}"]
+def rlimit_args(limits: Limits, *, memory_cgroup: bool, pids_cgroup: bool = False) -> list[str]:
+    """The rlimits of a step as dash ``ulimit`` (option, value) pairs, hard and soft alike: file size (in 512-byte
+    blocks, rounded down), open files, processes (dash's ``-p``) and address space (KiB). Where a pids cgroup counts
+    the build's processes, RLIMIT_NPROC is left alone: it counts every process of the uid, which for a worker that
+    is not root includes the worker's own."""
+    args = ["-f", str(limits.scratch // 512), "-n", str(limits.open_files)]
+    if not pids_cgroup:
+        args += ["-p", str(limits.processes)]
     if not memory_cgroup:  # a cgroup limit is better: RLIMIT_AS also counts reserved, unused address space
-        argv.append(f"--as={limits.memory}")
-    return [*argv, "--"]
+        args += ["-v", str(limits.memory // 1024)]
+    return args
 
 
 def limited_argv(limits: Limits, cgroup: Cgroup | None, command: list[str]) -> list[str]:
     """``command`` (the bwrap argv) under the limits: join the build's cgroups, set rlimits, exec. Pure."""
-    argv = prlimit_argv(limits, memory_cgroup=cgroup is not None and cgroup.has_memory) + command
-    if cgroup is None:
-        return argv
-    return ["/bin/sh", "-c", _JOIN, "mangos-limits", *(str(p) for p in cgroup.procs_files), "--", *argv]
-
-
-@dataclass
-class Cgroup:
-    """One build's cgroup(s): the pids and memory controllers, in v2 or v1 layout, under ``mangos-farm/``."""
-
-    dirs: list[Path]
-    v2: bool
-    has_memory: bool
-
-    @property
-    def procs_files(self) -> list[Path]:
-        return [d / "cgroup.procs" for d in self.dirs]
-
-    @classmethod
-    def create(cls, limits: Limits, root: Path = CGROUP_ROOT) -> Cgroup | None:
-        """A fresh cgroup with the limits written, or None where this process may not make one (then rlimits)."""
-        name = f"build-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            controllers = (root / "cgroup.controllers").read_text().split()
-        except OSError:
-            controllers = []
-        try:
-            if "pids" in controllers:
-                parent = root / CGROUP_PARENT
-                parent.mkdir(exist_ok=True)
-                wanted = [c for c in ("pids", "memory") if c in controllers]
-                (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
-                (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
-                d = parent / name
-                d.mkdir()
-                group = cls([d], True, "memory" in wanted)
-                (d / "pids.max").write_text(str(limits.processes))
-                if group.has_memory:
-                    (d / "memory.max").write_text(str(limits.memory))
-                    if (d / "memory.swap.max").exists():
-                        (d / "memory.swap.max").write_text("0")
-                return group
-            if (root / "pids" / "cgroup.procs").exists():
-                dirs = []
-                for controller in ("pids", "memory"):
-                    if (root / controller / "cgroup.procs").exists():
-                        d = root / controller / CGROUP_PARENT / name
-                        d.mkdir(parents=True)
-                        dirs.append(d)
-                group = cls(dirs, False, any(d.parts[-3] == "memory" for d in dirs))
-                (dirs[0] / "pids.max").write_text(str(limits.processes))
-                if group.has_memory:
-                    (dirs[1] / "memory.limit_in_bytes").write_text(str(limits.memory))
-                return group
-        except OSError as exc:
-            log.info("no cgroup for build limits (%s); process and memory limits fall back to rlimits", exc)
-        return None
-
-    def _file(self, controller: str, name: str) -> Path | None:
-        for d in self.dirs:
-            if self.v2 or d.parts[-3] == controller:
-                return d / name
-        return None
-
-    def _events(self, controller: str, name: str) -> dict[str, str]:
-        """A flat-keyed cgroup file (``key value`` lines) as a dict; empty when it cannot be read."""
-        path = self._file(controller, name)
-        try:
-            text = path.read_text() if path is not None else ""
-        except OSError:
-            text = ""
-        return dict(line.split() for line in text.splitlines() if line)
-
-    def counters(self) -> dict[str, int]:
-        """The cgroup's limit events so far (counters that only grow): "processes", tasks refused at pids.max;
-        "memory", OOM kills (v2: and times the usage reached memory.max). Not memory.failcnt: in v1 the page cache
-        counts towards the limit, so an I/O-heavy build that the kernel reclaims from without trouble bumps it."""
-        found = {"processes": int(self._events("pids", "pids.events").get("max", "0"))}
-        if self.has_memory and self.v2:
-            mem = self._events("memory", "memory.events")
-            found["memory"] = int(mem.get("oom_kill", "0")) + int(mem.get("max", "0"))
-        elif self.has_memory:
-            found["memory"] = int(self._events("memory", "memory.oom_control").get("oom_kill", "0"))
-        return found
-
-    def hit(self, since: Mapping[str, int] | None = None) -> list[str]:
-        """Which limits were run into (since the :meth:`counters` given): "processes", "memory"."""
-        base = since or {}
-        return [k for k, v in self.counters().items() if v > base.get(k, 0)]
-
-    def empty(self, patience: float = 2.0) -> bool:
-        """Kill whatever is in the cgroup and wait until it has left (the kernel removes a task as it is reaped);
-        False if something is still there after ``patience`` seconds."""
-        deadline = time.monotonic() + patience
-        delay = 0.0001  # bwrap's pid 1 usually finishes tearing its namespaces down within a millisecond
-        for d in self.dirs:
-            while True:
-                try:
-                    pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
-                except OSError:
-                    pids = []
-                if not pids:
-                    break
-                if time.monotonic() > deadline:
-                    log.warning("cgroup %s still holds %s after SIGKILL", d, pids)
-                    return False
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(delay)
-                delay = min(2 * delay, 0.02)
-        return True
-
-    def destroy(self) -> None:
-        """Kill whatever is left in the cgroup and remove it."""
-        self.empty()
-        for d in self.dirs:
-            try:
-                d.rmdir()
-            except OSError as exc:
-                log.warning("cannot remove cgroup %s: %s", d, exc)
+    rlimits = rlimit_args(
+        limits, memory_cgroup=cgroup is not None and cgroup.has_memory, pids_cgroup=cgroup is not None
+    )
+    procs = [str(p) for p in cgroup.procs_files] if cgroup is not None else []
+    return [LIMITS_SHELL, "-c", _LIMITS, "mangos-limits", *procs, "--", *rlimits, "--", *command]
 
 
 def _wait(proc: Process, timeout: float) -> bool:
@@ -317,7 +214,7 @@ def _wait(proc: Process, timeout: float) -> bool:
 
 class LimitedRunner:
     """Runs the steps of one build under its limits: the cgroup is made once, on entry, and removed on exit;
-    each step joins it (with prlimit's rlimits, :func:`limited_argv`), and whatever a step leaves in it is killed
+    each step joins it (with its rlimits, :func:`limited_argv`), and whatever a step leaves in it is killed
     before the step's result is returned. The limits a step ran into are told from the cgroup's event counters
     before and after it, so each step's verdict is its own."""
 

@@ -25,7 +25,9 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     for r in rows:
         jobs = ", ".join(f"{b['recipe']} for {now - (b['since'] or now):.0f}s" for b in r["building"]) or "idle"
         flag = " OUT OF ROTATION" if r["disabled"] else ""
-        print(f"{r['name']} ({r['arch']} x{r['concurrency']}, seen {r['last_seen_seconds']:.0f}s ago){flag}: {jobs}")
+        caps = ", ".join(r["capabilities"]) or "no capabilities"
+        seen = f"seen {r['last_seen_seconds']:.0f}s ago"
+        print(f"{r['name']} ({r['arch']} x{r['concurrency']}, {caps}, {seen}){flag}: {jobs}")
     return 0
 
 
@@ -59,12 +61,13 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from farm.run import exec_replace
-    from workers.local import worker_argv
+    from workers.local import CAPABILITIES_ENV, worker_argv
 
     arch = args.arch or settings.build_arch
     name = args.name or f"{arch}-{os.getpid()}@%h"
-    argv = worker_argv(args.concurrency or settings.workers, name, arch)
-    os.environ.update(settings.to_env() | {"MANGOS_FARM_ARCH": arch})
+    capabilities = worker_capabilities(args.capability, settings)
+    argv = worker_argv(args.concurrency or settings.workers, name, arch, capabilities=capabilities)
+    os.environ.update(settings.to_env() | {"MANGOS_FARM_ARCH": arch, CAPABILITIES_ENV: ",".join(capabilities)})
     if args.metrics_port:
         from workers.metrics_setup import prepare_multiprocess_dir
 
@@ -74,6 +77,22 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["MANGOS_FARM_METRICS_PORT"] = str(args.metrics_port)
         os.environ["MANGOS_FARM_METRICS_ADDR"] = args.metrics_addr
     exec_replace(argv)  # this process becomes the Celery worker
+
+
+def worker_capabilities(claimed: list[str] | None, settings: Settings) -> list[str]:
+    """Probe what this worker can do (only the ``claimed`` capabilities, when given: ``none`` for none) and say so;
+    a claimed capability that fails its probe is a FarmError (exit 2)."""
+    from farm.build.probes import allowed, probe
+    from farm.recipes.needs import CAPABILITIES
+
+    wanted = None if claimed is None else [c for c in claimed if c != "none"]
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    found = probe(CAPABILITIES if wanted is None else wanted, settings.work_dir)
+    capabilities = allowed(found, wanted)
+    for p in found.values():
+        print(f"capability {p.capability}: {'yes' if p.ok else 'no, ' + p.reason}", flush=True)
+    print(f"worker capabilities: {', '.join(capabilities) or 'none (default builds only)'}", flush=True)
+    return capabilities
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -105,6 +124,13 @@ def add_worker(sub: Subparsers) -> None:
     sp.add_argument("--concurrency", type=int, help="parallel builds")
     sp.add_argument("--arch", help="architecture to build for (default: the host's)")
     sp.add_argument("--name", help="worker name (default ARCH-PID@HOSTNAME)")
+    sp.add_argument(
+        "--capability",
+        action="append",
+        metavar="CAP",
+        help="take only builds needing CAP or less (repeatable; debian, kvm, or none): narrows what the worker "
+        "probes at start; one that fails its probe is an error (default: every capability that passes)",
+    )
     sp.add_argument("--metrics-port", type=int, default=9501, help="serve /metrics here (0: off; default 9501)")
     sp.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics (default all)")  # noqa: S104
 

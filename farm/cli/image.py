@@ -42,6 +42,7 @@ def _request(args: argparse.Namespace, settings: Settings) -> Any:
         require_reproducible=args.require_reproducible,
         lock=Path(args.lock) if args.lock else None,
         allow_fallback=args.allow_archive_fallback,
+        kernel=getattr(args, "kernel", None) or "",
     )
 
 
@@ -101,30 +102,47 @@ def stage_status(stream: TextIO) -> Callable[[str, float | None], None]:
     return show
 
 
+def _coverage(packages: Any, recipes: dict[str, str], args: argparse.Namespace, settings: Settings) -> Any:
+    from farm.image import coverage
+    from farm.store import open_store
+
+    store = open_store(settings.store_url)
+    return coverage.measure(packages, recipes=recipes, recipes_dir=Path(args.recipes), store=store)
+
+
 def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
-    from farm.image import assemble
+    from farm.image import assemble, coverage, inputs
 
     req = _request(args, settings)
-    if args.check_inputs:
+    if args.check_inputs or args.require_farm or args.min_farm is not None:  # the coverage is checked before a build
         got = assemble.check_inputs(req, settings)
+        cov, profile_cov = _coverage(got.packages, dict(got.recipes), args, settings), None
+        if got.profile_packages:
+            profile_cov = _coverage(got.profile_packages, dict(got.recipes), args, settings)
+        coverage.check(cov, require_all=args.require_farm, min_percent=args.min_farm)
+    if args.check_inputs:
         if args.json:
-            print_json(got.to_json())
+            print_json(got.to_json() | {"coverage": cov.to_json()}
+                       | ({"profile_coverage": profile_cov.to_json()} if profile_cov else {}))  # fmt: skip
             return 0
+        why = {e.package: e.reason for e in cov.archive()}
         for p in got.packages:
-            origin = f"farm {p.recipe}@{p.commit[:12]}" if p.origin == "farm" else "archive"
-            origin += f" ({p.reason})" if p.reason else ""
+            origin = f"farm {p.recipe}@{p.commit[:12]}" if p.origin == "farm" else f"archive ({why[p.name]})"
             print(f"{p.name:40} {p.version:32} {origin}")
         farm = len(got.farm())
         print(f"{len(got.packages)} packages verified: {farm} farm-built (signed provenance), "
               f"{len(got.packages) - farm} pinned from the archive")  # fmt: skip
-        if got.profile_packages:
-            print(f"profile {got.profile}: {len(got.profile_packages)} more archive packages for its sysext")
+        print(cov.line())
+        if profile_cov:
+            print(f"profile {got.profile} (its sysext): {len(got.profile_packages)} more, {profile_cov.line()}")
         if args.lock:
             print(f"exactly as locked in {args.lock} (apt resolved nothing)")
         return 0
     result = assemble.build(req, settings, watcher=stage_status(sys.stderr))
+    recipes = inputs.debian_recipes(req.recipes) if req.recipes.is_dir() else {}
+    cov = _coverage(coverage.manifest_packages(result.manifest), recipes, args, settings)
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json() | {"coverage": cov.to_json()})
         return 0
     print(f"image {result.raw}")
     print(f"  version   {result.version}")
@@ -133,6 +151,7 @@ def cmd_image_build(args: argparse.Namespace, settings: Settings) -> int:
         if path is not None:
             print(f"  {path}")
     print("  stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stages.items()))
+    print(f"  {cov.line()}")
     return 0
 
 
@@ -166,10 +185,35 @@ def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_image_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from farm.image.publish import publish
+    from farm.trust.release_keys import ReleaseKeys
+
+    keys = ReleaseKeys(release_dir(args.release_keys, settings))
+    next_key = Path(args.next_key) if args.next_key else None
+    done = publish(Path(args.out), args.output, keys, settings.work_dir / "image-publish", next_key)
+    if args.json:
+        print_json(done.to_json())
+        return 0
+    print(f"published {done.staged.version} to {done.url} ({len(done.channel.releases)} releases in channel.json)")
+    for f in done.staged.release.files:
+        print(f"  {f.size:>12}  {f.name}")
+    print(f"  block map: {done.staged.allocated} bytes allocated of {done.staged.image_size}")
+    if done.staged.release.next_key:
+        print(f"  announces the next release key {done.staged.release.next_key}")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     from farm.image.trace import trace
 
+    if args.all == bool(args.path):
+        from farm.errors import E, FarmError
+
+        raise FarmError(E.IMAGE_TRACE, "give either a PATH or --all", field="PATH", hint="e.g. 'trace IMAGE --all'")
     trusted = trusted_keys(settings, args.key)
+    if args.all:
+        return _trace_all(args, trusted)
     result = trace(Path(args.image), args.path, trusted, cert=Path(args.cert) if args.cert else None)
     if args.json:
         print_json(result)
@@ -177,6 +221,16 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{result['path']}")
     if result.get("image_signature"):
         print(f"  image    root hash {result['image_root_hash']} signed by the release key: verified")
+    if "kernel" in result:  # uki:.linux (farm.image.trace.trace_kernel)
+        print(f"  kernel   the UKI's .linux, sha256 {result['linux_sha256']}")
+        print(f"  recipe   {result['recipe']} {result['version']} (build {result['build_key'][:16]}...)")
+        print(f"  compiled {result['compiled_by']['recipe']} (build {result['compiled_by']['build_key'][:16]}...)")
+        print(f"  source   {result['source']} @ {result['commit']}")
+        is_release = result.get("certificate_is_release_cert")
+        cert_note = "" if is_release is None else ", the release certificate" if is_release else ", NOT the release one"
+        print(f"  cert     sha256 {result['certificate_sha256']}{cert_note} (inserted into the kernel)")
+        print(f"  signed   by builder key {result['signed_by'][:16]}... ({result['builder']}): verified")
+        return 0
     print(f"  package  {result['package']} {result['version']} ({result['deb']}, sha256 {result['deb_sha256']})")
     print(f"  file matches the package's md5sums: {result['file_matches_package']}")
     if result["origin"] != "farm":
@@ -186,7 +240,38 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  source   {result['source']} @ {result['commit']}")
     for patch in result.get("patches", []):
         print(f"  patch    {patch['name']} (sha256 {patch['sha256']})")
+    upstream = result.get("upstream", {})
+    if upstream.get("dsc"):
+        dsc = upstream["dsc"]
+        print(f"  dsc      {dsc.get('url') or dsc.get('name')} (sha256 {dsc.get('sha256')})")
+    for orig in upstream.get("orig", []):
+        print(f"  orig     {orig['name']} (sha256 {orig['sha256']})")
+    for what in ("repository", "release", "vcs-git", "watch"):
+        if upstream.get(what):
+            print(f"  upstream {what} {upstream[what]}")
     print(f"  signed   by builder key {result['signed_by'][:16]}... ({result['builder']}): verified")
+    return 0
+
+
+def _trace_all(args: argparse.Namespace, trusted: Any) -> int:
+    from farm.image.trace import summary_line, trace_all
+
+    result = trace_all(Path(args.image), trusted, cert=Path(args.cert) if args.cert else None)
+    if args.json:
+        print_json(result)
+        return 0
+    trails = {p["package"]: p for p in result["packages"]}
+    for f in result["files"]:
+        p = trails.get(f["package"] or "", {})
+        where = f"farm {p['recipe']}@{p['commit'][:12]}" if p.get("commit") else p.get("origin", "-")
+        print(f"{f['path']}\t{f['package'] or '-'}\t{where}" + ("\tMODIFIED" if f.get("modified") else ""))
+    for p in result["packages"]:
+        if p.get("commit"):
+            print(f"farm {p['package']} {p['version']}: {p['files']} files, recipe {p['recipe']}, build "
+                  f"{p['build_key'][:16]}..., {p['source']} @ {p['commit']}, key {p['signed_by'][:16]}")  # fmt: skip
+    if result.get("image_signature"):
+        print(f"image root hash {result['image_root_hash']} signed by the release key: verified")
+    print(summary_line(result["summary"]))
     return 0
 
 
@@ -220,6 +305,18 @@ def add_image(sub: Subparsers) -> None:
         help="admit only farm builds a varied rebuild reproduced (this farm's recheck or a --trust peer's)",
     )
     sp.add_argument("--lock", metavar="FILE", help="install exactly the packages of this image lock (no apt resolving)")
+    sp.add_argument(
+        "--kernel",
+        metavar="DIR|BUILD_KEY",
+        help="the farm's kernel (linux-image-mangos: 'make kernel' output or its build key) instead of Debian's",
+    )
+    farm_only = sp.add_mutually_exclusive_group()
+    farm_only.add_argument(
+        "--require-farm", action="store_true", help="refuse an image with any archive package (each one named, why)"
+    )
+    farm_only.add_argument(
+        "--min-farm", type=float, metavar="PERCENT", help="refuse an image below this share of farm-built packages"
+    )
     _fallback_flag(sp)
     json_flag(sp)
 
@@ -249,13 +346,23 @@ def add_image(sub: Subparsers) -> None:
     sp.add_argument("--db-cert", help="the Secure Boot db certificate (db.crt): also check the UKI signature")
     json_flag(sp)
 
+    sp = add_command(image, "publish", cmd_image_publish, "publish a built image as a release of a channel")
+    sp.add_argument("out", help="the image build's output directory (out/)")
+    sp.add_argument("-o", "--output", required=True, metavar="DIR|s3://BUCKET/PREFIX", help="the channel")
+    sp.add_argument("--release-keys", metavar="DIR", help="release keys (default HOME/release)")
+    sp.add_argument("--next-key", metavar="CERT", help="announce the key that signs the next releases (its .crt)")
+    json_flag(sp)
+
     add_boot(image)
 
 
 def add_trace(sub: Subparsers) -> None:
     sp = add_command(sub, "trace", cmd_trace, "trace a file in an image to the source commit it was built from")
     sp.add_argument("image", help="mangos_VERSION.raw")
-    sp.add_argument("path", help="absolute path inside the image, e.g. /usr/bin/hello")
+    sp.add_argument(
+        "path", nargs="?", help="absolute path inside the image, e.g. /usr/bin/hello; uki:.linux for the kernel"
+    )
+    sp.add_argument("--all", action="store_true", help="every file of the image instead, with counts")
     sp.add_argument("--key", action="append", help="extra trusted builder public key (PEM); repeatable")
     sp.add_argument("--cert", help="release verity certificate: first check the image's root is the signed one")
     json_flag(sp)

@@ -29,10 +29,11 @@ from typing import Any
 
 from farm import metrics
 from farm.coordinator import layout
+from farm.coordinator.commands import Commands, is_command
 from farm.coordinator.indexes import Live
 from farm.coordinator.kv import KV
 from farm.coordinator.leases import CoordinatorLease, Hold, LeaseBoard, LeaseLost
-from farm.coordinator.loading import Loading, RunLoader
+from farm.coordinator.loading import RunLoader
 from farm.coordinator.migrate import ensure_current
 from farm.coordinator.outcomes import Outcomes
 from farm.coordinator.plan import Plan
@@ -55,7 +56,7 @@ LEASE_SECONDS = 30.0  # the coordinator lease lapses this long after its holder 
 LEASE_POLL = 1.0  # seconds between looks at the coordinator lease while another process holds it
 
 
-class Coordinator(Scheduler, Outcomes, Loading):
+class Coordinator(Scheduler, Outcomes, Commands):
     def __init__(
         self,
         kv: KV,
@@ -155,19 +156,6 @@ class Coordinator(Scheduler, Outcomes, Loading):
             f" ({reason})" if reason else "",
         )
         return run
-
-    def cancel(self, run_id: str) -> Run:
-        """Cancel a run (:meth:`RunStore.cancel`: its builds in flight can no longer be taken up). The coordinator
-        driving the state revokes their tasks when told; this one does too if it has dispatched (it drives)."""
-        run, in_flight = self.runs.cancel(run_id, time.time())
-        if self._dispatcher is not None:
-            for job in in_flight:
-                if job.task_id:
-                    self._dispatcher.revoke(job.task_id)
-        return run
-
-    def retry(self, run_id: str, name: str) -> Job:
-        return self.runs.retry(run_id, name)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run_until_done(self, run_id: str, poll: float = 5.0) -> Run:
@@ -313,6 +301,8 @@ class Coordinator(Scheduler, Outcomes, Loading):
         outcomes: list[dict[str, Any]] = []
         changed: dict[str, None] = {}
         for message in events:
+            if is_command(message):
+                continue
             if "run" in message:
                 changed[str(message["run"])] = None
             else:
@@ -329,6 +319,10 @@ class Coordinator(Scheduler, Outcomes, Loading):
             self._keep_hold()  # checking an outcome may take a while (its provenance is read from the store)
             if (message.get("lease") or "") in self.inflight or not self._defer(message):
                 self._on_outcome(message, now)
+        commands = [m for m in events if is_command(m)]
+        if commands:  # after the outcomes (a build that ended, ended), stored first: a command reads the stored run
+            self._flush(now)
+            self._apply_commands(commands, now)
 
     def _lag_due(self) -> float:
         return self._lag_seen + LAG_EVERY[0 if self.done_recently else 1]
@@ -371,7 +365,7 @@ class Coordinator(Scheduler, Outcomes, Loading):
                 run.status, run.finished = "done", now
                 b.set(layout.meta_key(run.id), run.to_bytes())
                 b.srem(layout.ACTIVE, run.id)
-                b.delete(live.key)
+                b.delete(*live.keys())
                 b.hdel(layout.WAITING, run.id)
                 self.reasons.pop(run.id, None)
             b.hset(layout.WAITING, {r: why.encode() for r, why in self.reasons.items()})

@@ -3,11 +3,12 @@
 :class:`Live` is an active run as the coordinator holds it: its jobs (the static part of each decoded once, the
 recipe left as bytes until the build is dispatched), the dependency graph both ways, for each waiting build the
 number of its dependencies not yet done (a finished build decrements its dependents' counts: the one reaching 0
-is released), the ready builds best first (a heap by critical path, then earliest ready, then name: the policy's
-order within a run) and oldest first (for aging and the "oldest waiting" gauge), and the counts by state.
+is released), the ready builds of each class best first (a heap per class by critical path, then earliest ready,
+then name: the policy's order within a run) and all of them oldest first (for aging and the "oldest waiting" gauge),
+and the counts by state. A build's class is what it needs of its worker (:func:`farm.recipes.needs.class_of`).
 
 Each change is also queued for the state store (:meth:`Live.writes`): the builds whose records changed, the
-members added to or removed from the run's ready index (``mangos:ready:<arch>:<class>:<lane>:<run>``), the counts
+members added to or removed from the run's ready indexes (``mangos:ready:<arch>:<class>:<lane>:<run>``), the counts
 that moved (with the names of the builds in flight). :func:`evaluate` brings a run's waiting builds in line with
 their dependencies (on submission, on load, after a command changed the run); :func:`index_slice` indexes a run
 a slice of its plan order at a time, so that the coordinator loads a large run across several ticks.
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from farm.coordinator import layout
 from farm.coordinator.kvbase import Batch
 from farm.coordinator.records import Job, Run, State
+from farm.recipes.needs import class_of
 
 
 def evaluate(
@@ -96,6 +98,11 @@ def store_settled(run: Run, job: Job) -> bool:
     return job.store_checked == job.attempts or (run.force and job.attempts == 0)
 
 
+def job_class(job: Job) -> str:
+    """The class of slots a build needs (``default`` for a build that needs nothing of its worker)."""
+    return class_of(job.needs) if job.needs else layout.DEFAULT_CLASS
+
+
 def score(job: Job) -> float:
     """A build's score in the persisted ready index: lowest first, so the longest critical path first."""
     return -float(job.critical_path)
@@ -113,11 +120,12 @@ class Live:
         self.run = run
         self.jobs = jobs
         self.recipes = recipes
-        self.key = layout.ready_key(run.arch, layout.DEFAULT_CLASS, run.lane.value, run.id)
+        self.key = layout.ready_key(run.arch, layout.DEFAULT_CLASS, run.lane.value, run.id)  # the default class's
         self.dependents: dict[str, list[str]] = {}
         self.remaining: dict[str, int] = {}
         self.ready: set[str] = set()
-        self._best: list[tuple[float, float, str]] = []
+        self.ready_by: Counter[str] = Counter()  # class -> how many of ``ready`` are of it
+        self._best: dict[str, list[tuple[float, float, str]]] = {}  # class -> its ready builds, best first
         self._oldest: list[tuple[float, str]] = []
         self.counted: dict[str, State] = {}
         self.counts: Counter[State] = Counter()
@@ -127,7 +135,8 @@ class Live:
         self._stored: set[str] = set()  # members of the stored ready index, as far as this run knows
         self._moved: set[State] = set()
         self.reason = ""  # why its ready builds wait, as last written
-        self.cap_seen = -1  # the arch's slots when the reason was last decided
+        self.reasons: dict[str, str] = {}  # class -> why its ready builds wait, as last decided
+        self.caps_seen: dict[str, int] = {}  # class -> its slots when its reason was last decided
         self.add(jobs if names is None else names)
 
     def add(self, names: Iterable[str]) -> None:
@@ -153,26 +162,43 @@ class Live:
         return recipe
 
     # -- the ready index ---------------------------------------------------------------------------------------
+    def index_key(self, cls: str) -> str:
+        return layout.ready_key(self.run.arch, cls, self.run.lane.value, self.run.id)
+
+    def keys(self) -> list[str]:
+        """The run's ready index of every class."""
+        return layout.ready_keys(self.run.arch, self.run.lane.value, self.run.id)
+
+    def classes(self) -> list[str]:
+        """The classes the run has ready builds of."""
+        return [c for c, n in self.ready_by.items() if n > 0]
+
     def make_ready(self, job: Job) -> None:
         assert job.ready_since is not None
-        self.ready.add(job.name)
-        heapq.heappush(self._best, (-job.critical_path, job.ready_since, job.name))
+        cls = job_class(job)
+        if job.name not in self.ready:
+            self.ready.add(job.name)
+            self.ready_by[cls] += 1
+        heapq.heappush(self._best.setdefault(cls, []), (-job.critical_path, job.ready_since, job.name))
         heapq.heappush(self._oldest, (job.ready_since, job.name))
         self._index[job.name] = score(job)
 
     def unready(self, name: str) -> None:
         if name in self.ready:
             self.ready.discard(name)
+            self.ready_by[job_class(self.jobs[name])] -= 1
             if name in self._stored:
                 self._index[name] = None
             else:  # ready and gone again before it was stored: nothing to write
                 self._index.pop(name, None)
 
-    def take(self, k: int) -> list[str]:
-        """Up to ``k`` ready builds, best first, out of the heap: give back those not dispatched (:meth:`give`)."""
+    def take(self, k: int, cls: str = layout.DEFAULT_CLASS) -> list[str]:
+        """Up to ``k`` ready builds of class ``cls``, best first, out of its heap: give back those not dispatched
+        (:meth:`give`)."""
         out: list[str] = []
-        while self._best and len(out) < k:
-            _, since, name = heapq.heappop(self._best)
+        best = self._best.get(cls, [])
+        while best and len(out) < k:
+            _, since, name = heapq.heappop(best)
             if name in self.ready and name not in out and self.jobs[name].ready_since == since:
                 out.append(name)
         return out
@@ -181,7 +207,8 @@ class Live:
         for name in names:
             if name in self.ready:
                 job = self.jobs[name]
-                heapq.heappush(self._best, (-job.critical_path, job.ready_since or 0.0, name))
+                heap = self._best.setdefault(job_class(job), [])
+                heapq.heappush(heap, (-job.critical_path, job.ready_since or 0.0, name))
 
     def oldest(self) -> str | None:
         """The ready build that has waited longest."""
@@ -221,14 +248,23 @@ class Live:
         """Queue the changes since the last call: records (``changed``, from :meth:`settle`), index, counts."""
         batch.hset(layout.jobs_key(self.run.id), {j.name: j.dynamic_bytes() for j in changed})
         gone = [m for m, s in self._index.items() if s is None]
-        batch.zrem(self.key, *gone)
-        batch.zadd(self.key, {m: s for m, s in self._index.items() if s is not None})
+        for cls, members in self._by_class(self._index).items():
+            key = self.index_key(cls)
+            batch.zrem(key, *(m for m, s in members.items() if s is None))
+            batch.zadd(key, {m: s for m, s in members.items() if s is not None})
         if self._moved:
             batch.hset(layout.counts_key(self.run.id), self._counts(self._moved))
         self._stored.difference_update(gone)
         self._stored.update(m for m, s in self._index.items() if s is not None)
         self._index.clear()
         self._moved.clear()
+
+    def _by_class(self, members: Mapping[str, float | None]) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        jobs = self.jobs
+        for m, s in members.items():
+            out.setdefault(job_class(jobs[m]) if m in jobs else layout.DEFAULT_CLASS, {})[m] = s
+        return out
 
     def _counts(self, states: Iterable[State]) -> dict[str, bytes]:
         """The counts hash's fields for ``states``, and the builds in flight."""
@@ -242,11 +278,17 @@ class Live:
         self._index.clear()
         self._moved.clear()
         if stored is None:
-            batch.delete(self.key)
-            batch.zadd(self.key, {n: score(self.jobs[n]) for n in self.ready})
+            batch.delete(*self.keys())
+            gone: set[str] = set()
+            added = self.ready
         else:
-            batch.zrem(self.key, *(stored - self.ready))
-            batch.zadd(self.key, {n: score(self.jobs[n]) for n in self.ready - stored})
+            gone, added = stored - self.ready, self.ready - stored
+        changes: dict[str, float | None] = dict.fromkeys(gone)
+        changes.update({n: score(self.jobs[n]) for n in added})
+        for cls, members in self._by_class(changes).items():
+            key = self.index_key(cls)
+            batch.zrem(key, *(m for m, s in members.items() if s is None))
+            batch.zadd(key, {m: s for m, s in members.items() if s is not None})
         self._stored = set(self.ready)
         batch.hset(layout.counts_key(self.run.id), self._counts(State))
 

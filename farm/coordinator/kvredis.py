@@ -11,6 +11,7 @@ from typing import Any
 
 from farm.coordinator.kvbase import KV, Batch
 from farm.errors import E, FarmError
+from farm.settings import redact
 
 SOCKET_TIMEOUT = 10.0
 # KEYS[1]: the key; ARGV: had (1: expected present), expected, put (1: set, 0: delete), value, ttl in ms (0: none).
@@ -38,7 +39,7 @@ class RedisKV(KV):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
-        self.url = url
+        self.url = redact(url)  # for messages and logs: the password never leaves the connection
         attempts = max(1, int(retry_seconds / 2))
         self._redis: Any = redis.Redis.from_url(
             url,

@@ -17,8 +17,10 @@
 - ``mangos:runs`` — sorted set of every run id by creation time; ``mangos:runs:active`` — set of the active ones.
 - ``mangos:runs:waiting`` — hash, run id -> why its ready builds wait (``{position}`` stands for a build's place in
   the run's ready index, filled in on read).
-- ``mangos:ready:<arch>:<class>:<lane>:<run>`` — sorted set, the run's ready builds (dependencies done, not in
-  flight), best first: score = -critical path, ties by name.
+- ``mangos:ready:<arch>:<class>:<lane>:<run>`` — sorted set, the run's ready builds of one class (dependencies done,
+  not in flight), best first: score = -critical path, ties by name. The class names what a build needs of its worker
+  (:mod:`farm.recipes.needs`: ``default``, ``debian``, ``kvm``, ``debian+kvm``); a run has one index per class it
+  has ready builds in (:func:`ready_keys`: all of them).
 - ``mangos:beat:<lease>`` — a build's heartbeat (expires after the lease timeout), JSON {worker, claimed}.
 - ``mangos:inbox`` — list, what the coordinator must react to: outcomes from workers, runs changed by commands.
 - ``mangos:coordinator`` — the coordinator lease: who drives this state (expires unless renewed; JSON {host, pid,
@@ -30,6 +32,8 @@
 """
 
 from __future__ import annotations
+
+from farm.recipes import needs
 
 VERSION = 2
 VERSION_KEY = "mangos:state:version"
@@ -48,7 +52,8 @@ IN_FLIGHT = "in_flight"  # the field of a run's counts hash naming its builds in
 WORKER = "mangos:worker:"
 WORKERS = "mangos:workers"
 DISABLED = "mangos:disabled"
-DEFAULT_CLASS = "default"
+DEFAULT_CLASS = needs.DEFAULT_CLASS
+CLASSES = tuple(needs.classes())
 
 
 def meta_key(run_id: str) -> str:
@@ -77,6 +82,11 @@ def counts_key(run_id: str) -> str:
 
 def ready_key(arch: str, cls: str, lane: str, run_id: str) -> str:
     return f"{READY}{arch}:{cls}:{lane}:{run_id}"
+
+
+def ready_keys(arch: str, lane: str, run_id: str) -> list[str]:
+    """The run's ready index of every class (most absent: deleting them all is how a run's indexes go)."""
+    return [ready_key(arch, cls, lane, run_id) for cls in CLASSES]
 
 
 def lease_token(nonce: str, run_id: str, name: str) -> str:

@@ -61,6 +61,7 @@ class WorkerInfo:
     seen: float = 0.0
     disabled: bool = False
     building: list[dict[str, Any]] = field(default_factory=list)
+    capabilities: list[str] = field(default_factory=list)  # farm.recipes.needs; absent (older workers): none
 
 
 class LeaseBoard:

@@ -69,12 +69,12 @@ class RunLoader:
         for i in range(0, len(order), SLICE):
             self._read(order[i : i + SLICE])
             yield
-        key = layout.ready_key(run.arch, layout.DEFAULT_CLASS, run.lane.value, run.id)
-        start = 0
-        while len(found := kv.zrange(key, start, start + STORED_SLICE - 1)) > 0:
-            self.stored.update(m for m, _ in found)
-            start += STORED_SLICE
-            yield
+        for key in layout.ready_keys(run.arch, run.lane.value, run.id):
+            start = 0
+            while len(found := kv.zrange(key, start, start + STORED_SLICE - 1)) > 0:
+                self.stored.update(m for m, _ in found)
+                start += STORED_SLICE
+                yield
         live = Live(run, self.jobs, self.recipes, names=())
         now = time.time()
         for i in range(0, len(order), SLICE):
@@ -226,5 +226,5 @@ class Loading(TickState):
         with self.kv.batch() as b:
             b.hset(layout.jobs_key(run.id), {j.name: j.dynamic_bytes() for j in flying})
             b.hset(layout.counts_key(run.id), fields | {layout.IN_FLIGHT: b"[]"})
-            b.delete(old.key)
+            b.delete(*old.keys())
             b.hdel(layout.WAITING, run.id)

@@ -78,11 +78,18 @@ class Plan:
         order = [n for n in self.order if n in keep]
         return Plan(self.environment, order, {n: self.builds[n] for n in order})
 
+    @property
+    def bootstrap_edges(self) -> list[tuple[str, str, str]]:
+        """``(from, to, version)`` of every bootstrap edge: ``from`` builds against the archive's ``to`` binaries at
+        ``version`` instead of the farm's (the cycles the import cut), sorted."""
+        return sorted((n, to, v) for n in self.order for to, v in self.builds[n].recipe.bootstrap)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "environment": self.environment.digest,
             "order": self.order,
             "builds": [self.builds[n].to_json() for n in self.order],
+            "bootstrap_edges": [list(edge) for edge in self.bootstrap_edges],
             "summary": {
                 "total": len(self.order),
                 "cached": sum(1 for b in self.builds.values() if b.decision is Decision.CACHED),

@@ -26,7 +26,7 @@ _T = TypeVar("_T")
 
 # Fields added after state was first persisted: left out while empty, so that a run or job without them is written
 # back byte for byte as the previous version wrote it (and the previous version reads what this one writes).
-OPTIONAL_FIELDS = ("reason",)
+OPTIONAL_FIELDS = ("reason", "needs")
 
 
 def _encode(record: Any) -> bytes:
@@ -107,6 +107,7 @@ class Job:
     log_digest: str | None = None
     log_tail: str = ""
     reason: str = ""  # why this build was queued (a security update, a dependency's update); empty: a plain run
+    needs: list[str] = field(default_factory=list)  # capabilities its worker must have (farm.recipes.needs)
 
     def to_bytes(self) -> bytes:
         """The whole record (the version 1 form)."""
@@ -118,7 +119,8 @@ class Job:
 
     def static_bytes(self) -> bytes:
         """The static part but for the recipe (:meth:`recipe_bytes`)."""
-        return json.dumps({f: getattr(self, f) for f in STATIC_FIELDS if f != "recipe"}, sort_keys=True).encode()
+        fixed = {f: getattr(self, f) for f in STATIC_FIELDS if f != "recipe" and (f != "needs" or self.needs)}
+        return json.dumps(fixed, sort_keys=True).encode()
 
     def recipe_bytes(self) -> bytes:
         return json.dumps(self.recipe, sort_keys=True).encode()
@@ -142,7 +144,7 @@ class Job:
         job = object.__new__(cls)
         values = job.__dict__
         values.update(_DEFAULTS)
-        values["failures"], values["recipe"] = [], {}
+        values["failures"], values["recipe"], values["needs"] = [], {}, []  # needs: absent in older records
         values.update(static)
         values.update(live)
         values["state"] = _STATES[values["state"]]
@@ -186,6 +188,7 @@ STATIC_FIELDS = (
     "critical_path",
     "environment",
     "reason",
+    "needs",
 )
 DYNAMIC_FIELDS = tuple(f.name for f in fields(Job) if f.name not in STATIC_FIELDS)
 _STATES = {s.value: s for s in State} | {s: s for s in State}

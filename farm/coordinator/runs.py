@@ -34,6 +34,7 @@ from farm.coordinator.records import (
     summary_counts,
 )
 from farm.errors import E, FarmError
+from farm.recipes.needs import required
 
 if TYPE_CHECKING:  # the planner (and git behind it) is only needed to submit: readers do not load it
     from farm.coordinator.plan import Plan
@@ -94,6 +95,7 @@ class RunStore:
                 key=pb.key,
                 environment=pb.environment if pb.environment != plan.environment.digest else "",
                 reason=(reasons or {}).get(name, ""),
+                needs=list(required(pb.recipe.kind, pb.recipe.needs)),
             )
             if pb.decision is Decision.CACHED and pb.record is not None and not force:
                 job.state, job.why, job.outputs = State.CACHED, pb.reason, pb.record.outputs()
@@ -131,7 +133,7 @@ class RunStore:
         else:
             b.srem(layout.ACTIVE, run.id)
             b.hdel(layout.WAITING, run.id)
-            b.delete(layout.ready_key(run.arch, layout.DEFAULT_CLASS, run.lane.value, run.id))
+            b.delete(*layout.ready_keys(run.arch, run.lane.value, run.id))
         b.rpush(layout.INBOX, json.dumps({"run": run.id}).encode())
 
     # -- commands from any process ---------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 A build whose dependencies are all done is *eligible*: it gets its key, the store is asked about it once per
 attempt (found: cached, or refused when its provenance does not check out), and otherwise it enters its run's
-ready index. Each tick offers :func:`farm.coordinator.policy.pick`, per run, the best ``k`` ready builds (``k``:
-the free slots of the run's arch) and its longest-waiting one (which sets the run's aging), and dispatches what it
-picks. Why the others wait is decided per run and written only when it changes; a build's place among its run's
-ready builds is filled in when the state is read (:meth:`farm.coordinator.runs.RunStore.jobs`).
+ready index of its class (what it needs of its worker: :mod:`farm.recipes.needs`). Each tick offers
+:func:`farm.coordinator.policy.pick`, per run and class, the best ``k`` ready builds (``k``: the free slots of that
+arch and class, :class:`farm.coordinator.slots.Slots`) and its longest-waiting one (which sets the run's aging), and
+dispatches what it picks that still fits the slots the classes share, to the class's queue. Why the others wait
+is decided per run and class and written only when it changes; a build's place among its run's ready builds is
+filled in when the state is read (:meth:`farm.coordinator.runs.RunStore.jobs`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 from farm import metrics
 from farm.build import BuildRequest, DependencyInput
 from farm.coordinator import layout, policy
-from farm.coordinator.indexes import Live, store_settled
+from farm.coordinator.indexes import Live, job_class, store_settled
 from farm.coordinator.policy import Lane
 from farm.coordinator.records import Job, State, new_nonce
+from farm.coordinator.slots import Slots
 from farm.coordinator.tickstate import TickState
 from farm.identity import build_key
 
@@ -98,24 +101,32 @@ class Scheduler(TickState):
         """Refresh the workers' registry: every few seconds while there is work, rarely when idle, and often
         while ready builds have no worker at all (local workers are starting, say)."""
         self.workers = self.board.workers()
-        archs = {live.run.arch for live in self.live.values() if live.ready}
-        capacity = self._capacity()
-        if any(not capacity.get(arch) for arch in archs):
+        wanted = {(live.run.arch, cls) for live in self.live.values() for cls in live.classes()}
+        slots = Slots(self.workers, {}, ())
+        if any(not slots.capacity(arch, cls) for arch, cls in wanted):
             self._no_worker_since = self._no_worker_since or now
             self._workers_due = now + (0.2 if now - self._no_worker_since < NO_WORKER_EAGER else WORKERS_EVERY[0])
             return
         self._no_worker_since = 0.0
-        if archs or self.inflight:
+        if wanted or self.inflight:
             self._workers_due = now + WORKERS_EVERY[0]
         else:
             self._workers_due = now + WORKERS_EVERY[1]
 
-    def _capacity(self) -> dict[str, int]:
-        cap: Counter[str] = Counter()
-        for w in self.workers:
-            if not w.disabled:
-                cap[w.arch] += w.concurrency
-        return dict(cap)
+    def _slots(self) -> Slots:
+        """The fleet's slots, those of the builds in flight taken."""
+        running_on: Counter[str] = Counter()
+        unplaced: list[tuple[str, str]] = []
+        for run_id, name in self.inflight.values():
+            live = self.live.get(run_id)
+            if live is None:
+                continue
+            job = live.jobs[name]
+            if job.state is State.RUNNING and job.worker:
+                running_on[job.worker] += 1
+            else:
+                unplaced.append((live.run.arch, job_class(job)))
+        return Slots(self.workers, running_on, unplaced)
 
     def _busy(self) -> Counter[str]:
         return Counter(self.live[r].run.arch for r, _ in self.inflight.values() if r in self.live)
@@ -127,51 +138,72 @@ class Scheduler(TickState):
             return
         if self._dispatcher is None and self.lazy_workers:
             _ = self.dispatcher  # start local workers; they announce themselves within a second or two
-        capacity = self._capacity()
-        busy = self._busy()
-        free = {arch: max(0, capacity.get(arch, 0) - busy[arch]) for arch in {lv.run.arch for lv in waiting}}
+        slots = self._slots()
+        free = {(lv.run.arch, cls): 0 for lv in waiting for cls in lv.classes()}
+        for arch, cls in free:
+            free[(arch, cls)] = slots.free(arch, cls)
         taken: dict[str, list[str]] = {}
         cands = []
         for live in waiting:
-            k = free[live.run.arch]
-            if k <= 0:
-                continue
-            names = taken[live.run.id] = live.take(k)
+            names = taken[live.run.id] = []
+            for cls in live.classes():
+                if free[(live.run.arch, cls)] > 0:
+                    names += live.take(free[(live.run.arch, cls)], cls)
             oldest = live.oldest()
-            for name in [*names, *([oldest] if oldest and oldest not in names else [])]:
+            extra = oldest and oldest not in names and free[(live.run.arch, job_class(live.jobs[oldest]))] > 0
+            for name in [*names, oldest] if extra and oldest else names:
                 job = live.jobs[name]
                 assert job.ready_since is not None
-                cands.append(policy.Candidate(live.run.id, name, live.run.lane, live.run.arch, job.ready_since,
-                                              job.critical_path, cls=layout.DEFAULT_CLASS))  # fmt: skip
-        chosen = policy.pick(cands, free, now, self.config.aging, last_dispatch=self.last_dispatch) if cands else []
-        for c in chosen:
+                cls = job_class(job)  # policy.pick counts slots by its ``arch``: here the (arch, class) pair
+                cands.append(policy.Candidate(live.run.id, name, live.run.lane, _slot(live.run.arch, cls),
+                                              job.ready_since, job.critical_path, cls=cls))  # fmt: skip
+        per_class = {_slot(arch, cls): n for (arch, cls), n in free.items()}
+        picked = policy.pick(cands, per_class, now, self.config.aging, last_dispatch=self.last_dispatch)
+        chosen = []
+        for c in picked if cands else []:  # classes share slots: keep what still fits, best first
             live = self.live[c.run_id]
-            self._dispatch(live, live.jobs[c.name], now)
+            if slots.place(live.run.arch, c.cls):
+                chosen.append(c)
+                self._dispatch(live, live.jobs[c.name], now)
         for run_id, names in taken.items():
             self.live[run_id].give(names)
-        self._why_waiting(waiting, capacity, free, chosen)
+        self._why_waiting(waiting, slots, free, chosen)
 
     def _why_waiting(
-        self, waiting: list[Live], capacity: dict[str, int], free: dict[str, int], chosen: list[policy.Candidate]
+        self, waiting: list[Live], slots: Slots, free: dict[tuple[str, str], int], chosen: list[policy.Candidate]
     ) -> None:
-        """Why each run's ready builds wait (``{position}``: filled in on read), stored when it changes."""
+        """Why each run's ready builds wait, per class (``{position}``: filled in on read), stored when it changes:
+        no live worker can take them (and what it lacks), or the slots are busy or went to a higher lane."""
         for live in waiting:
             if not live.ready:
                 continue
             arch, lane = live.run.arch, live.run.lane.value
-            cap = capacity.get(arch, 0)
-            if cap == 0:
-                reason = f"no worker for arch {arch}"
-            elif free.get(arch, 0) > 0 or not live.reason or live.cap_seen != cap:
-                above = [c.lane for c in chosen if c.arch == arch and c.lane.level > live.run.lane.level]
-                if above and free.get(arch, 0) > 0:
-                    first = max(above, key=lambda x: x.level).value
-                    reason = f"{arch} slots went to {first} lane builds first ({lane} lane, position {{position}})"
+            parts = {}
+            for cls in sorted(live.classes()):
+                cap = slots.capacity(arch, cls)
+                where = arch if cls == layout.DEFAULT_CLASS else f"{arch} {cls}"
+                if cap == 0:
+                    parts[cls] = slots.no_worker(arch, cls)
+                elif free.get((arch, cls), 0) > 0 or cls not in live.reasons or live.caps_seen.get(cls) != cap:
+                    above = [
+                        c.lane for c in chosen if c.arch == _slot(arch, cls) and c.lane.level > live.run.lane.level
+                    ]
+                    if above and free.get((arch, cls), 0) > 0:
+                        first = max(above, key=lambda x: x.level).value
+                        parts[cls] = (
+                            f"{where} slots went to {first} lane builds first ({lane} lane, position {{position}})"
+                        )
+                    else:
+                        parts[cls] = f"all {cap} {where} slots busy ({lane} lane, position {{position}})"
                 else:
-                    reason = f"all {cap} {arch} slots busy ({lane} lane, position {{position}})"
-            else:
-                continue
-            live.cap_seen = cap
+                    parts[cls] = live.reasons[cls]
+                live.caps_seen[cls] = cap
+            live.reasons = parts
+            reason = (
+                next(iter(parts.values()))
+                if len(parts) == 1
+                else "; ".join(f"{c} builds: {r}" for c, r in parts.items())
+            )
             if reason != live.reason:
                 live.reason = self.reasons[live.run.id] = reason
 
@@ -214,7 +246,9 @@ class Scheduler(TickState):
         for i, (live, job) in enumerate(outbox):
             try:
                 assert job.task_id is not None
-                self.dispatcher.submit(self._request(live, job), arch=live.run.arch, task_id=job.task_id)
+                self.dispatcher.submit(
+                    self._request(live, job), arch=live.run.arch, task_id=job.task_id, cls=job_class(job)
+                )
             except Exception as exc:  # the broker is down: try again on a later tick
                 log.warning("cannot send build %s: %s", job.name, exc)
                 back = outbox[i:]
@@ -236,10 +270,13 @@ class Scheduler(TickState):
         """Queue and fleet gauges for Prometheus, from the indexes (no build is walked)."""
         depth: Counter[tuple[str, str]] = Counter()
         oldest: dict[tuple[str, str], float] = {}
+        waiting: Counter[tuple[str, ...]] = Counter()  # (arch, class), the class from the ready index's key
         for live in self.live.values():
             where = (live.run.lane.value, live.run.arch)
             self.gauge_archs.add(live.run.arch)
             depth[where] += len(live.ready)
+            for cls, n in live.ready_by.items():
+                waiting[(live.run.arch, cls)] += n
             first = live.oldest()
             if first is not None:
                 since = live.jobs[first].ready_since or now
@@ -256,11 +293,12 @@ class Scheduler(TickState):
                 running.add(job.worker)
         for arch in self.gauge_archs | set(busy):
             metrics.builds_in_flight.labels(arch).set(busy[arch])
+        metrics.publish(metrics.builds_ready_waiting, waiting)
         metrics.runs_active.set(len(self.live) + len(self.loading))
-        for arch in {w.arch for w in self.workers} | set(busy):
-            mine = [w for w in self.workers if w.arch == arch]
-            metrics.workers_alive.labels(arch).set(sum(1 for w in mine if not w.disabled))
-            metrics.workers_disabled.labels(arch).set(sum(1 for w in mine if w.disabled))
-            metrics.workers_busy.labels(arch).set(sum(1 for w in mine if w.name in running))
-        for w in self.workers:
-            metrics.worker_heartbeat_age.labels(w.name, w.arch).set(max(0.0, now - w.seen))
+        archs = {live.run.arch for live in self.live.values()} | set(busy)
+        metrics.fleet.publish(self.workers, running, archs, now, self.config.lease_timeout)
+
+
+def _slot(arch: str, cls: str) -> str:
+    """The key :func:`farm.coordinator.policy.pick` counts a candidate's slots under: its arch and class."""
+    return f"{arch}/{cls}"

@@ -30,8 +30,8 @@ from farm.trust.keys import PublicKey
 class Dispatcher(Protocol):
     """Carries build requests to workers (outcomes come back through the state store, not through this)."""
 
-    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
-        """Send a build as task ``task_id``; returns the task id."""
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str, cls: str = "default") -> str:
+        """Send a build as task ``task_id`` to the workers of ``arch`` serving class ``cls``; returns the task id."""
         ...
 
     def revoke(self, task_id: str) -> None: ...

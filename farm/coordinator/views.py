@@ -207,6 +207,7 @@ def worker_rows(kv: KV, lease_timeout: float, now: float | None = None) -> list[
             "up_seconds": round(now - w.started, 1),
             "last_seen_seconds": round(now - w.seen, 1),
             "disabled": w.disabled,
+            "capabilities": w.capabilities,
             "building": building.get(w.name, []),
         }
         for w in workers

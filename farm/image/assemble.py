@@ -15,19 +15,18 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs7
-
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
-from farm.image import erofs, esp, gpt, inputs, rootfs, signature, verity
+from farm.image import esp, gpt, inputs, rootcache, signature, verity
 from farm.image import lock as image_lock
+from farm.image.cache import ImageCache
+from farm.image.sums import sha256sums, sign_detached
 from farm.log import step
 from farm.settings import Settings
 from farm.store import open_store
@@ -57,6 +56,7 @@ class Artifacts:
     sums: Path
     sums_sig: Path
     stages: dict[str, float] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)  # which stages the image cache spared
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +72,7 @@ class Artifacts:
             "sha256sums": str(self.sums),
             "sha256sums_signature": str(self.sums_sig),
             "stages": self.stages,
+            "cached": self.cached,
             "sizes": {
                 p.name: p.stat().st_size
                 for p in (self.raw, self.root, self.verity, self.signature, self.uki)
@@ -94,6 +95,7 @@ class Request:
     require_reproducible: bool = False  # farm builds only when a varied rebuild agreed (farm.crossval.admission)
     lock: Path | None = None  # image.lock: install exactly its pins, resolve nothing (farm.image.lock)
     allow_fallback: bool = False  # take the archive's package for a farm build older than it (farm.image.admission)
+    kernel: str = ""  # the farm's kernel, not Debian's: `make kernel`'s directory or a build key (farm.image.kernel)
 
 
 # Called when a stage starts (seconds None) and when it ends (its seconds): the CLI's live status line.
@@ -155,10 +157,10 @@ def machine_id(root_seed: str) -> str:
     return hashlib.sha256(b"mangos-machine-id\0" + root_seed.encode()).hexdigest()[:32]
 
 
-def _payload_packages() -> tuple[str, ...]:
+def _payload_packages(farm_kernel: bool = False) -> tuple[str, ...]:
     from farm.image import payload
 
-    return tuple(payload.PACKAGES)
+    return payload.packages(farm_kernel=farm_kernel)
 
 
 def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Inputs:
@@ -169,7 +171,7 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
         recipes_dir=req.recipes,
         trusted=trusted,
         work=work / "inputs",
-        payload=_payload_packages(),
+        payload=_payload_packages(bool(req.kernel)),
         local_debs=req.debs,
         profile=req.profile,
         lock=image_lock.load(req.lock) if req.lock else None,
@@ -200,33 +202,30 @@ def admit(got: inputs.Inputs, req: Request, settings: Settings) -> None:
     admission.check_agreement(subjects, require=req.require_agreement, trust=req.trust, settings=settings)
 
 
-def write_manifest(root: Path, got: inputs.Inputs, sbom: dict[str, Any]) -> None:
-    """The image describes itself: ``trace`` reads these from the verity-protected root."""
-    target = root / MANIFEST_DIR
-    (target / "provenance").mkdir(parents=True, exist_ok=True)
-    (target / "manifest.json").write_text(json.dumps(got.to_json(), indent=1, sort_keys=True) + "\n")
-    (target / "sbom.spdx.json").write_text(json.dumps(sbom, indent=1, sort_keys=True) + "\n")
+def manifest_files(got: inputs.Inputs, sbom: dict[str, Any]) -> dict[str, bytes]:
+    """What the image says about itself (``trace`` reads it from the verity-protected root), by path in the root."""
+    files = {
+        f"{MANIFEST_DIR}/manifest.json": (json.dumps(got.to_json(), indent=1, sort_keys=True) + "\n").encode(),
+        f"{MANIFEST_DIR}/sbom.spdx.json": (json.dumps(sbom, indent=1, sort_keys=True) + "\n").encode(),
+    }
     for p in got.farm():
         envelope = p.path.with_name(p.filename + ENVELOPE_SUFFIX)
-        shutil.copyfile(envelope, target / "provenance" / (p.filename + ENVELOPE_SUFFIX))
+        files[f"{MANIFEST_DIR}/provenance/{p.filename}{ENVELOPE_SUFFIX}"] = envelope.read_bytes()
+    return files
 
 
-def sign_detached(data: bytes, keys: ReleaseKeys) -> bytes:
-    return (
-        pkcs7.PKCS7SignatureBuilder()
-        .set_data(data)
-        .add_signer(load_cert(keys.verity_cert), load_key(keys.verity_key), hashes.SHA256())
-        .sign(
-            serialization.Encoding.DER,
-            [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.NoAttributes, pkcs7.PKCS7Options.Binary],
-        )
-    )
+def write_manifest(root: Path, files: dict[str, bytes]) -> None:
+    (root / MANIFEST_DIR / "provenance").mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
 
 
-def sha256sums(paths: Sequence[Path]) -> str:
-    from farm.trust.verify import file_sha256
-
-    return "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(paths, key=lambda p: p.name))
+def tree_extra(files: dict[str, bytes], *facts: str) -> bytes:
+    """What the build puts into the tree besides packages and payload (the files, machine-id, kernel): its key."""
+    h = hashlib.sha256("\0".join(facts).encode() + b"\n")
+    for rel in sorted(files):
+        h.update(f"{rel}\0{hashlib.sha256(files[rel]).hexdigest()}\n".encode())
+    return h.digest()
 
 
 def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: Path, hashes: Path, sig: Path) -> None:
@@ -268,18 +267,16 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     work.mkdir(parents=True)
     with stages("inputs"):
         got = collect_inputs(req, settings, work)
-    version = req.version or image_version(got.digest, req.sde)
+        from farm.image import kernel
+
+        farm_kernel = (
+            kernel.resolve(req.kernel, store_url=settings.store_url, keys_dir=settings.keys_dir,
+                           trusted_keys_dir=settings.trusted_keys_dir, work=work / "kernel")
+            if req.kernel else None
+        )  # fmt: skip
+    version = req.version or image_version(kernel.inputs_digest(got.digest, farm_kernel), req.sde)
     name = f"mangos_{version}"
     sbom = inputs.spdx(got, name=name, created=created_at(req.sde))
-    with stages("rootfs", packages=len(got.packages)):
-        tar = rootfs.build_tar(got, sde=req.sde, cache=settings.cache_dir, work=work)
-    with stages("unpack"):
-        root = rootfs.unpack(tar, work / "root")
-    with stages("customize"):
-        from farm.image import payload
-
-        payload.customize(root, machine_id=machine_id(got.digest), sde=req.sde)
-        write_manifest(root, got, sbom)
     req.out.mkdir(parents=True, exist_ok=True)
     out = req.out
     root_img, verity_img, sig_img = (
@@ -287,8 +284,21 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
         out / f"{name}.root.verity",
         out / f"{name}.root.verity.sig",
     )
-    with stages("erofs"):
-        erofs.make(root, root_img, sde=req.sde, seed=got.digest)
+    files, machine = manifest_files(got, sbom), machine_id(got.digest)
+
+    def customize(tree: Path) -> None:
+        from farm.image import payload
+
+        payload.customize(tree, machine_id=machine, sde=req.sde)
+        if farm_kernel is not None:
+            kernel.install(tree, farm_kernel, sde=req.sde)
+        write_manifest(tree, files)
+
+    extra = tree_extra(files, machine, kernel.inputs_digest(got.digest, farm_kernel), Path(kernel.__file__).read_text())
+    root = rootcache.make(
+        got, sde=req.sde, seed=got.digest, extra=extra, customize=customize, root_img=root_img, work=work,
+        cache=ImageCache(settings.cache_dir / "image"), stage=stages, times=stages.times,
+    )  # fmt: skip
     with stages("verity"):
         v = verity.format_file(root_img, verity_img, seed=got.digest)
     with stages("signature"):
@@ -299,8 +309,9 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
         from farm.image import payload, uki
 
         uki.build_uki(
-            root, cmdline=payload.cmdline(v.root_hash), db_key=keys.db_key, db_cert=keys.db_cert, sde=req.sde,
-            out=uki_path,
+            root.boot, cmdline=payload.cmdline(v.root_hash, kernel_checks_signature=farm_kernel is not None),
+            db_key=keys.db_key, db_cert=keys.db_cert, sde=req.sde,
+            out=uki_path, initrd=root.initrd,
         )  # fmt: skip
     with stages("esp"):
         from farm.image import bootloader
@@ -327,13 +338,13 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
         sums = out / "SHA256SUMS"
         listed = [raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path]
         listed += [profile_raw] if profile_raw else []
-        atomic_write(sums, sha256sums(listed).encode())
+        atomic_write(sums, sha256sums(listed, {root_img: root.erofs_sha256}).encode())
         sums_sig = out / "SHA256SUMS.p7s"
         atomic_write(sums_sig, sign_detached(sums.read_bytes(), keys))
     shutil.rmtree(work, ignore_errors=True)
     result = Artifacts(
         version, v.root_hash, raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path, sums, sums_sig,
-        stages.times,
+        stages.times, {"root": root.tree_cached, "initrd": root.initrd_cached},
     )  # fmt: skip
     atomic_write(out / "build.json", (json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n").encode())
     return result

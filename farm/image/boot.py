@@ -42,6 +42,7 @@ class Outcome(StrEnum):
     SELFTEST_FAILED = "selftest-failed"  # the system came up but the self-test found something wrong
     FIRMWARE_REFUSED = "firmware-refused"  # Secure Boot rejected a binary's signature
     VERITY_CORRUPTION = "verity-corruption"  # dm-verity found a block that does not match the root hash
+    ROOT_SIGNATURE_REFUSED = "root-signature-refused"  # the kernel refused the root hash's signature (farm kernel)
     PANIC = "panic"  # the kernel panicked for another reason
     REFUSED_INSECURE = "refused-insecure"  # the image itself refused to run with Secure Boot off
     TIMEOUT = "timeout"  # none of the above within the time limit
@@ -59,6 +60,10 @@ PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
     (
         Outcome.VERITY_CORRUPTION,
         re.compile(r"device-mapper: verity: [^\r\n]*corrupt[^\r\n]*|dm-verity device corrupted"),
+    ),
+    (
+        Outcome.ROOT_SIGNATURE_REFUSED,
+        re.compile(r"device-mapper: [^\r\n]*verity: Root hash verification failed[^\r\n]*"),
     ),
     (Outcome.PANIC, re.compile(r"Kernel panic - not syncing[^\r\n]*")),
 )

@@ -29,9 +29,10 @@ from typing import Any
 from farm.archive import Pin, deb_name, ensure_pins, essential_packages, pin_from_index, resolve_install
 from farm.errors import E, FarmError, TrustError
 from farm.image import admission
-from farm.image.lock import ImageLock
+from farm.image.lock import ImageLock, LockedPackage
 from farm.image.packages import ARCHIVE, FARM, Inputs, Package
 from farm.log import step
+from farm.recipes.load import recipe_files
 from farm.run import run
 from farm.sources.apt import APT_LISTS
 from farm.store import BuildRecord, Store
@@ -51,7 +52,7 @@ PROFILES: dict[str, tuple[str, ...]] = {"docker": ("docker.io",)}
 def debian_recipes(recipes_dir: Path) -> dict[str, str]:
     """name -> pinned commit of every Debian recipe (``[build] kind = "debian"``) in the directory tree."""
     found = {}
-    for path in sorted(recipes_dir.rglob("*.toml")):
+    for path in recipe_files(recipes_dir):  # a separate set below it (recipes/base, recipes/kernel) is left out
         data = load_toml(path, E.RECIPE_SYNTAX, what="recipe", hint="fix the TOML")
         if data.get("build", {}).get("kind") == "debian" and data.get("source", {}).get("commit"):
             found[str(data["name"])] = str(data["source"]["commit"])
@@ -211,7 +212,7 @@ def gather(
 
     With ``lock``, the archive packages are exactly the lock's and apt resolves nothing; the recipes and the farm's
     verified builds must still be the locked ones. ``fetch=False`` (for ``image lock``) pins archive packages from
-    the index without downloading them. ``profile`` also gathers that profile's sysext packages.
+    the index without downloading them. ``profile`` also gathers that profile's sysext packages (farm builds too).
 
     A farm build older than the archive's version (apt's lists in ``lists_dir``, by default where apt keeps them)
     stops the gathering with every such package named, unless ``allow_fallback``: then the archive's package is
@@ -223,7 +224,8 @@ def gather(
         farm |= verify_local(local_debs, trusted)
     names = profile_names(profile) if profile else ()
     if lock is not None:
-        locked_farm = [farm[p.name] for p in lock.farm() if p.name in farm]
+        farm_locked = [*lock.farm(), *(p for p in lock.profile_packages if p.origin == FARM)]
+        locked_farm = [farm[p.name] for p in farm_locked if p.name in farm]
         admission.admit_farm(locked_farm, allow_fallback=False, lists_dir=lists_dir, locked_in=lock.where)
         return _locked(
             lock,
@@ -252,10 +254,14 @@ def gather(
         with step("resolving the profile's packages", log, profile=profile):
             have = {p.name for p in packages}
             more = [p for p in resolve_install([*requested, *names], work) if p.package not in have]
-            profile_packages = _archive(more, store, work / "profile", fetch)
+            profile_packages = [farm[p.package] for p in more if p.package in farm]
+            profile_packages += [
+                replace(p, reason=fallback[p.name].reason) if p.name in fallback else p
+                for p in _archive([p for p in more if p.package not in farm], store, work / "profile", fetch)
+            ]
     return Inputs(
         tuple(sorted(packages, key=lambda p: p.name)), tuple(requested), tuple(sorted(recipes.items())), profile,
-        names, tuple(profile_packages),
+        names, tuple(sorted(profile_packages, key=lambda p: p.name)),
     )  # fmt: skip
 
 
@@ -297,12 +303,24 @@ def _locked(
                 field="profile",
                 hint=f"refresh it with 'mangos-farm image lock --profile {profile}'",
             )
-        pins = sorted(p.pin for p in lock.profile_packages)
-        profile_packages = fetch_pinned(pins, store, work / "profile", lock)
+        pins = sorted(p.pin for p in lock.profile_packages if p.origin != FARM)
+        fetched = fetch_pinned(pins, store, work / "profile", lock)
+        profile_packages = [_locked_farm(lock, p, farm) for p in lock.profile_packages if p.origin == FARM]
+        profile_packages += [replace(p, reason=reasons.get((p.name, p.arch), "")) for p in fetched]
     return Inputs(
         tuple(sorted(packages, key=lambda p: p.name)), lock.requested, lock.recipes, profile,
-        tuple(names), tuple(profile_packages),
+        tuple(names), tuple(sorted(profile_packages, key=lambda p: p.name)),
     )  # fmt: skip
+
+
+def _locked_farm(lock: ImageLock, locked: LockedPackage, farm: dict[str, Package]) -> Package:
+    """The verified farm build a profile package is locked to (the base packages: :meth:`ImageLock.check_farm`)."""
+    got = farm.get(locked.name)
+    if got is None or (got.sha256, got.recipe, got.commit) != (locked.sha256, locked.recipe, locked.commit):
+        have = f"its verified build is {got.recipe} at {got.commit[:12]}, sha256 {got.sha256}" if got else "no build"
+        what = f"{locked.recipe} at {locked.commit[:12]} (sha256 {locked.sha256})"
+        raise lock.error(f"profile package {locked.name} is locked to {what}, but {have}", field="profile-package")
+    return got
 
 
 # -- SBOM -----------------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 The repository has one .deb per package name (farm builds and archive pins, see :mod:`farm.image.inputs`), so
 apt cannot choose anything else, and it runs offline. With ``SOURCE_DATE_EPOCH`` set and the two host files
-mmdebstrap copies (resolv.conf, hostname) pinned, the tarball is the same every time; it is cached under
-``$MANGOS_FARM_HOME/cache/image-rootfs`` by the digest of its inputs, since it is the slow part of an image build.
+mmdebstrap copies (resolv.conf, hostname) pinned, the tree is the same every time. mmdebstrap writes the directory
+itself (no tarball to write and unpack again) and dpkg runs with ``force-unsafe-io`` (no fsync per unpacked file:
+a half-written tree is thrown away anyway; measured 24 s instead of 46 s on a loaded 2-core machine). The image
+build caches what it makes from the tree (:mod:`farm.image.rootcache`), not the tree.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farm.errors import E, FarmError
-from farm.fsutil import atomic_write
-from farm.image.inputs import Inputs
+from farm.image.cache import ImageCache
+from farm.image.inputs import Inputs, Package
 from farm.log import step
 from farm.run import CommandFailed, require_tool, run
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 2  # bump when the way the tree is made changes (it is part of the cache key)
+RECIPE_VERSION = 3  # bump when the way the tree is made changes (it is part of the cache key)
 SUITE = "bookworm"
 HOSTNAME = "mangos"
 TIMEOUT = 1800.0
@@ -34,7 +36,7 @@ def cache_key(inputs: Inputs, sde: int) -> str:
     return hashlib.sha256(json.dumps([RECIPE_VERSION, inputs.digest, sde]).encode()).hexdigest()
 
 
-def stage_repo(inputs: Inputs, repo: Path) -> None:
+def stage_repo(inputs: Inputs, repo: Path, cache: ImageCache | None = None) -> None:
     """A flat repository (Packages and a Release with the suite's codename) of exactly the input .debs."""
     if repo.exists():
         shutil.rmtree(repo)
@@ -44,9 +46,47 @@ def stage_repo(inputs: Inputs, repo: Path) -> None:
             os.link(pkg.path, repo / pkg.filename)
         except OSError:  # another filesystem
             shutil.copyfile(pkg.path, repo / pkg.filename)
-    packages = run(["dpkg-scanpackages", "--multiversion", "."], cwd=repo).stdout
+    packages = packages_index(inputs, repo, cache) if cache else scan(repo)
     (repo / "Packages").write_bytes(packages)
     (repo / "Release").write_text(release_text(packages))
+
+
+def scan(directory: Path) -> bytes:
+    return run(["dpkg-scanpackages", "--multiversion", "."], cwd=directory).stdout
+
+
+def _stanza_key(pkg: Package, tool: str) -> str:
+    return hashlib.sha256(f"{tool}\0{pkg.sha256}\0{pkg.filename}".encode()).hexdigest()
+
+
+def packages_index(inputs: Inputs, repo: Path, cache: ImageCache) -> bytes:
+    """What ``dpkg-scanpackages`` prints for ``repo``, its stanza of each .deb cached by the .deb's sha256 and name.
+
+    It prints one stanza per package, sorted by name, each followed by an empty line; a .deb seen before is not
+    opened again (dpkg-deb runs per .deb: ~2 s for the image's 115)."""
+    tool = hashlib.sha256(Path(str(shutil.which("dpkg-scanpackages"))).read_bytes()).hexdigest()
+    stanzas: dict[str, str] = {}
+    missing: list[Package] = []
+    for pkg in inputs.packages:
+        entry = cache.get("deb-stanza", _stanza_key(pkg, tool))
+        text = entry.get("stanza") if entry else None
+        if isinstance(text, str) and text.startswith(f"Package: {pkg.name}\n"):
+            stanzas[pkg.name] = text
+        else:
+            missing.append(pkg)
+    if missing:
+        fresh = repo / ".scan"
+        fresh.mkdir()
+        for pkg in missing:
+            os.link(repo / pkg.filename, fresh / pkg.filename)
+        by_file = {f"Filename: ./{p.filename}": p for p in missing}
+        for text in scan(fresh).decode().split("\n\n"):
+            found = next((by_file[line] for line in text.splitlines() if line in by_file), None)
+            if found is not None:
+                stanzas[found.name] = text
+                cache.put("deb-stanza", _stanza_key(found, tool), {"stanza": text})
+        shutil.rmtree(fresh)
+    return "".join(stanzas[name] + "\n\n" for name in sorted(stanzas)).encode()
 
 
 def release_text(packages: bytes) -> str:
@@ -58,12 +98,13 @@ def release_text(packages: bytes) -> str:
     )
 
 
-def mmdebstrap_argv(repo: Path, out_tar: Path, include: Sequence[str]) -> list[str]:
+def mmdebstrap_argv(repo: Path, out_dir: Path, include: Sequence[str]) -> list[str]:
     return [
         "mmdebstrap",
         "--variant=essential",
         "--mode=root",
-        "--format=tar",
+        "--format=directory",
+        "--dpkgopt=force-unsafe-io",
         "--architectures=amd64",
         f"--include={','.join(include)}",
         # the UKI's initrd is made from the tree by the boot stage (INITRD=No in mmdebstrap_env)
@@ -72,8 +113,9 @@ def mmdebstrap_argv(repo: Path, out_tar: Path, include: Sequence[str]) -> list[s
         f"--customize-hook=printf '%s\\n' '{HOSTNAME}' > \"$1/etc/hostname\"",
         '--customize-hook=: > "$1/etc/resolv.conf"',
         '--customize-hook=rm -f "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*',
+        '--customize-hook=rm -f "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"',  # the unsafe-io option: build time only
         SUITE,
-        str(out_tar),
+        str(out_dir),
         f"deb [trusted=yes] copy://{repo} ./",
     ]
 
@@ -92,39 +134,25 @@ def mmdebstrap_env(sde: int) -> dict[str, str]:
     }
 
 
-def build_tar(inputs: Inputs, *, sde: int, cache: Path, work: Path) -> Path:
-    """The root tarball for these inputs, from the cache or made now."""
-    key = cache_key(inputs, sde)
-    out = cache / "image-rootfs" / f"{key}.tar"
-    if out.is_file():
-        log.info("root tree cached: %s", out)
-        return out
+def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: ImageCache | None = None) -> Path:
+    """The root tree for these inputs at ``dest`` (made afresh: a failed run leaves nothing there)."""
     require_tool("mmdebstrap")
     require_tool("dpkg-scanpackages")
     repo = work / "repo"
     with step("staging the local repository", log, packages=len(inputs.packages)):
-        stage_repo(inputs, repo)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.tar")
+        stage_repo(inputs, repo, cache)
+    if dest.exists():
+        shutil.rmtree(dest)
     include = sorted(p.name for p in inputs.packages if p.name in set(inputs.requested))
     with step("mmdebstrap", log, packages=len(include)):
         try:
-            run(mmdebstrap_argv(repo, tmp, include), env=mmdebstrap_env(sde), timeout=TIMEOUT)
+            run(mmdebstrap_argv(repo, dest, include), env=mmdebstrap_env(sde), timeout=TIMEOUT)
         except CommandFailed as exc:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
             raise FarmError(
                 E.IMAGE_BUILD,
                 f"mmdebstrap could not make the root tree: {exc.message[-3000:]}",
                 hint="the package set does not install cleanly; run with --debug for the full log",
             ) from None
-    os.replace(tmp, out)
-    atomic_write(out.with_suffix(".json"), json.dumps(inputs.to_json(), indent=1, sort_keys=True).encode())
-    return out
-
-
-def unpack(tar: Path, dest: Path) -> Path:
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    run(["tar", "--numeric-owner", "--xattrs", "-xpf", str(tar), "-C", str(dest)])
+    shutil.rmtree(repo, ignore_errors=True)
     return dest

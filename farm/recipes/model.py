@@ -19,7 +19,9 @@ from typing import Any
 
 from farm.errors import ErrorGroup, FarmError
 from farm.identity import digest_of
+from farm.recipes.bootstrap import parse_bootstrap
 from farm.recipes.inputs import Input, parse_inputs
+from farm.recipes.needs import parse_needs
 from farm.recipes.patches import Patch, parse_patches
 from farm.recipes.schema import (
     check_depends,
@@ -28,12 +30,18 @@ from farm.recipes.schema import (
     check_source,
     check_table,
     non_empty,
+    parse_build_flags,
     parse_debian,
     parse_env,
     str_field,
     string_list,
     subtable,
 )
+
+BUILDD = 1
+"""The version of the build root a debian build runs in (:mod:`farm.build.buildd`: the build user's passwd and
+group entries, home and environment). It is part of a debian recipe's content, so a change to the build root is a
+change of build key; bump it with every such change."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class Recipe:
     path: Path = Path("<memory>")
     patches: tuple[Patch, ...] = ()  # applied in order on top of the commit
     inputs: tuple[Input, ...] = ()  # files the build reads at $INPUTS/<file>
+    bootstrap: tuple[tuple[str, str], ...] = ()  # (recipe, archive version) built against as archive binaries
+    options: tuple[str, ...] = ()  # a debian build's DEB_BUILD_OPTIONS words (never parallel=: the worker's)
+    profiles: tuple[str, ...] = ()  # a debian build's build profiles
+    needs: tuple[str, ...] = ()  # capabilities declared (farm.recipes.needs): scheduling only, not content
 
     def content(self) -> dict[str, Any]:
         """What a build key and provenance record of the recipe: everything but where the file lies."""
@@ -72,7 +84,11 @@ class Recipe:
             source["ref"] = self.source.ref
         build: dict[str, Any] = {"steps": list(self.steps), "env": dict(self.env)}
         if self.kind != "script":  # script recipes keep the content (and so the keys) they always had
-            build |= {"kind": self.kind, "environment": self.environment, "archive": self.pins()}
+            build |= {"kind": self.kind, "environment": self.environment, "archive": self.pins(), "buildd": BUILDD}
+            if self.options:  # recorded only when given: the key changes only with what the build is asked to do
+                build["options"] = list(self.options)
+            if self.profiles:
+                build["profiles"] = list(self.profiles)
         elif self.environment:  # a script recipe in a pinned environment (none had one before: keys unchanged)
             build["environment"] = self.environment
         content: dict[str, Any] = {
@@ -88,6 +104,8 @@ class Recipe:
             content["patches"] = [p.to_json() for p in self.patches]
         if self.inputs:  # likewise for inputs
             content["inputs"] = [i.to_json() for i in self.inputs]
+        if self.bootstrap:  # likewise for bootstrap edges
+            content["bootstrap"] = [{"recipe": r, "version": v} for r, v in self.bootstrap]
         return content
 
     def pins(self) -> list[dict[str, str]]:
@@ -142,8 +160,11 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
     check_outputs(outputs, path, errors)
     env = parse_env(build, path, errors)
     kind, environment, pins = parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
+    options, profiles = parse_build_flags(build, kind, BUILDD, path, errors)
     patches = parse_patches(data.get("patches", []), path, errors, pinned=pinned)
     inputs = parse_inputs(data.get("inputs", []), path, errors, pinned=pinned)
+    bootstrap = parse_bootstrap(data.get("bootstrap", []), name, depends, path, errors)
+    needs = parse_needs(data.get("needs", []), path, errors)
     if errors:
         raise ErrorGroup(errors)
     ref = source.get("ref")
@@ -167,4 +188,8 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
         path=path,
         patches=patches,
         inputs=inputs,
+        bootstrap=bootstrap,
+        options=options,
+        profiles=profiles,
+        needs=needs,
     )

@@ -36,6 +36,8 @@ SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
             "patch files applied in order on top of the commit, relative to the recipe's directory or a parent, "
             'e.g. patches = ["patches/hello/0001-fix.patch"]',
         ),
+        "bootstrap": (list, False, "recipes built against as the archive's binaries (cycles cut by 'recipes import')"),
+        "needs": (list, False, 'capabilities its worker must have (where it runs, not what it makes): ["kvm"]'),
         "inputs": (
             list,
             False,
@@ -60,6 +62,14 @@ SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
             'the host\'s, e.g. "bookworm-amd64"',
         ),
         "archive": (list, False, "pinned archive packages of a debian build (written by 'recipes import')"),
+        "options": (
+            list,
+            False,
+            "DEB_BUILD_OPTIONS of a debian build, each with its reason in a comment beside it (parallel= is the "
+            "worker's, never the recipe's), e.g. options = [\"nocheck\"]",
+        ),
+        "profiles": (list, False, 'build profiles of a debian build (dpkg-buildpackage -P), e.g. profiles = ["nodoc"]'),
+        "buildd": (int, False, "the build-root version a debian build's content records (written by the farm)"),
     },
 }
 
@@ -299,3 +309,53 @@ def parse_debian(
     if kind == "script" and "steps" not in build and present:
         errors.append(err(E.RECIPE_MISSING, path, "build.steps", "missing required field", SCHEMA["build"]["steps"][2]))
     return kind, environment if isinstance(environment, str) else "", tuple(pins)
+
+
+OPTION_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*(?:=[^\s=]+)?$")
+PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+
+
+def parse_build_flags(
+    build: Mapping[str, Any], kind: str, buildd: int, path: Path, errors: list[FarmError]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A debian build's DEB_BUILD_OPTIONS words and build profiles, in the order written. ``parallel=`` is refused:
+    it is the worker's (its cores), so a bigger machine changes no build key. ``build.buildd``, when present (a
+    recipe's content as a worker receives it), must be this farm's ``buildd`` version."""
+    options = string_list(build.get("options", []), path, "build.options", errors, '["nocheck"]')
+    profiles = string_list(build.get("profiles", []), path, "build.profiles", errors, '["nodoc"]')
+    if kind != "debian":
+        for key in ("options", "profiles", "buildd"):
+            if key in build:
+                errors.append(
+                    err(E.RECIPE_VALUE, path, f"build.{key}", "only a debian build has one", 'add kind = "debian"')
+                )
+        return (), ()
+    for field, values, pattern in (("options", options, OPTION_RE), ("profiles", profiles, PROFILE_RE)):
+        bad = [v for v in values if not pattern.fullmatch(v)]
+        if bad:
+            errors.append(
+                err(E.RECIPE_VALUE, path, f"build.{field}", f"'{bad[0]}' is malformed", SCHEMA["build"][field][2])
+            )
+        if len(set(values)) != len(values):
+            errors.append(err(E.RECIPE_VALUE, path, f"build.{field}", "lists a value twice", "list each once"))
+    if any(o.split("=", 1)[0] == "parallel" for o in options):
+        errors.append(
+            err(
+                E.RECIPE_VALUE,
+                path,
+                "build.options",
+                "parallel= is set by the worker (its cores), not by the recipe",
+                "remove it: the build key must not depend on the machine; a worker passes parallel=N itself",
+            )
+        )
+    if "buildd" in build and build["buildd"] != buildd:
+        errors.append(
+            err(
+                E.RECIPE_VALUE,
+                path,
+                "build.buildd",
+                f"build root version {build['buildd']!r}, this farm makes version {buildd}",
+                "plan and build with the same farm version (or remove the key from a recipe file)",
+            )
+        )
+    return options, profiles

@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from debian import deb822
@@ -37,6 +37,7 @@ from debian import deb822
 from farm.errors import E, FarmError
 from farm.log import step
 from farm.run import CommandFailed, run
+from farm.sources import upstream
 from farm.sources.apt import (
     APT_HELPER,
     APT_LISTS,
@@ -76,6 +77,7 @@ class IndexEntry:
     dsc_name: str
     dsc_sha256: str
     dsc_size: int
+    files: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # every file of the entry: (name, sha256)
 
 
 def check_spec(name: str, version: str) -> None:
@@ -172,6 +174,7 @@ def index_entries(sources_text: str, name: str, version: str, archive: str) -> l
         para = deb822.Sources(para_text)
         if para.get("Package") != name or para.get("Version") != version:
             continue
+        files, dscs = [], []
         for entry in para.get("Checksums-Sha256") or []:
             try:
                 file, sha256, size = str(entry["name"]), str(entry["sha256"]), int(entry["size"])
@@ -181,8 +184,10 @@ def index_entries(sources_text: str, name: str, version: str, archive: str) -> l
                     f"the Sources index entry for {name} {version} has a malformed Checksums-Sha256 line ({exc})",
                     hint="run 'apt-get update' to fetch the index again",
                 ) from None
+            files.append((file, sha256))
             if file.endswith(".dsc"):
-                found.append(IndexEntry(archive, file, sha256, size))
+                dscs.append((file, sha256, size))
+        found += [IndexEntry(archive, file, sha256, size, tuple(files)) for file, sha256, size in dscs]
     return found
 
 
@@ -264,6 +269,22 @@ def fetch(name: str, version: str, dest: Path) -> Path:
     return dsc
 
 
+def _record_upstream(repo: Path, name: str, version: str, lists_dir: Path | None) -> None:
+    """Give an import made before the upstream record existed its record, from the Sources index (which lists the
+    .dsc and its files with their sha256, as the .dsc does: nothing is downloaded). Written once, also when the
+    index no longer lists the version (then empty: nothing is known)."""
+    entries = archive_index(name, version, lists_dir)
+    record: dict[str, object] = {}
+    if entries:
+        entry = min(entries, key=lambda e: e.archive)
+        url = upstream.apt_dsc_url(name, version, entry.dsc_name)
+        record = upstream.record(entry.dsc_name, entry.dsc_sha256, entry.files, url)
+    try:
+        upstream.write_record(repo, record)
+    except OSError as exc:
+        log.info("cannot record where %s=%s comes from: %s", name, version, exc)
+
+
 def import_dsc(
     name: str,
     version: str,
@@ -283,6 +304,8 @@ def import_dsc(
     with repo.with_name(repo.name + ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if repo.exists():
+            if not (repo / upstream.RECORD).exists():
+                _record_upstream(repo, name, version, lists_dir)
             return read_existing(repo, name, version)
         with step("import dsc", log, package=f"{name}={version}"):
             entries = archive_index(name, version, lists_dir)
@@ -300,6 +323,8 @@ def import_dsc(
                 unpack(dsc, tmp / "src")
                 with step("commit", log):
                     commit, tree, epoch = commit_tree(tmp / "repo.git", tmp / "src", name, version, entry.archive)
+                url = upstream.apt_dsc_url(name, version, dsc.name)
+                upstream.write_record(tmp / "repo.git", upstream.import_record(dsc, entry.dsc_sha256, url))
                 os.rename(tmp / "repo.git", repo)
         log.info("imported %s=%s as %s (tree %s)", name, version, commit, tree)
         return ImportedSource(name, version, repo, commit, tree, tag_name(version), epoch)

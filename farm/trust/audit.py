@@ -1,7 +1,7 @@
 """The audit log: an append-only JSON-lines record of security events, with who, what and when.
 
-Refused results, refused artifacts, forged or unsigned tasks, uses of revoked keys, key trust and revocation, and
-sandbox limit hits are each written as one line to ``$MANGOS_FARM_HOME/audit.jsonl`` and counted in
+Refused results, refused artifacts, forged, unsigned or replayed tasks, uses of revoked keys, key trust and
+revocation, and sandbox limit hits are each written as one line to ``$MANGOS_FARM_HOME/audit.jsonl`` and counted in
 ``mangos_security_events_total{event}``. One ``write`` of one line on an ``O_APPEND`` descriptor: concurrent
 writers (worker children, the coordinator) never interleave within a line, and nothing is ever rewritten.
 """
@@ -26,13 +26,23 @@ AUDIT_NAME = "audit.jsonl"
 
 # Event names (the metric's label values; keep the set small and stable).
 FORGED_TASK = "forged_task"
+REPLAYED_TASK = "replayed_task"
 REFUSED_RESULT = "refused_result"
 REFUSED_ARTIFACT = "refused_artifact"
 REVOKED_KEY_USED = "revoked_key_used"
 SANDBOX_LIMIT = "sandbox_limit"
 KEY_REVOKED = "key_revoked"
 KEY_TRUSTED = "key_trusted"
-EVENTS = (FORGED_TASK, REFUSED_RESULT, REFUSED_ARTIFACT, REVOKED_KEY_USED, SANDBOX_LIMIT, KEY_REVOKED, KEY_TRUSTED)
+EVENTS = (
+    FORGED_TASK,
+    REPLAYED_TASK,
+    REFUSED_RESULT,
+    REFUSED_ARTIFACT,
+    REVOKED_KEY_USED,
+    SANDBOX_LIMIT,
+    KEY_REVOKED,
+    KEY_TRUSTED,
+)
 
 
 def audit_path(home: Path) -> Path:

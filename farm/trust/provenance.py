@@ -41,12 +41,27 @@ def statement(
     build_key: str,
     started: str,
     finished: str,
+    upstream: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The statement of one build. ``upstream`` (where a Debian source comes from: its .dsc by URL and sha256, its
+    orig tarballs by sha256, the upstream repository and release it declares) becomes
+    ``externalParameters.source.upstream``, its .dsc and tarballs also resolved dependencies; ``parameters`` (what
+    a Debian build ran with: DEB_BUILD_OPTIONS, profiles, the machine's parallelism, memory and timeout) becomes
+    ``internalParameters.debian``. Both are optional and absent when empty, so a statement without them is
+    byte for byte what it always was."""
     resolved: list[dict[str, Any]] = [
         {"uri": f"git+{source_url}@{commit}", "digest": {"gitCommit": commit, "gitTree": tree}},
         {"name": "build-environment", "digest": {"sha256": environment}},
     ]
+    resolved.extend(upstream_dependencies(upstream or {}))
     resolved.extend(dict(d) for d in dependencies)
+    source: dict[str, Any] = {"git": source_url, "commit": commit}
+    if upstream:
+        source["upstream"] = dict(upstream)
+    internal: dict[str, Any] = {"recipeDigest": recipe_digest, "buildKey": build_key}
+    if parameters:
+        internal["debian"] = dict(parameters)
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": digest}} for name, digest in subjects],
@@ -54,11 +69,8 @@ def statement(
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "recipe": dict(recipe),
-                    "source": {"git": source_url, "commit": commit},
-                },
-                "internalParameters": {"recipeDigest": recipe_digest, "buildKey": build_key},
+                "externalParameters": {"recipe": dict(recipe), "source": source},
+                "internalParameters": internal,
                 "resolvedDependencies": resolved,
             },
             "runDetails": {
@@ -67,6 +79,21 @@ def statement(
             },
         },
     }
+
+
+def upstream_dependencies(upstream: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The .dsc (by its URL when known) and the orig tarballs of ``upstream`` as resolved dependencies."""
+    found: list[dict[str, Any]] = []
+    dsc = upstream.get("dsc")
+    if isinstance(dsc, Mapping) and dsc.get("sha256"):
+        entry: dict[str, Any] = {"name": f"dsc/{dsc.get('name', '')}", "digest": {"sha256": dsc["sha256"]}}
+        if dsc.get("url"):
+            entry["uri"] = dsc["url"]
+        found.append(entry)
+    for orig in upstream.get("orig", []) or []:
+        if isinstance(orig, Mapping) and orig.get("sha256"):
+            found.append({"name": f"orig/{orig.get('name', '')}", "digest": {"sha256": orig["sha256"]}})
+    return found
 
 
 def sign(stmt: Mapping[str, Any], key: BuilderKey) -> dict[str, Any]:

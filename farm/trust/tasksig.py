@@ -4,7 +4,9 @@ Anyone who can reach the broker can put a message on a build queue, so a worker 
 Ed25519 key signed: canonical bytes over the task id, the whole build request (recipe, source, dependencies,
 lease), the time it was issued and a nonce. Workers hold only the public half (``keys/coordinator.pub``). A
 message that was forged, altered, replayed under another task id or is older than :data:`MAX_AGE` is refused.
-Replays of a genuine message under its own id are stopped by the lease: a lease is claimed once.
+A genuine message delivered again under its own id is refused by the nonce ledger (:class:`NonceLedger`,
+:mod:`farm.trust.nonces` on the fleet's state store): each nonce is accepted once. The build's lease, claimable
+only while that build is queued or running, is a second line behind it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from farm.errors import E, FarmError, TrustError
 from farm.trust.keys import BuilderKey, PublicKey
@@ -22,6 +24,14 @@ from farm.trust.keys import BuilderKey, PublicKey
 DOMAIN = b"mangos-farm task v1\n"
 MAX_AGE = 7 * 24 * 3600  # a queued build may wait this long for a slot (full rebuilds on a small fleet)
 CLOCK_SKEW = 300
+
+
+class NonceLedger(Protocol):
+    """Where the nonces of accepted messages are recorded, shared by every worker (:mod:`farm.trust.nonces`)."""
+
+    def spend(self, nonce: str, *, task_id: str, who: str) -> None:
+        """Record the nonce as accepted by ``who``, atomically; raise E-TASK-REPLAYED if it was already, a
+        FarmError if that cannot be told."""
 
 
 def canonical(task_id: str, request: Mapping[str, Any], issued: int, nonce: str) -> bytes:
@@ -44,8 +54,18 @@ def _refused(why: str) -> FarmError:
     )
 
 
-def verify(task_id: str, request: Any, signature: Any, coordinator: PublicKey, now: float | None = None) -> None:
-    """Raise E-TASK-UNSIGNED unless ``signature`` is the coordinator's over exactly this task."""
+def verify(
+    task_id: str,
+    request: Any,
+    signature: Any,
+    coordinator: PublicKey,
+    now: float | None = None,
+    *,
+    nonces: NonceLedger | None = None,
+    who: str = "",
+) -> None:
+    """Raise E-TASK-UNSIGNED unless ``signature`` is the coordinator's over exactly this task. With ``nonces``, a
+    message that passes is then recorded there as accepted by ``who``: E-TASK-REPLAYED if it was before."""
     if not isinstance(signature, Mapping):
         raise _refused("the message carries no signature")
     if not isinstance(request, Mapping):
@@ -65,3 +85,5 @@ def verify(task_id: str, request: Any, signature: Any, coordinator: PublicKey, n
     age = (time.time() if now is None else now) - issued
     if age > MAX_AGE or age < -CLOCK_SKEW:
         raise _refused(f"the message was issued {int(age)}s ago, outside the accepted window")
+    if nonces is not None:
+        nonces.spend(nonce, task_id=task_id, who=who)

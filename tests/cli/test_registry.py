@@ -16,9 +16,10 @@ CLI = Path(main.__file__).parent
 def test_every_command_of_every_module_is_registered_once() -> None:
     registered = [name for name, _ in main.COMMANDS]
     assert len(registered) == len(set(registered))
-    for name, module in main.COMMANDS:
+    for name, module_name in main.COMMANDS:
+        module = main.command_module(module_name)
         assert name in module.COMMANDS, f"{module.__name__} does not define {name}"
-    modules = {module for _, module in main.COMMANDS}
+    modules = {main.command_module(module) for _, module in main.COMMANDS}
     for module in modules:
         assert set(module.COMMANDS) <= set(registered), f"{module.__name__} has commands main does not register"
 
@@ -38,3 +39,24 @@ def test_building_the_parser_loads_no_handler_machinery() -> None:
     )
     heavy = {"celery", "kombu", "git", "cryptography", "farm.build.execute", "farm.coordinator", "workers"}
     assert not loaded & heavy
+
+
+def test_a_command_parses_alike_with_only_its_own_module() -> None:
+    argv = ["--home", "h", "-v", "rebuild", "recipes", "--lane", "security"]
+    assert main.chosen_command(argv) == "rebuild"
+    assert vars(main.build_parser("rebuild").parse_args(argv)) == vars(main.build_parser().parse_args(argv))
+    for whole in (["--help"], [], ["nosuch"], ["--home=h", "--bogus", "rebuild"], ["--home"]):
+        assert main.chosen_command(whole) is None, whole
+    assert main.chosen_command(["--home=h", "status"]) == "status"
+
+
+def test_starting_one_command_imports_only_its_module() -> None:
+    code = (
+        "import sys\nfrom farm.cli.main import build_parser, chosen_command\n"
+        "build_parser(chosen_command(['rebuild', 'recipes']))\nprint(' '.join(sorted(sys.modules)))\n"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    )
+    assert "farm.cli.runs" in loaded
+    assert not loaded & {"farm.cli.security", "farm.cli.image", "farm.cli.crossval", "prometheus_client"}

@@ -37,12 +37,14 @@ class FakeDispatcher:
         self.stopped: list[tuple[str, str]] = []
         self.dead = False
         self.fail_next = 0
+        self.classes: dict[str, str] = {}  # task id -> the class of workers it was sent to
 
-    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str, cls: str = "default") -> str:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("broker away")
         self.sent.append((request, arch, task_id))
+        self.classes[task_id] = cls
         return task_id
 
     def revoke(self, task_id: str) -> None:

@@ -35,7 +35,7 @@ class QueueDispatcher(FakeDispatcher):
         super().__init__()
         self.tasks: queue.Queue[tuple[BuildRequest, str] | None] = queue.Queue()
 
-    def submit(self, request: BuildRequest, *, arch: str, task_id: str) -> str:
+    def submit(self, request: BuildRequest, *, arch: str, task_id: str, cls: str = "default") -> str:
         self.tasks.put((request, task_id))
         return super().submit(request, arch=arch, task_id=task_id)
 

@@ -12,6 +12,7 @@ from celery import Celery
 
 from farm.build import BuildRequest, DependencyInput
 from farm.errors import E, FarmError
+from farm.recipes.needs import classes
 from farm.trust import keys, tasksig
 from workers.app import BUILD_TASK, build_queue
 from workers.dispatch import CeleryDispatcher
@@ -88,7 +89,7 @@ def test_revoke_and_stop_consuming_use_remote_control_when_there_is_one(keys_dir
     dispatcher.stop_consuming("w1@fleet", "amd64")
     dispatcher.check()
     assert app.control.revoked == ["task-1"]
-    assert app.control.cancelled == [(build_queue("amd64"), ["w1@fleet"])]
+    assert app.control.cancelled == [(build_queue("amd64", cls), ["w1@fleet"]) for cls in classes()]
     quiet = CeleryDispatcher(cast(Celery, FakeApp(keys_dir, fail=True)))
     quiet.revoke("task-1")  # the embedded SQL broker has none: the lease check suffices
     quiet.stop_consuming("w1@fleet", "amd64")

@@ -235,12 +235,13 @@ def test_only_if_absent_across_processes(kv: KV, claim: Callable[..., None]) -> 
     assert wins.count(True) == 1
 
 
-def test_unreachable_redis_is_a_clear_error() -> None:
-    kv = RedisKV(f"redis://127.0.0.1:{free_port()}/0", retry_seconds=1)
+def test_unreachable_redis_is_a_clear_error_that_keeps_the_password() -> None:
+    kv = RedisKV(f"redis://farm:s3cret-pw@127.0.0.1:{free_port()}/0", retry_seconds=1)
     with pytest.raises(FarmError) as err:
         kv.get("x")
     assert err.value.code == E.STATE_UNREACHABLE
     assert "Redis" in err.value.hint
+    assert "s3cret-pw" not in err.value.render() and "farm:***@127.0.0.1" in err.value.message
 
 
 def test_redis_restart_is_survived(redis_server: RedisServer) -> None:

@@ -1,4 +1,4 @@
-"""The Containerfile (no container engine here to build it): its instructions, read as a builder would."""
+"""The Containerfile's instructions, read as a builder would (test_compose.py builds it with podman and runs it)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 
+from farm.build.userns import INNER_IDS
 from tests.deploy.common import CONTAINERFILE, ROOT, WORKER_UID
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,23 @@ def test_runs_unprivileged_with_the_cli_as_entrypoint() -> None:
     runs = " ".join(values("RUN"))
     assert f"--uid {WORKER_UID}" in runs
     assert "install -d -o mangos -g mangos -m 0700 /var/lib/mangos/keys" in runs  # the keys volume's owner
+    # every directory compose.yaml mounts a named volume on exists, owned by the user (else the volume is root's)
+    made = {p for run in values("RUN") for p in re.findall(r"/var/lib/mangos/\w+", run)}
+    assert {"/var/lib/mangos/keys", "/var/lib/mangos/coordinator", "/var/lib/mangos/keyring"} <= made
+
+
+def test_the_worker_user_has_a_subordinate_range_for_debian_builds() -> None:
+    """newuidmap (uidmap) and a range of 65536 ids (farm/build/userns.py INNER_IDS) below 131072, the ids a
+    Kubernetes pod user namespace gets with userNamespaces.idsPerPod: 131072 (worker-debian.yaml)."""
+    runs = " ".join(values("RUN"))
+    installs = [shlex.split(run) for run in values("RUN") if "apt-get install" in run]
+    assert any("uidmap" in argv for argv in installs)
+    (first, last), (gfirst, glast) = (
+        tuple(map(int, m.split("-"))) for m in re.findall(r"--add-sub[ug]ids (\d+-\d+)", runs)
+    )
+    assert (first, last) == (gfirst, glast)
+    assert last - first + 1 == INNER_IDS
+    assert first > WORKER_UID and last < 131072
 
 
 def test_build_context_leaves_local_state_out() -> None:

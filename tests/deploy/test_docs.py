@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from tests.deploy.common import OPERATIONS, ROOT, markdown_anchors
+from farm.build.userns import SUGGESTED_RANGE
+from tests.deploy.common import OPERATIONS, ROOT, load_yaml_all, markdown_anchors
 
 pytestmark = pytest.mark.integration
 
@@ -32,3 +33,30 @@ def test_named_repository_files_exist() -> None:
     assert "deploy/seccomp/worker.json" in named
     for path in named:
         assert (ROOT / path).exists(), f"{OPERATIONS.name} names {path}, which does not exist"
+
+
+def section(title: str) -> str:
+    text = OPERATIONS.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_capability_classes_name_the_settings_the_manifests_carry() -> None:
+    """The guide names every class the farm probes, and each exception worker-debian.yaml adds is named there."""
+    text = section("Capability classes and workers without root")
+    for cls in ("default", "`debian`", "`kvm`"):
+        assert f"| {cls} |" in text, cls
+    debian = load_yaml_all(ROOT / "deploy/kubernetes/worker-debian.yaml")[0]
+    context = debian["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert f"capabilities.add: [{', '.join(context['capabilities']['add'])}]" in text
+    assert f"allowPrivilegeEscalation: {str(context['allowPrivilegeEscalation']).lower()}" in text
+    assert "hostUsers: false" in text and "idsPerPod: 131072" in text
+    assert f"usermod --add-subuids {SUGGESTED_RANGE} --add-subgids {SUGGESTED_RANGE}" in text
+
+
+def test_moving_a_fleet_names_the_paths_the_farm_uses() -> None:
+    text = section("Moving an existing fleet")
+    assert "$MANGOS_FARM_HOME/cache/envs/*/root" in text  # farm/build/debian.py env_root, as a root worker made it
+    assert f"usermod --add-subuids {SUGGESTED_RANGE}" in text
+    assert "mangos_builds_ready_waiting" in text

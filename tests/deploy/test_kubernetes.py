@@ -1,15 +1,16 @@
 """deploy/kubernetes: every core resource validates against the Kubernetes OpenAPI schemas (offline, from the
-kubernetes-validate package, strict: unknown fields are errors), the KEDA ScaledObject against a small schema of
-its CRD, and the objects reference each other and the farm consistently."""
+kubernetes-validate package, strict: unknown fields are errors), every KEDA object against the schema generated from
+KEDA's released CRDs (the npm package @kubernetes-models/keda, installed by `make setup` into tests/deploy/keda), and
+the objects reference each other and the farm consistently."""
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 
@@ -22,6 +23,7 @@ from tests.deploy.common import (
     parse_cli,
     setting_variables,
 )
+from tests.lib.tools import IN_CI, require
 from workers.app import build_queue
 
 pytestmark = pytest.mark.integration
@@ -29,8 +31,10 @@ pytestmark = pytest.mark.integration
 # The oldest Kubernetes these manifests are meant for: user namespaces for pods (hostUsers: false), which the
 # worker's unmasked /proc requires, are on by default from 1.33.
 K8S_VERSION = "1.33"
-KEDA_SCHEMA = Path(__file__).with_name("keda-scaledobject.schema.json")
+KEDA = Path(__file__).with_name("keda")  # package.json + lock: @kubernetes-models/keda (KEDA 2.10.1's CRDs)
 NAMESPACE = "mangos-farm"
+WORKERS = {"mangos-worker": "default", "mangos-worker-debian": "debian"}  # Deployment -> capability class
+FARM_PODS = ("mangos-coordinator", *WORKERS, "mangos-web")
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
@@ -75,12 +79,16 @@ def test_expected_objects() -> None:
         ("Deployment", "mangos-coordinator"),
         ("Service", "mangos-coordinator"),
         ("Deployment", "mangos-worker"),
+        ("Deployment", "mangos-worker-debian"),
         ("Service", "mangos-worker-metrics"),
         ("Deployment", "mangos-web"),
         ("Service", "mangos-web"),
         ("ScaledObject", "mangos-worker-amd64"),
         ("CronJob", "mangos-recipes-update"),
         ("PersistentVolumeClaim", "mangos-recipes-update"),
+        ("ConfigMap", "prometheus"),  # prometheus.yaml: what KEDA asks (tests/deploy/test_scaling.py)
+        ("Deployment", "prometheus"),
+        ("Service", "prometheus"),
     }
     for where, doc in manifests():
         if doc["kind"] != "Namespace":
@@ -104,12 +112,12 @@ def pod_specs() -> dict[str, dict[str, Any]]:
 
 
 def test_settings_are_real_and_secrets_are_referenced_not_shipped() -> None:
-    (config,) = objects("ConfigMap").values()
+    config = objects("ConfigMap")["mangos-farm-settings"]
     variables = {k for k in config["data"] if k.startswith("MANGOS_FARM_")}
     assert variables <= setting_variables(), sorted(variables - setting_variables())
     assert config["data"]["MANGOS_FARM_BROKER"] == "redis://mangos-redis.mangos-farm.svc:6379/0"
     assert not objects("Secret"), "credentials and keys are created by the operator, never committed"
-    for name in ("mangos-coordinator", "mangos-worker", "mangos-web"):
+    for name in FARM_PODS:
         (container,) = pod_specs()[name]["containers"]
         assert container["envFrom"] == [{"configMapRef": {"name": "mangos-farm-settings"}}], name
         secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
@@ -118,13 +126,19 @@ def test_settings_are_real_and_secrets_are_referenced_not_shipped() -> None:
 
 def test_container_args_are_valid_command_lines() -> None:
     commands = {}
-    for name in ("mangos-coordinator", "mangos-worker", "mangos-web"):
+    for name in FARM_PODS:
         (container,) = pod_specs()[name]["containers"]
         assert container["image"] == "mangos-farm:0.1.0"  # kustomization's `images` rewrites it
         assert "command" not in container  # the image's entrypoint is mangos-farm
         commands[name] = parse_cli(container["args"])
     assert commands["mangos-coordinator"].command == "coordinator"
-    assert commands["mangos-worker"].command == "worker"
+    for name, cls in WORKERS.items():  # each class's Deployment claims exactly its class (none: default only)
+        assert commands[name].command == "worker"
+        assert commands[name].capability == ["none" if cls == "default" else cls], name
+        assert commands[name].arch == "amd64"
+        labels = objects("Deployment")[name]["spec"]["template"]["metadata"]["labels"]
+        assert labels["mangos.farm/class"] == cls and labels["mangos.farm/arch"] == "amd64"
+    assert build_queue("amd64", "debian") == "mangos.build.amd64.debian"  # the queue the debian workers take
     web = commands["mangos-web"]
     assert (web.command, web.host, web.port) == ("serve", "0.0.0.0", 8080)  # reachable through the Service
     (container,) = pod_specs()["mangos-web"]["containers"]
@@ -156,17 +170,19 @@ def test_one_coordinator_never_two() -> None:
 
 
 def test_every_farm_pod_is_unprivileged() -> None:
-    for name in ("mangos-coordinator", "mangos-worker", "mangos-web"):
+    for name in FARM_PODS:
         spec = pod_specs()[name]
         assert spec["automountServiceAccountToken"] is False, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["runAsUser"] == WORKER_UID, name
         (container,) = spec["containers"]
         context = container["securityContext"]
-        assert context["allowPrivilegeEscalation"] is False, name
-        assert context["capabilities"] == {"drop": ["ALL"]}, name
         assert context["readOnlyRootFilesystem"] is True, name
         assert not context.get("privileged", False), name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        if name != "mangos-worker-debian":  # its one exception: test_the_debian_class_adds_only_what_newuidmap_needs
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
     for name in ("mangos-coordinator", "mangos-web"):
         spec = pod_specs()[name]
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -177,8 +193,25 @@ def test_every_farm_pod_is_unprivileged() -> None:
         }
 
 
-def test_worker_has_exactly_the_exceptions_bwrap_needs() -> None:
-    spec = pod_specs()["mangos-worker"]
+def test_the_debian_class_adds_only_what_newuidmap_needs() -> None:
+    """newuidmap/newgidmap (setuid root) write the build's multi-id map: SETUID/SETGID in the bounding set, no
+    no_new_privs; held over the pod's own user namespace only (hostUsers: false). Nothing else differs."""
+    default, debian = (pod_specs()[name] for name in WORKERS)
+    context = debian["containers"][0]["securityContext"]
+    assert context["allowPrivilegeEscalation"] is True
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID"]}
+    assert debian["hostUsers"] is False
+    relaxed = copy.deepcopy(default)
+    relaxed["containers"][0]["securityContext"].update(
+        allowPrivilegeEscalation=True, capabilities=context["capabilities"]
+    )
+    relaxed["containers"][0]["args"] = debian["containers"][0]["args"]
+    assert relaxed == debian
+
+
+@pytest.mark.parametrize("name", list(WORKERS))
+def test_workers_have_exactly_the_exceptions_their_sandbox_needs(name: str) -> None:
+    spec = pod_specs()[name]
     (container,) = spec["containers"]
     assert spec["hostUsers"] is False  # its own user namespace: required for an unmasked /proc
     assert container["securityContext"]["procMount"] == "Unmasked"
@@ -186,7 +219,7 @@ def test_worker_has_exactly_the_exceptions_bwrap_needs() -> None:
     profile = spec["securityContext"]["seccompProfile"]
     assert profile["type"] == "Localhost"
     assert Path(profile["localhostProfile"]).name == SECCOMP_PROFILE.name  # the profile deploy/seccomp ships
-    assert "add" not in container["securityContext"]["capabilities"]  # no SYS_ADMIN
+    assert "SYS_ADMIN" not in container["securityContext"]["capabilities"].get("add", [])
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     key_mount = mounts["/var/lib/mangos/keys"]
     assert key_mount["readOnly"] is True
@@ -194,55 +227,67 @@ def test_worker_has_exactly_the_exceptions_bwrap_needs() -> None:
     assert key_volume["secret"]["secretName"] == "mangos-builder-key"
     assert {i["path"] for i in key_volume["secret"]["items"]} == {"builder.key", "builder.pub", "coordinator.pub"}
     assert key_volume["secret"]["defaultMode"] == 0o440
-    for name in ("mangos-coordinator", "mangos-web"):  # nobody else holds the builder key
-        secrets = [v["secret"]["secretName"] for v in pod_specs()[name]["volumes"] if "secret" in v]
-        assert "mangos-builder-key" not in secrets, name
+    for other in ("mangos-coordinator", "mangos-web"):  # nobody else holds the private builder key
+        items = [
+            item["key"]
+            for v in pod_specs()[other]["volumes"]
+            if v.get("secret", {}).get("secretName") == "mangos-builder-key"
+            for item in v["secret"]["items"]
+        ]
+        assert items == (["builder.pub"] if other == "mangos-coordinator" else []), other
     # The coordinator alone holds its task-signing key, where MANGOS_FARM_COORDINATOR_KEY_DIR points.
     coordinator = pod_specs()["mangos-coordinator"]
-    (secret,) = (v["secret"] for v in coordinator["volumes"] if "secret" in v)
-    assert secret["secretName"] == "mangos-coordinator-key" and secret["defaultMode"] == 0o440
+    secrets = {v["secret"]["secretName"]: v["secret"] for v in coordinator["volumes"] if "secret" in v}
+    secret = secrets["mangos-coordinator-key"]
+    assert secret["defaultMode"] == 0o440
     (c,) = coordinator["containers"]
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/mangos/coordinator")
     assert mount["readOnly"] is True
-    (config,) = objects("ConfigMap").values()
+    config = objects("ConfigMap")["mangos-farm-settings"]
     assert config["data"]["MANGOS_FARM_COORDINATOR_KEY_DIR"] == mount["mountPath"]
     assert "mangos-coordinator-key" not in [v.get("secret", {}).get("secretName") for v in spec["volumes"]]
 
 
-def test_keda_scaled_object() -> None:
-    (scaled,) = objects("ScaledObject").values()
-    schema = json.loads(KEDA_SCHEMA.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    errors = [f"{e.json_path}: {e.message}" for e in jsonschema.Draft202012Validator(schema).iter_errors(scaled)]
-    assert errors == []
+def keda_errors(docs: list[dict[str, Any]]) -> list[list[str]]:
+    """Each document's errors against KEDA's CRD schemas (tests/deploy/keda/validate.cjs under node)."""
+    node = require("node")
+    if not (KEDA / "node_modules" / "@kubernetes-models" / "keda").is_dir():
+        (pytest.fail if IN_CI else pytest.skip)("the KEDA schema package is not installed: run 'make setup'")
+    done = subprocess.run(
+        [node, str(KEDA / "validate.cjs")], input=json.dumps(docs), capture_output=True, text=True, check=True
+    )
+    found: list[list[str]] = json.loads(done.stdout)
+    return found
 
+
+def scaled_objects() -> list[dict[str, Any]]:
+    found = list(objects("ScaledObject").values())
+    assert found
+    return found
+
+
+def test_keda_objects_validate_against_keda_crd_schemas() -> None:
+    keda = [doc for _, doc in manifests() if doc["apiVersion"].startswith("keda.sh/")]
+    assert keda_errors(keda) == [[] for _ in keda]
+
+
+@pytest.mark.parametrize("scaled", scaled_objects(), ids=lambda s: s["metadata"]["name"])
+def test_keda_scales_a_worker_deployment_of_its_arch(scaled: dict[str, Any]) -> None:
     spec = scaled["spec"]
-    worker = objects("Deployment")[spec["scaleTargetRef"]["name"]]
     assert spec["scaleTargetRef"]["kind"] == "Deployment"
+    assert spec["scaleTargetRef"]["name"] in WORKERS
+    worker = objects("Deployment")[spec["scaleTargetRef"]["name"]]
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    arch = worker["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert arch[arch.index("--arch") + 1] == "amd64"
-    assert worker["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
-
-    triggers = {t["type"]: t["metadata"] for t in spec["triggers"]}
-    redis = triggers["redis"]
-    assert redis["listName"] == build_queue("amd64")  # the Celery queue the amd64 workers consume
-    host, port = redis["address"].rsplit(":", 1)
-    assert host == f"mangos-redis.{NAMESPACE}.svc"
-    assert port == "6379"
-    assert host.split(".")[0] in objects("Service")
-    assert redis["databaseIndex"] == "0"  # MANGOS_FARM_BROKER's database
-    assert int(redis["listLength"]) >= 1
-    prometheus = triggers["prometheus"]
-    assert prometheus["query"] == 'sum(mangos_queue_depth{arch="amd64"})'
-    assert float(prometheus["threshold"]) > 0
+    args = parse_cli(worker["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert worker["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/arch": args.arch}
+    assert {t["type"] for t in spec["triggers"]} == {"prometheus"}  # its query and address: test_scaling.py
 
     # The HPA behavior KEDA passes through is checked with the Kubernetes autoscaling/v2 schema.
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     hpa = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "keda-hpa-mangos-worker-amd64"},
+        "metadata": {"name": f"keda-hpa-{scaled['metadata']['name']}"},
         "spec": {
             "scaleTargetRef": spec["scaleTargetRef"],
             "maxReplicas": spec["maxReplicaCount"],
@@ -253,14 +298,20 @@ def test_keda_scaled_object() -> None:
 
 
 def test_the_keda_schema_refuses_mistakes() -> None:
-    (scaled,) = objects("ScaledObject").values()
-    validator = jsonschema.Draft202012Validator(json.loads(KEDA_SCHEMA.read_text()))
-    typo = copy.deepcopy(scaled)
-    typo["spec"]["minReplicas"] = 1
+    """Wrong types and missing required fields are errors. (A CRD schema does not forbid unknown fields, the API
+    server prunes them; the tests above read every field the farm relies on by its name.)"""
+    scaled = scaled_objects()[0]
     number = copy.deepcopy(scaled)
-    number["spec"]["triggers"][0]["metadata"]["listLength"] = 2  # KEDA's metadata values are strings
-    assert not validator.is_valid(typo)
-    assert not validator.is_valid(number)
+    number["spec"]["triggers"][0]["metadata"]["threshold"] = 2  # KEDA's metadata values are strings
+    no_target = copy.deepcopy(scaled)
+    del no_target["spec"]["scaleTargetRef"]["name"]
+    replicas = copy.deepcopy(scaled)
+    replicas["spec"]["maxReplicaCount"] = "16"
+    no_type = copy.deepcopy(scaled)
+    del no_type["spec"]["triggers"][0]["type"]
+    errors = keda_errors([number, no_target, replicas, no_type])
+    assert all(errors), errors
+    assert "/spec/triggers/0/metadata/threshold" in errors[0][0]
 
 
 def test_recipes_update_cronjob_runs_the_operators_loop_unprivileged() -> None:

@@ -11,4 +11,5 @@ Each module is plain Python (no pytest fixtures), so ``bench/`` imports it as we
 - :mod:`tests.lib.redis_server`: redis-server on a free port;
 - :mod:`tests.lib.moto`: a moto S3 server on a free port;
 - :mod:`tests.lib.fleet`: redis, a store, a coordinator and workers, each process with its own home.
+- :mod:`tests.lib.rootless`: a non-root user with subordinate ids, commands run as it, a delegated cgroup.
 """

@@ -35,6 +35,17 @@ PACKAGES: tuple[str, ...] = (
     "libtss2-tcti-device0",
 )
 
+# The file the initrd's mangos-verity-sig writes the signature partition's PKCS#7 to (farm.image.kernel).
+SIGNATURE_FILE = "/run/mangos/root.p7s"
+# Debian's kernel packages: left out when the image carries the farm's kernel (farm.image.kernel).
+DEBIAN_KERNEL = frozenset({"linux-image-amd64", "linux-signed-amd64"})
+
+
+def packages(*, farm_kernel: bool = False) -> tuple[str, ...]:
+    """:data:`PACKAGES`, without Debian's kernel when the image carries the farm's own."""
+    return tuple(p for p in PACKAGES if not (farm_kernel and p in DEBIAN_KERNEL))
+
+
 # unit -> the target whose .wants/ enables it (what `systemctl enable` would do; no systemctl run in the tree).
 ENABLED_UNITS: tuple[tuple[str, str], ...] = (
     ("mangos-require-secureboot.service", "sysinit.target"),
@@ -153,20 +164,30 @@ def _tmpfiles_lines(entry: Path, target: str, *, top: bool) -> list[str]:
     return [f"C {target} - - - - {source}"]
 
 
-def cmdline(roothash: str) -> str:
+def cmdline(roothash: str, *, kernel_checks_signature: bool = False) -> str:
     """The kernel command line sealed into the signed UKI.
 
     systemd-veritysetup-generator opens ``root`` from ``roothash=``; with no explicit data/hash devices it finds them
     by partition UUID, which the assembly derives from the root hash (first/last 128 bits) as systemd does.
     ``panic-on-corruption`` turns a tampered block into a panic (and ``panic=10`` into a reboot) so that boot counting
     falls back to the other slot instead of hanging on a half-readable root.
+
+    ``kernel_checks_signature`` (the farm's kernel, with the organization's certificate built in): the signature
+    partition's PKCS#7 goes to dm-verity as well (``root-hash-signature=``, the file the initrd's mangos-verity-sig
+    writes), and ``dm_verity.require_signatures=1`` makes the kernel refuse a root without a valid one.
     """
     if not _ROOT_HASH.match(roothash):
         raise FarmError(E.IMAGE_INPUT, f"root hash {roothash!r} is not 64 lowercase hex digits")
+    options = "panic-on-corruption"
+    enforce: tuple[str, ...] = ()
+    if kernel_checks_signature:
+        options += f",root-hash-signature={SIGNATURE_FILE}"
+        enforce = ("dm_verity.require_signatures=1",)
     return " ".join(
         (
             f"roothash={roothash}",
-            "systemd.verity_root_options=panic-on-corruption",
+            f"systemd.verity_root_options={options}",
+            *enforce,
             "root=/dev/mapper/root",
             "rootfstype=erofs",
             "ro",

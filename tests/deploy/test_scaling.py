@@ -1,0 +1,161 @@
+"""Autoscaling: the KEDA ScaledObject's Prometheus trigger, asked of a real Prometheus scraping a real fleet.
+
+KEDA's Prometheus scaler feeds the query's value to the HorizontalPodAutoscaler as an AverageValue metric with the
+trigger's threshold as target: the HPA wants ``ceil(value / threshold)`` replicas, clamped to the object's
+``minReplicaCount`` and ``maxReplicaCount``, and KEDA holds the minimum while the value is at or below
+``activationThreshold``. A run of 20 builds on one worker must ask for more workers while it runs, and for the
+minimum again once it is done. The address the trigger asks is the Prometheus the manifests deploy, whose
+configuration is the shipped one with the cluster's service names.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import MakeRepo, write_recipe
+from tests.deploy.common import KUBERNETES, PROMETHEUS, load_yaml, load_yaml_all
+from tests.lib.fleet import Fleet
+from tests.lib.prometheus import Prometheus
+from tests.lib.recipes import gate_step
+from tests.lib.redis_server import RedisServer
+from tests.lib.tools import free_port, require
+
+NAMESPACE = "mangos-farm"
+BUILDS = 20
+AFTER = 60.0  # seconds after the run within which the fleet must be back at its minimum
+
+
+def docs(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in load_yaml_all(path)}
+
+
+def scaled_object() -> dict[str, Any]:
+    return docs(KUBERNETES / "keda-scaledobject.yaml")[("ScaledObject", "mangos-worker-amd64")]
+
+
+def trigger() -> dict[str, str]:
+    (only,) = scaled_object()["spec"]["triggers"]
+    assert only["type"] == "prometheus"
+    metadata: dict[str, str] = only["metadata"]
+    return metadata
+
+
+def keda_replicas(value: float | None) -> int:
+    """The replicas KEDA and the HPA ask for when the trigger's query returns ``value`` (None: no data, which
+    the scaler takes as 0 by default)."""
+    spec, meta = scaled_object()["spec"], trigger()
+    lo, hi = int(spec["minReplicaCount"]), int(spec["maxReplicaCount"])
+    value = value or 0.0
+    if value <= float(meta.get("activationThreshold", "0")):
+        return lo
+    return min(hi, max(lo, math.ceil(value / float(meta["threshold"]))))
+
+
+@pytest.mark.unit
+def test_keda_arithmetic() -> None:
+    assert keda_replicas(None) == keda_replicas(0) == 1
+    assert keda_replicas(0.5) == 1
+    assert keda_replicas(3) == 2
+    assert keda_replicas(20) == 10
+    assert keda_replicas(1000) == 16
+
+
+# -- the manifests ------------------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_the_trigger_asks_the_prometheus_the_manifests_deploy() -> None:
+    address = trigger()["serverAddress"]
+    assert address == f"http://prometheus.{NAMESPACE}.svc:9090"
+    objects = docs(KUBERNETES / "prometheus.yaml")
+    service = objects[("Service", "prometheus")]
+    assert service["metadata"]["namespace"] == NAMESPACE
+    assert [p["port"] for p in service["spec"]["ports"]] == [9090]
+    assert "prometheus.yaml" in load_yaml(KUBERNETES / "kustomization.yaml")["resources"]
+    (container,) = objects[("Deployment", "prometheus")]["spec"]["template"]["spec"]["containers"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in container["args"]
+    assert "--web.listen-address=:9090" in container["args"]
+
+
+@pytest.mark.integration
+def test_the_cluster_prometheus_is_the_shipped_one_with_service_names(tmp_path: Path) -> None:
+    data = docs(KUBERNETES / "prometheus.yaml")[("ConfigMap", "prometheus")]["data"]
+    assert data["alerts.yml"] == (PROMETHEUS / "alerts.yml").read_text(), "alerts.yml is copied verbatim"
+    cluster, shipped = yaml.safe_load(data["prometheus.yml"]), load_yaml(PROMETHEUS / "prometheus.yml")
+    renamed = {"coordinator:9500": f"mangos-coordinator.{NAMESPACE}.svc:9500"}
+    jobs = {j["job_name"]: j for j in cluster["scrape_configs"]}
+    for job in shipped["scrape_configs"]:
+        mine = jobs[job["job_name"]]
+        for static in job.get("static_configs", []):
+            assert mine["static_configs"] == [{"targets": [renamed.get(t, t) for t in static["targets"]]}]
+        for sd in job.get("dns_sd_configs", []):
+            (their,) = mine["dns_sd_configs"]
+            assert sd["names"] == ["worker"] and their["names"] == [f"mangos-worker-metrics.{NAMESPACE}.svc"]
+            assert {k: v for k, v in their.items() if k != "names"} == {k: v for k, v in sd.items() if k != "names"}
+    services = {
+        d["metadata"]["name"]: [p["port"] for p in d["spec"]["ports"]]
+        for path in ("coordinator.yaml", "worker.yaml")
+        for d in load_yaml_all(KUBERNETES / path)
+        if d["kind"] == "Service"
+    }
+    assert services["mangos-coordinator"] == [9500] and services["mangos-worker-metrics"] == [9501]
+    assert cluster["rule_files"] == ["alerts.yml"]
+    (tmp_path / "prometheus.yml").write_text(data["prometheus.yml"])
+    (tmp_path / "alerts.yml").write_text(data["alerts.yml"])
+    result = subprocess.run(
+        [require("promtool"), "check", "config", "prometheus.yml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- a run, scaled ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[Fleet]:
+    require("bwrap")
+    redis_server.restart()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    fleet = Fleet(tmp_path / "fleet", redis_server, str(tmp_path / "store"), {"MANGOS_FARM_LEASE_TIMEOUT": "10"})
+    fleet.fail_fast = True
+    yield fleet
+    fleet.close()
+
+
+@pytest.mark.e2e
+def test_twenty_builds_on_one_worker_scale_the_fleet_up_and_back(
+    fleet: Fleet, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    fleet.metrics_ports["coordinator"] = free_port()
+    prometheus = Prometheus(tmp_path / "prometheus", {"coordinator": fleet.metrics_ports["coordinator"]})
+    try:
+        fleet.start_coordinator()
+        fleet.start_worker("w1", concurrency=1)
+        (worker,) = fleet.wait_workers(1)
+        query = trigger()["query"].replace('arch="amd64"', f'arch="{worker["arch"]}"')
+        fleet.wait_for("Prometheus scraping", lambda: prometheus.value('up{job="coordinator"}') == 1, 60)
+        assert keda_replicas(prometheus.value(query)) == 1, "idle: the minimum"
+
+        repo, commit = make_repo("scale-src", {"data": "x\n"})
+        recipes = tmp_path / "recipes"
+        for i in range(BUILDS):
+            name = f"s{i:02d}"
+            write_recipe(recipes, name, git_url=str(repo), commit=commit, steps=[gate_step(), f'echo > "$OUT/{name}"'])
+        run = fleet.cli("rebuild", str(recipes)).stdout.strip()
+        fleet.wait_held(1)  # one build running on the one slot, nineteen ready and waiting
+        fleet.wait_for(f"{BUILDS} builds wanting a slot", lambda: prometheus.value(query) == BUILDS, 60)
+        assert keda_replicas(prometheus.value(query)) == 10, "ceil(20 / 2): ten workers of two slots each"
+        with fleet.gates.opened():
+            assert fleet.wait_run(run, timeout=120)["ok"]
+        done = time.monotonic()
+        fleet.wait_for("the minimum again", lambda: keda_replicas(prometheus.value(query)) == 1, AFTER)
+        assert time.monotonic() - done <= AFTER
+    finally:
+        prometheus.close()
