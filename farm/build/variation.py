@@ -92,7 +92,7 @@ TABLE: tuple[Dimension, ...] = (
         "rechecker",
         "an /etc/passwd and /etc/group entry, $USER and $LOGNAME",
         "user",
-        ("none", "`rechecker`"),
+        ("none (Debian: `sbuild`)", "`rechecker`"),
     ),
     Dimension(
         "hostname",
