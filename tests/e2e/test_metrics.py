@@ -2,62 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MakeRepo, free_port, require, write_recipe
+from tests.conftest import MakeRepo, write_recipe
 from tests.e2e.fleet import Fleet
+from tests.lib.prometheus import Prometheus
 from tests.lib.recipes import gate_step
 
 pytestmark = pytest.mark.e2e
-
-
-class Prometheus:
-    def __init__(self, root: Path, targets: dict[str, int]) -> None:
-        self.port = free_port()
-        root.mkdir(parents=True, exist_ok=True)
-        config = root / "prometheus.yml"
-        jobs = "\n".join(
-            f"  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']"
-            for name, port in targets.items()
-        )
-        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
-        self.log = (root / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                require("prometheus"),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={root / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def query(self, expr: str) -> list[dict[str, object]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            data = json.load(resp)
-        assert data["status"] == "success", data
-        result: list[dict[str, object]] = data["data"]["result"]
-        return result
-
-    def value(self, expr: str) -> float | None:
-        try:
-            result = self.query(expr)
-        except OSError:
-            return None
-        return float(result[0]["value"][1]) if result else None  # type: ignore[index]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
 
 
 @pytest.fixture
@@ -104,4 +59,4 @@ def test_prometheus_sees_builds_queue_draining_and_workers(
     assert prometheus.value('sum(mangos_build_phase_seconds_count{phase="queue_wait",job="coordinator"})') == 8
     assert (prometheus.value('sum(mangos_store_bytes_total{direction="up"})') or 0) > 0
     per_worker = prometheus.query('sum by (job) (mangos_build_phase_seconds_count{phase="build"})')
-    assert {r["metric"]["job"] for r in per_worker} == {"w1", "w2"}  # type: ignore[index]
+    assert {r["metric"]["job"] for r in per_worker} == {"w1", "w2"}
