@@ -14,18 +14,20 @@ APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates open
 	chromium chromium-driver prometheus mmdebstrap \
 	erofs-utils cryptsetup-bin fdisk dosfstools mtools sbsigntool binutils systemd-boot-efi systemd-container \
 	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux locales hostname uidmap \
-	podman podman-compose runc catatonit netavark aardvark-dns iproute2 nodejs
+	podman podman-compose runc catatonit netavark aardvark-dns iproute2 nodejs \
+	python3-async-timeout
 
 # Debian source packages (farm/sources/dsc.py) come from deb-src entries mirroring every system 'deb' entry for
 # $(DEBIAN_SUITE) and its update suites ($(DEBIAN_SUITE)-updates, $(DEBIAN_SUITE)-security, ...): same URIs, Suites,
 # Components and Signed-By, so sources come from the very archives (or snapshots) this machine installs binaries
-# from, security fixes included; plus $(DEBIAN_SUITE)-backports sources beside every main-suite entry (deb-src only:
-# apt installs no binary from backports; the farm builds systemd 254 from its source, recipes/systemd/). The file
+# from, security fixes included; plus $(DEBIAN_SUITE)-backports beside every main-suite entry, sources and binaries
+# (backports is NotAutomatic: apt installs from it only what is asked for by suite, as the image's systemd 254 is;
+# the farm builds systemd 254 from its source, recipes/systemd/). The file
 # carries a format marker; one written by an older farm is rewritten. apt-get update runs only when the file changes.
 DEBIAN_SUITE ?= bookworm
 DEB_SRC_LIST := /etc/apt/sources.list.d/mangos-deb-src.sources
-DEB_SRC_MARK := \# mangos-farm deb-src v3: every suite the machine installs from, and backports
-DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; main = 0; out = ""; bp = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)(-[a-z]+)?[ \t]/) want = 1; if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)[ \t]/) main = 1; if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)-backports[ \t]/) hasbp = 1; out = out l "\n"; bp = bp (l ~ /^Suites:/ ? "Suites: $(DEBIAN_SUITE)-backports" : l) "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out; if (deb && main) bps = bps "\n" bp } END { if (!hasbp) printf "%s", bps }
+DEB_SRC_MARK := \# mangos-farm deb-src v4: every suite the machine installs from, and backports (deb + deb-src)
+DEB_SRC_AWK := BEGIN { RS = ""; FS = "\n" } { deb = 0; want = 0; main = 0; out = ""; bp = ""; for (i = 1; i <= NF; i++) { l = $$i; if (l ~ /^\#/) continue; if (l ~ /^Types:/) { if ((l " ") ~ /[ \t]deb[ \t]/) deb = 1; l = "Types: deb-src" } if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)(-[a-z]+)?[ \t]/) want = 1; if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)[ \t]/) main = 1; if (l ~ /^Suites:/ && (l " ") ~ /[ \t]$(DEBIAN_SUITE)-backports[ \t]/) hasbp = 1; out = out l "\n"; bp = bp (l ~ /^Suites:/ ? "Suites: $(DEBIAN_SUITE)-backports" : (l ~ /^Types:/ ? "Types: deb deb-src" : l)) "\n" } if (deb && want) printf "%s%s", (n++ ? "\n" : ""), out; if (deb && main) bps = bps "\n" bp } END { if (!hasbp) printf "%s", bps }
 
 .PHONY: setup apt venv node-deps demo-sources demo image boot kernel base base-import test lint pytest bench clean
 
@@ -48,7 +50,7 @@ apt:
 	    target=$(DEB_SRC_LIST); \
 	  else \
 	    { echo '$(DEB_SRC_MARK)'; { sed -n -E 's/^deb (.* $(DEBIAN_SUITE)(-[a-z]+)? .*)/deb-src \1/p' /etc/apt/sources.list; \
-	      sed -n -E 's/^deb (.*) $(DEBIAN_SUITE) (.*)/deb-src \1 $(DEBIAN_SUITE)-backports \2/p' /etc/apt/sources.list; } \
+	      sed -n -E 's/^deb (.*) $(DEBIAN_SUITE) (.*)/deb-src \1 $(DEBIAN_SUITE)-backports \2\ndeb \1 $(DEBIAN_SUITE)-backports \2/p' /etc/apt/sources.list; } \
 	      | awk '!seen[$$0]++'; } > $(DEB_SRC_LIST).tmp; \
 	    target=$(DEB_SRC_LIST:.sources=.list); \
 	  fi; \

@@ -33,10 +33,10 @@ from farm.archive.import_ import (
     ImportReport,
     import_recipes,
     recipe_dependencies,
-    recipe_toml,
 )
 from farm.archive.index import SourcesIndex, archive_checksums, essential_packages, pin_from_index
 from farm.archive.pin import Pin
+from farm.archive.recipe_text import recipe_toml
 from farm.archive.resolve import exclude_pins, parse_simulation, resolve_closure, resolve_install
 from farm.archive.versions import ArchiveVersions, SourceChoice, choose_source, is_older_code
 

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from farm.archive.closure import (
@@ -29,7 +29,7 @@ from farm.archive.import_ import UNAVAILABLE, build_closure, existing_debian_rec
 from farm.archive.index import SourceEntry, SourcesIndex
 from farm.archive.pin import Pin
 from farm.archive.resolve import env_status_file
-from farm.archive.versions import SourceChoice
+from farm.archive.versions import SourceChoice, binnmu_number
 from farm.errors import FarmError
 from farm.fsutil import atomic_write
 from farm.log import step
@@ -49,6 +49,17 @@ def _file_edges(path: Path) -> list[str]:
         return []
     deps = [d for d in data.get("build-depends", []) if isinstance(d, str)]
     return deps + [b["recipe"] for b in data.get("bootstrap", []) if isinstance(b, dict) and "recipe" in b]
+
+
+def image_binnmus(pins: Sequence[Pin], wanted: Mapping[str, tuple[str, tuple[str, ...]]]) -> dict[str, int]:
+    """source -> the binNMU number of the image's binaries of it (``libbz2-1.0 1.0.8-5+b1`` of bzip2 1.0.8-5: 1),
+    for the sources whose binaries the image installs as a binNMU: their recipes build them as one."""
+    installed = {p.package: p.version for p in pins}
+    found = {
+        name: max((binnmu_number(installed[b], version) for b in binaries if b in installed), default=0)
+        for name, (version, binaries) in wanted.items()
+    }
+    return {name: n for name, n in found.items() if n}
 
 
 def _fetch_and_import(
@@ -129,6 +140,7 @@ def import_image(
         edges = _write_set(
             {n: fresh[n] for n in closures}, kept, closures, outcomes, wanted, recipes_dir=recipes_dir, split=split,
             tmp=tmp, status=status_file, env_name=env_name, store=store, lists_dir=lists_dir,
+            binnmus=image_binnmus(pins, wanted),
         )  # fmt: skip
     ordered = tuple(outcomes[n] for n in wanted)
     atomic_write(recipes_dir / UNAVAILABLE_FILE, unavailable_text(ordered).encode())
@@ -172,6 +184,7 @@ def _write_set(
     env_name: str,
     store: Store,
     lists_dir: Path,
+    binnmus: Mapping[str, int],
 ) -> list[tuple[str, str, str]]:
     """Write the fresh recipes with the set's cycles cut. Should one fail (a pin that cannot be downloaded), the set
     is cut again without it and written again, so that no recipe names one that was not written."""
@@ -190,7 +203,8 @@ def _write_set(
             try:
                 with step("write recipe", log, package=f"{name}={entry.version}"):
                     done = write_recipe(
-                        entry, source, SourceChoice(name, entry.version, entry.version), recipes_dir=recipes_dir,
+                        entry, source, SourceChoice(name, entry.version, entry.version, binnmu=binnmus.get(name, 0)),
+                        recipes_dir=recipes_dir,
                         tmp=tmp, status=status, produced_by=produced_by, env_name=env_name, store=store,
                         lists_dir=lists_dir, farm_deps=farm[name], bootstrap=bootstrap.get(name, {}),
                         closure=closures[name],

@@ -27,6 +27,12 @@ def without_binnmu(version: str) -> str:
     return _BINNMU_RE.sub("", version)
 
 
+def binnmu_number(version: str, source_version: str) -> int:
+    """N when binary ``version`` is binNMU N of ``source_version`` (``1.0-1+b2`` of ``1.0-1``: 2), else 0."""
+    m = _BINNMU_RE.search(version)
+    return int(m.group(0)[2:]) if m and version[: m.start()] == source_version else 0
+
+
 def compare(a: str, b: str) -> int:
     """Debian version ordering: negative, zero or positive as ``a`` is older than, equal to or newer than ``b``."""
     va, vb = Version(a), Version(b)
@@ -36,6 +42,9 @@ def compare(a: str, b: str) -> int:
 def is_older_code(ours: str, theirs: str) -> bool:
     """True when ``ours`` is older code than ``theirs``: source versions compared, binNMU suffixes set aside."""
     return compare(without_binnmu(ours), without_binnmu(theirs)) < 0
+
+
+BACKPORTS = "-backports_"  # in the name of a backports suite's apt list
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class ArchiveVersions:
         wanted = set(names) if names is not None else None
         index = cls()
         for path in packages_lists(lists_dir):
+            if BACKPORTS in path.name:  # NotAutomatic: apt installs from it only by name, never as the candidate
+                continue
             for entry in parse_packages(read_list(path), archive_label(path), wanted):
                 index.by_package.setdefault(entry.package, []).append(entry)
         return index
@@ -92,6 +103,20 @@ class ArchiveVersions:
         """What apt would install: the highest version of ``package`` any suite offers (for ``arch`` or ``all``)."""
         entries = [e for e in self.by_package.get(package, []) if arch is None or e.arch in (arch, "all")]
         return max(entries, key=lambda e: Version(e.version)) if entries else None
+
+    def binnmu(self, source: str, version: str, binaries: Iterable[str], arch: str | None = None) -> int:
+        """The binNMU number of the archive's binaries of ``source`` at source ``version`` (0: none). Only the
+        architecture's own binaries are rebuilt by a binNMU (``all`` ones keep the source version): the highest N
+        among the binaries of that source version any suite offers."""
+        return max(
+            (
+                binnmu_number(e.version, version)
+                for b in binaries
+                for e in self.by_package.get(b, [])
+                if e.source == source and e.source_version == version and (arch is None or e.arch == arch)
+            ),
+            default=0,
+        )
 
     def source_candidate(self, source: str, binaries: Iterable[str], arch: str | None = None) -> BinaryVersion | None:
         """The newest candidate among ``source``'s binaries: the source version an image would install code from."""
@@ -112,6 +137,7 @@ class SourceChoice:
     candidate: str
     archive: str = ""
     explicit: bool = False
+    binnmu: int = 0  # the binNMU number of the archive's binaries of ``version`` (0: none)
 
     @property
     def older_than_candidate(self) -> bool:
@@ -133,20 +159,24 @@ def choose_source(
     installed from without a deb-src entry): the caller then has nothing to import at that version, and must say
     so rather than take an older one."""
     versions = sorted(set(indexed), key=Version)
+    binaries = list(binaries)
     found = archive.source_candidate(name, binaries, arch)
     if found is not None:
         candidate, label = found.source_version, found.archive
     else:
         candidate, label = versions[-1], ""
     if requested is not None:
-        return SourceChoice(name, requested, candidate, label, explicit=True)
-    return SourceChoice(name, candidate, candidate, label)
+        return SourceChoice(
+            name, requested, candidate, label, explicit=True, binnmu=archive.binnmu(name, requested, binaries, arch)
+        )
+    return SourceChoice(name, candidate, candidate, label, binnmu=archive.binnmu(name, candidate, binaries, arch))
 
 
 __all__ = [
     "ArchiveVersions",
     "BinaryVersion",
     "SourceChoice",
+    "binnmu_number",
     "choose_source",
     "compare",
     "is_older_code",

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from farm.build import buildd, userns
+from farm.build import binnmu, buildd, userns
 from farm.build.sandbox import SRC, Limits, launcher_env, run_limited
 from farm.build.userns import IdMap
 from farm.build.variation import I18N, Variation, clamp_mtimes, disorderfs_argv, locale_parts
@@ -48,6 +48,7 @@ HOSTNAME = "mangos-buildd"
 # The host's libfaketime (package libfaketime), for a recheck's shifted clock inside the build root.
 FAKETIME_LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), "libfaketime.so.1")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEVPTS_OPTIONS = "newinstance,ptmxmode=0666,mode=620,gid=5"  # the build root's own ptys (sbuild mounts the same)
 
 
 def build_id_map() -> IdMap | None:
@@ -176,7 +177,8 @@ def outer_script(
     src_mount: Path | None = None,
     userxattr: bool = False,
 ) -> str:
-    """Host side, inside the new mount namespace: overlay, /proc, a minimal /dev, binds, then chroot.
+    """Host side, inside the new mount namespace: overlay, /proc, a minimal /dev (with a devpts of its own), binds,
+    then chroot.
 
     ``userxattr``: the overlay keeps its bookkeeping in user.* xattrs, as it must when mounted in a user namespace
     (without it, deleting or renaming a lower directory fails with EIO or EXDEV).
@@ -203,6 +205,10 @@ def outer_script(
         lines += [f"touch {target}", f"mount --bind /dev/{dev} {target}"]
     lines += [
         f"mkdir -p {q(str(merged / 'dev/shm'))} {q(str(merged / 'dev/pts'))}",
+        # Ptys as sbuild gives them (test suites run under expect/dejagnu or script): a devpts instance of the
+        # build's own, its ptmx the /dev/ptmx; new ptys belong to group tty (5) as on any Debian system.
+        f"mount -t devpts -o {DEVPTS_OPTIONS} devpts {q(str(merged / 'dev/pts'))}",
+        f"ln -s pts/ptmx {q(str(merged / 'dev/ptmx'))}",
         f"ln -s /proc/self/fd {q(str(merged / 'dev/fd'))}",
         f"mount -t tmpfs tmpfs {q(str(merged / 'dev/shm'))}",
         f"mount -t tmpfs tmpfs {q(str(merged / 'tmp'))}",
@@ -268,6 +274,10 @@ def run_debian_build(
     require_tool("unshare")
     layer = workdir / "layer"
     src_mount = None
+    if recipe.binnmu:  # before a recheck clamps the mtimes: the entry is part of the source the build sees
+        arch = run(["dpkg", "--print-architecture"]).stdout.decode().strip()
+        version = binnmu.apply(src, recipe.binnmu, recipe.binnmu_message, arch=arch, epoch=epoch)
+        logfh.write(f"==> binNMU {recipe.binnmu}: binaries versioned {version}\n".encode())
     if variation is not None:
         if variation.domain:
             require_tool("domainname")
@@ -327,8 +337,7 @@ def run_debian_build(
             E.BUILD_FAILED,
             f"dpkg-buildpackage failed (exit {result.returncode})",
             file=recipe.path,
-            hint="read the log tail; missing build-dependencies mean the recipe's archive pins are incomplete "
-            "(re-run 'mangos-farm recipes import')",
+            hint="read the log tail and the cause classified at its end ('!!! cause:')",
         )
 
 

@@ -64,14 +64,16 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _cause(exc: FarmError, logpath: Path) -> failure.Cause:
-    """The failure's classified cause (:mod:`farm.build.failure`), also written to the end of the log."""
+def _error(exc: FarmError, logpath: Path) -> dict[str, Any]:
+    """The failure's error with its classified cause (:mod:`farm.build.failure`) and that cause's hint, both also
+    written to the end of the log."""
     with logpath.open("rb") as fh:
         fh.seek(max(0, os.fstat(fh.fileno()).st_size - failure.WINDOW))
         cause = failure.classify(exc.code, exc.message, fh.read())
+    hint = failure.hint(cause, exc.hint)
     with logpath.open("ab") as fh:
-        fh.write(f"!!! cause: {cause.kind}: {cause.evidence}\n".encode())
-    return cause
+        fh.write(f"!!! cause: {cause.kind}: {cause.evidence}\n!!! hint: {hint}\n".encode())
+    return exc.to_json() | {"hint": hint, "cause": cause.to_json()}
 
 
 def _log_tail(logfh: IO[bytes]) -> bytes:
@@ -239,7 +241,7 @@ def execute_build(req: BuildRequest, ctx: WorkerContext) -> BuildOutcome:
                     lease=req.lease,
                     recipe=recipe.name,
                     ok=False,
-                    error=exc.to_json() | {"cause": _cause(exc, logpath).to_json()},
+                    error=_error(exc, logpath),
                     log_digest=ctx.store.put_file(logpath).digest,
                     log_tail=tail(logpath.read_bytes(), LOG_TAIL),
                     worker=ctx.builder_id,

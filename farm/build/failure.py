@@ -15,6 +15,9 @@ Causes (:data:`CAUSES`), decided in this order:
 Pure: the caller passes the error id, its message and the end of the log (the last :data:`WINDOW` bytes are
 enough: a build tool prints its verdict last). A debian build marks its phases (``==> phase build-deps``,
 ``==> phase dpkg-buildpackage``); the last marker seen says which phase failed when the log window holds one.
+
+Each cause has its own hint (:data:`HINTS`, :func:`hint`): what the user does about *that* failure, in place of
+the generic hint the failing step raised.
 """
 
 from __future__ import annotations
@@ -55,6 +58,21 @@ _TESTS = re.compile(
 )
 _TIMED_OUT = re.compile(r"timed out", re.IGNORECASE)
 
+HINTS = {
+    "timeout": "the build ran out of time and was killed; raise MANGOS_FARM_BUILD_TIMEOUT on the workers if the "
+    "package legitimately needs longer, or trim the build (build.options, build.profiles) so that it fits",
+    "limit": "the build hit a sandbox limit (see the log line); raise MANGOS_FARM_BUILD_MEMORY_MB / "
+    "MANGOS_FARM_BUILD_PROCESSES on the workers if it is legitimate",
+    "build-deps": "the build-dependencies cannot be installed (see the log line): the recipe's archive pins or "
+    "build profiles do not satisfy Build-Depends; re-run 'mangos-farm recipes import' to re-pin them",
+    "test-suite": "the package's tests failed in the sandbox (see the log line); add 'nocheck' to [build] options "
+    "(with its reason) only if the failure is the sandbox's, not the package's",
+    "build": "the package failed to build (see the log line: a compile error or a missing output); fix it with a "
+    "patch in the recipe's patches, or reproduce with 'mangos-farm rebuild --force'",
+    "farm": "not the package's fault: the farm could not build it (see the error); fix the worker, store or source "
+    "it names and build again",
+}
+
 
 @dataclass(frozen=True)
 class Cause:
@@ -69,6 +87,15 @@ class Cause:
         if self.phase:
             out["phase"] = self.phase
         return out
+
+
+def hint(cause: Cause, raised: str | None = None) -> str:
+    """What to do about a failure of this cause (:data:`HINTS`); the log line it names is the cause's evidence,
+    written at the end of the log (``!!! cause: KIND: LINE``). A ``farm`` failure keeps the hint its error was
+    ``raised`` with, which names the farm's part to fix."""
+    if cause.kind == "farm" and raised:
+        return raised
+    return HINTS[cause.kind]
 
 
 def _last(pattern: re.Pattern[str], text: str) -> str:

@@ -43,7 +43,18 @@ def _request(args: argparse.Namespace, settings: Settings) -> Any:
         lock=Path(args.lock) if args.lock else None,
         allow_fallback=args.allow_archive_fallback,
         kernel=getattr(args, "kernel", None) or "",
+        slot_size=getattr(args, "slot_size", None) or 0,
     )
+
+
+def _size(text: str) -> int:
+    """A size in bytes, or with a binary K, M or G suffix (``--slot-size 4G``)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit() or int(digits) == 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (bytes, or a number with K, M or G)")
+    return int(digits) * scale
 
 
 def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
@@ -296,6 +307,9 @@ def add_image(sub: Subparsers) -> None:
     sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
     sp.add_argument("--deb", action="append", help="a fetched farm .deb (its .intoto.json beside it); repeatable")
     sp.add_argument("--image-version", help="version string (default DATE.INPUTDIGEST)")
+    sp.add_argument(
+        "--slot-size", type=_size, metavar="SIZE", help="each root slot's size, e.g. 2G (default twice the root)"
+    )
     sp.add_argument("--check-inputs", action="store_true", help="only verify the inputs, list them and stop")
     sp.add_argument("--require-agreement", type=int, metavar="K", help="admit only builds K trusted peers attest")
     sp.add_argument("--trust", metavar="PEERS_TOML", help="the peers for --require-agreement")

@@ -96,6 +96,8 @@ class Request:
     lock: Path | None = None  # image.lock: install exactly its pins, resolve nothing (farm.image.lock)
     allow_fallback: bool = False  # take the archive's package for a farm build older than it (farm.image.admission)
     kernel: str = ""  # the farm's kernel, not Debian's: `make kernel`'s directory or a build key (farm.image.kernel)
+    slot_size: int = 0  # bytes of each root data slot (image build --slot-size); 0: twice the root
+    systemd: str = ""  # "backports": systemd 254 with kernel-checked sysext/confext (farm.image.extensions)
 
 
 # Called when a stage starts (seconds None) and when it ends (its seconds): the CLI's live status line.
@@ -157,10 +159,10 @@ def machine_id(root_seed: str) -> str:
     return hashlib.sha256(b"mangos-machine-id\0" + root_seed.encode()).hexdigest()[:32]
 
 
-def _payload_packages(farm_kernel: bool = False) -> tuple[str, ...]:
-    from farm.image import payload
+def _payload_packages(farm_kernel: bool = False, systemd: str = "") -> tuple[str, ...]:
+    from farm.image import extensions, payload
 
-    return payload.packages(farm_kernel=farm_kernel)
+    return extensions.packages(payload.packages(farm_kernel=farm_kernel), systemd)
 
 
 def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Inputs:
@@ -171,7 +173,7 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
         recipes_dir=req.recipes,
         trusted=trusted,
         work=work / "inputs",
-        payload=_payload_packages(bool(req.kernel)),
+        payload=_payload_packages(bool(req.kernel), req.systemd),
         local_debs=req.debs,
         profile=req.profile,
         lock=image_lock.load(req.lock) if req.lock else None,
@@ -228,12 +230,12 @@ def tree_extra(files: dict[str, bytes], *facts: str) -> bytes:
     return h.digest()
 
 
-def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: Path, hashes: Path, sig: Path) -> None:
+def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: Path, hashes: Path, sig: Path,
+               slot: int = 0) -> None:  # fmt: skip
     """ESP, root A (data, verity, signature), root B (the same three, empty, labelled ``_empty``)."""
     data_uuid, verity_uuid = gpt.root_uuids(root_hash)
     seed = root_hash
-    root_slot = gpt.slot_size(root.stat().st_size)
-    verity_slot = gpt.slot_size(hashes.stat().st_size)
+    root_slot, verity_slot = gpt.root_slots(root.stat().st_size, hashes.stat().st_size, slot)
     sig_slot = 16 * 1024
     parts = [
         gpt.Partition("esp", gpt.ESP, gpt.derived_uuid(seed, "esp"), esp_img.stat().st_size, esp_img),
@@ -285,6 +287,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
         out / f"{name}.root.verity.sig",
     )
     files, machine = manifest_files(got, sbom), machine_id(got.digest)
+    files[f"{MANIFEST_DIR}/release.crt"] = keys.verity_cert.read_bytes()  # what mangos-update trusts
 
     def customize(tree: Path) -> None:
         from farm.image import payload
@@ -292,9 +295,14 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
         payload.customize(tree, machine_id=machine, sde=req.sde)
         if farm_kernel is not None:
             kernel.install(tree, farm_kernel, sde=req.sde)
+        if req.systemd:
+            extensions.customize(tree, sde=req.sde)
         write_manifest(tree, files)
 
-    extra = tree_extra(files, machine, kernel.inputs_digest(got.digest, farm_kernel), Path(kernel.__file__).read_text())
+    from farm.image import extensions
+
+    facts = (machine, kernel.inputs_digest(got.digest, farm_kernel), Path(kernel.__file__).read_text())
+    extra = tree_extra(files, *facts, *((extensions.digest_text(),) if req.systemd else ()))
     root = rootcache.make(
         got, sde=req.sde, seed=got.digest, extra=extra, customize=customize, root_img=root_img, work=work,
         cache=ImageCache(settings.cache_dir / "image"), stage=stages, times=stages.times,
@@ -324,7 +332,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     raw = out / f"{name}.raw"
     with stages("gpt"):
         write_disk(raw, version=version, root_hash=v.root_hash, esp_img=esp_img, root=root_img, hashes=verity_img,
-                   sig=sig_img)  # fmt: skip
+                   sig=sig_img, slot=req.slot_size)  # fmt: skip
     profile_raw: Path | None = None
     if req.profile:
         with stages("profile", profile=req.profile):

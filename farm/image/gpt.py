@@ -75,6 +75,21 @@ def slot_size(n: int) -> int:
     return align(n + n // 2)
 
 
+def root_slots(root: int, verity: int, slot: int = 0) -> tuple[int, int]:
+    """(data, verity) slot sizes of image build: ``slot`` bytes of data (``--slot-size``; default twice the root, so
+    a next release up to twice as large fits the other slot), and a verity slot that holds a full data slot's hash
+    tree (dm-verity, 4 KiB blocks, sha256: 1/128 of the data per level, the superblock and a block per level more)."""
+    data = align(slot or 2 * root)
+    if data < root:
+        raise FarmError(
+            E.IMAGE_INPUT,
+            f"--slot-size {slot} is smaller than the root ({root} bytes)",
+            field="--slot-size",
+            hint="leave it out (twice the root) or give at least the root's size",
+        )
+    return data, max(align(data // 127 + 8 * 4096), slot_size(verity))
+
+
 def layout(partitions: Sequence[Partition]) -> list[Placed]:
     placed, pos = [], ALIGN
     for part in partitions:

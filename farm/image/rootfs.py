@@ -143,7 +143,8 @@ def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: Image
         stage_repo(inputs, repo, cache)
     if dest.exists():
         shutil.rmtree(dest)
-    include = sorted(p.name for p in inputs.packages if p.name in set(inputs.requested))
+    wished = {r.partition("/")[0] for r in inputs.requested}  # NAME/SUITE (farm.image.extensions) installs NAME
+    include = sorted(p.name for p in inputs.packages if p.name in wished)
     with step("mmdebstrap", log, packages=len(include)):
         try:
             run(mmdebstrap_argv(repo, dest, include), env=mmdebstrap_env(sde), timeout=TIMEOUT)

@@ -19,6 +19,7 @@ from typing import Any
 
 from farm.errors import ErrorGroup, FarmError
 from farm.identity import digest_of
+from farm.recipes.binnmu import parse_binnmu
 from farm.recipes.bootstrap import parse_bootstrap
 from farm.recipes.inputs import Input, parse_inputs
 from farm.recipes.needs import parse_needs
@@ -72,6 +73,8 @@ class Recipe:
     options: tuple[str, ...] = ()  # a debian build's DEB_BUILD_OPTIONS words (never parallel=: the worker's)
     profiles: tuple[str, ...] = ()  # a debian build's build profiles
     needs: tuple[str, ...] = ()  # capabilities declared (farm.recipes.needs): scheduling only, not content
+    binnmu: int = 0  # a debian build's binNMU number (farm.recipes.binnmu); 0: none
+    binnmu_message: str = ""  # its changelog entry's reason
 
     def content(self) -> dict[str, Any]:
         """What a build key and provenance record of the recipe: everything but where the file lies."""
@@ -89,6 +92,8 @@ class Recipe:
                 build["options"] = list(self.options)
             if self.profiles:
                 build["profiles"] = list(self.profiles)
+            if self.binnmu:  # likewise: a recipe without a binNMU keeps its key
+                build |= {"binnmu": self.binnmu, "binnmu-message": self.binnmu_message}
         elif self.environment:  # a script recipe in a pinned environment (none had one before: keys unchanged)
             build["environment"] = self.environment
         content: dict[str, Any] = {
@@ -161,6 +166,7 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
     env = parse_env(build, path, errors)
     kind, environment, pins = parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
     options, profiles = parse_build_flags(build, kind, BUILDD, path, errors)
+    binnmu, binnmu_message = parse_binnmu(build, kind, path, errors)
     patches = parse_patches(data.get("patches", []), path, errors, pinned=pinned)
     inputs = parse_inputs(data.get("inputs", []), path, errors, pinned=pinned)
     bootstrap = parse_bootstrap(data.get("bootstrap", []), name, depends, path, errors)
@@ -192,4 +198,6 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
         options=options,
         profiles=profiles,
         needs=needs,
+        binnmu=binnmu,
+        binnmu_message=binnmu_message,
     )

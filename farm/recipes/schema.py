@@ -70,6 +70,8 @@ SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
         ),
         "profiles": (list, False, 'build profiles of a debian build (dpkg-buildpackage -P), e.g. profiles = ["nodoc"]'),
         "buildd": (int, False, "the build-root version a debian build's content records (written by the farm)"),
+        "binnmu": (int, False, "a debian build's binNMU number: its binaries are versioned VERSION+bN"),
+        "binnmu-message": (str, False, "the binNMU changelog entry's reason, one line (needs build.binnmu)"),
     },
 }
 

@@ -9,6 +9,7 @@ Invariants every implementation keeps (and the conformance suite checks):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -66,6 +67,20 @@ class BuildRecord:
         data.pop("schema", None)
         data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
         return cls(**data)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> BuildRecord:
+        """The record a store holds as ``raw``, remembering the sha256 of those bytes (:attr:`stored_sha256`):
+        what was read is what is hashed, so nothing needs serialising again to tell a rewritten record."""
+        record = cls.from_json(json.loads(raw))
+        object.__setattr__(record, "_stored_sha256", hashlib.sha256(raw).hexdigest())
+        return record
+
+    @property
+    def stored_sha256(self) -> str | None:
+        """The sha256 of the stored bytes this record was read from (:meth:`from_bytes`); None for a record made
+        in memory. Not a field: it is not part of the record's content, equality or JSON."""
+        return self.__dict__.get("_stored_sha256")
 
 
 class Store(ABC):

@@ -181,16 +181,15 @@ class LocalStore(Store):
 
     def get_record(self, build_key: str) -> BuildRecord | None:
         try:
-            data = json.loads(self._record_path(build_key).read_bytes())
+            return BuildRecord.from_bytes(self._record_path(build_key).read_bytes())
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(
                 E.STORE_CORRUPT,
                 f"record {build_key} in {self.url} is unreadable: {exc}",
                 hint="records are immutable; restore it from a backup or rebuild with --force",
             ) from None
-        return BuildRecord.from_json(data)
 
     def keys_present(self, build_keys: Iterable[str]) -> set[str]:
         return {k for k in build_keys if self._record_path(k).is_file()}

@@ -342,7 +342,7 @@ class S3Store(Store):
         if raw is None:
             return None
         try:
-            return BuildRecord.from_json(json.loads(raw))
+            return BuildRecord.from_bytes(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(
                 E.STORE_CORRUPT,

@@ -60,8 +60,12 @@ def keyring_digest(trusted: Sequence[PublicKey]) -> str:
 
 
 def record_digest(record: BuildRecord) -> str:
-    """The sha256 of the record's content: the canonical JSON of all its fields (artifacts as objects), so any
-    change to what the record says changes it."""
+    """The sha256 of what the record says: of the stored bytes it was read from, where a store read it
+    (:attr:`~farm.store.BuildRecord.stored_sha256`: no serialising again), else of the canonical JSON of all its
+    fields. Either way any change to the record changes it; the two forms differ for one record, which only costs
+    a check done again."""
+    if record.stored_sha256 is not None:
+        return "raw:" + record.stored_sha256
     body = json.dumps(vars(record), sort_keys=True, separators=(",", ":"), default=vars)
     return hashlib.sha256(body.encode()).hexdigest()
 

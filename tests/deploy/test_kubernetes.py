@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from farm.metrics import METRICS
 from tests.deploy.common import (
     KUBERNETES,
     SECCOMP_PROFILE,
@@ -23,6 +25,7 @@ from tests.deploy.common import (
     parse_cli,
     setting_variables,
 )
+from tests.deploy.promql import metric_names
 from tests.lib.tools import IN_CI, require
 from workers.app import build_queue
 
@@ -84,6 +87,7 @@ def test_expected_objects() -> None:
         ("Deployment", "mangos-web"),
         ("Service", "mangos-web"),
         ("ScaledObject", "mangos-worker-amd64"),
+        ("ScaledObject", "mangos-worker-debian-amd64"),
         ("CronJob", "mangos-recipes-update"),
         ("PersistentVolumeClaim", "mangos-recipes-update"),
         ("ConfigMap", "prometheus"),  # prometheus.yaml: what KEDA asks (tests/deploy/test_scaling.py)
@@ -295,6 +299,60 @@ def test_keda_scales_a_worker_deployment_of_its_arch(scaled: dict[str, Any]) -> 
         },
     }
     kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+
+
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(?:\{([^{}]*)\})?")
+_MATCHER = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:\\.|[^"\\])*)"\s*,?""")
+
+
+def selectors(query: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """Each series selector of ``query`` for a metric the farm exports: (name, {label: (operator, value)})."""
+    found = []
+    for match in _SELECTOR.finditer(query):
+        name, body = match.group(1), match.group(2) or ""
+        if name in METRICS:
+            matchers = {m.group(1): (m.group(2), m.group(3)) for m in _MATCHER.finditer(body)}
+            assert _MATCHER.sub("", body).strip() == "", f"unparsed matchers in {name}{{{body}}}"
+            found.append((name, matchers))
+    return found
+
+
+def test_the_selector_reader_reads_matchers() -> None:
+    got = selectors('sum(mangos_builds_ready_waiting{arch="amd64", class=~"deb.*"}) + vector(0) + mangos_runs_active')
+    assert got == [
+        ("mangos_builds_ready_waiting", {"arch": ("=", "amd64"), "class": ("=~", "deb.*")}),
+        ("mangos_runs_active", {}),
+    ]
+
+
+def test_every_worker_class_has_one_scaled_object_whose_query_selects_that_class() -> None:
+    """One ScaledObject per worker Deployment; its trigger counts only builds of the Deployment's arch and of its
+    capability class: every series it reads that has an ``arch`` (a ``class``) label is selected with exactly
+    that arch (class). A Debian build waiting grows the debian workers, never the default ones, and back."""
+    by_target = {}
+    for scaled in scaled_objects():
+        target = scaled["spec"]["scaleTargetRef"]["name"]
+        assert target not in by_target, f"two ScaledObjects scale {target}"
+        by_target[target] = scaled
+    assert set(by_target) == set(WORKERS)
+    config = objects("ConfigMap")["mangos-farm-settings"]["data"]
+    for name, cls in WORKERS.items():
+        labels = objects("Deployment")[name]["spec"]["template"]["metadata"]["labels"]
+        arch = labels["mangos.farm/arch"]
+        (trigger,) = by_target[name]["spec"]["triggers"]
+        query = trigger["metadata"]["query"]
+        assert trigger["metadata"]["threshold"] == config["MANGOS_FARM_WORKERS"], name  # builds per worker
+        assert {"mangos_builds_ready_waiting", "mangos_builds_in_flight"} <= metric_names(query), query
+        found = selectors(query)
+        assert {n for n, _ in found} == metric_names(query), query
+        for metric, matchers in found:
+            labelnames = METRICS[metric]._labelnames
+            assert set(matchers) <= set(labelnames), (name, metric, matchers)
+            if "arch" in labelnames:
+                assert matchers.get("arch") == ("=", arch), (name, metric, matchers)
+            if "class" in labelnames:
+                assert matchers.get("class") == ("=", cls), (name, metric, matchers)
+        assert ("mangos_builds_ready_waiting", {"arch": ("=", arch), "class": ("=", cls)}) in found, query
 
 
 def test_the_keda_schema_refuses_mistakes() -> None:

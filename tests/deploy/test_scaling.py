@@ -37,21 +37,24 @@ def docs(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in load_yaml_all(path)}
 
 
-def scaled_object() -> dict[str, Any]:
-    return docs(KUBERNETES / "keda-scaledobject.yaml")[("ScaledObject", "mangos-worker-amd64")]
+DEFAULT, DEBIAN = "mangos-worker-amd64", "mangos-worker-debian-amd64"  # the ScaledObjects, by worker class
 
 
-def trigger() -> dict[str, str]:
-    (only,) = scaled_object()["spec"]["triggers"]
+def scaled_object(name: str = DEFAULT) -> dict[str, Any]:
+    return docs(KUBERNETES / "keda-scaledobject.yaml")[("ScaledObject", name)]
+
+
+def trigger(name: str = DEFAULT) -> dict[str, str]:
+    (only,) = scaled_object(name)["spec"]["triggers"]
     assert only["type"] == "prometheus"
     metadata: dict[str, str] = only["metadata"]
     return metadata
 
 
-def keda_replicas(value: float | None) -> int:
+def keda_replicas(value: float | None, name: str = DEFAULT) -> int:
     """The replicas KEDA and the HPA ask for when the trigger's query returns ``value`` (None: no data, which
     the scaler takes as 0 by default)."""
-    spec, meta = scaled_object()["spec"], trigger()
+    spec, meta = scaled_object(name)["spec"], trigger(name)
     lo, hi = int(spec["minReplicaCount"]), int(spec["maxReplicaCount"])
     value = value or 0.0
     if value <= float(meta.get("activationThreshold", "0")):
@@ -66,12 +69,15 @@ def test_keda_arithmetic() -> None:
     assert keda_replicas(3) == 2
     assert keda_replicas(20) == 10
     assert keda_replicas(1000) == 16
+    assert keda_replicas(None, DEBIAN) == 1
+    assert keda_replicas(1000, DEBIAN) == 8
 
 
 # -- the manifests ------------------------------------------------------------------------------------------------
 @pytest.mark.integration
-def test_the_trigger_asks_the_prometheus_the_manifests_deploy() -> None:
-    address = trigger()["serverAddress"]
+@pytest.mark.parametrize("name", [DEFAULT, DEBIAN])
+def test_the_trigger_asks_the_prometheus_the_manifests_deploy(name: str) -> None:
+    address = trigger(name)["serverAddress"]
     assert address == f"http://prometheus.{NAMESPACE}.svc:9090"
     objects = docs(KUBERNETES / "prometheus.yaml")
     service = objects[("Service", "prometheus")]
@@ -113,6 +119,50 @@ def test_the_cluster_prometheus_is_the_shipped_one_with_service_names(tmp_path: 
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Series of both classes and two arches, as the coordinator exports them (farm.metrics; tests/deploy/test_exporter.py
+# checks it emits these label sets): 5 default and 3 debian builds waiting on amd64, 11 needing debian+kvm (which a
+# debian worker cannot run), 7 debian ones on arm64; 2 builds in flight on amd64 (in flight: per arch only).
+CLASS_SERIES = [
+    ('mangos_builds_ready_waiting{arch="amd64",class="default"}', "5x3"),
+    ('mangos_builds_ready_waiting{arch="amd64",class="debian"}', "3x3"),
+    ('mangos_builds_ready_waiting{arch="amd64",class="debian+kvm"}', "11x3"),
+    ('mangos_builds_ready_waiting{arch="arm64",class="debian"}', "7x3"),
+    ('mangos_builds_in_flight{arch="amd64"}', "2x3"),
+    ('mangos_builds_in_flight{arch="arm64"}', "4x3"),
+]
+
+
+@pytest.mark.integration
+def test_each_class_query_counts_the_builds_of_its_class(tmp_path: Path) -> None:
+    """Both triggers' queries, evaluated by Prometheus's own engine (promtool's unit tests) on series of both
+    classes: each counts its class's waiting amd64 builds plus those in flight, and nothing of another class or
+    arch; with no series of its class at all it is still a number (KEDA would otherwise see no data)."""
+    expected = {DEFAULT: 5 + 2, DEBIAN: 3 + 2}
+    # at 1m, the series above; at 10m they stopped long ago (stale), and the query still answers 0
+    tests = [
+        {"expr": trigger(name)["query"], "eval_time": at, "exp_samples": [{"labels": "{}", "value": value}]}
+        for name in expected
+        for at, value in (("1m", expected[name]), ("10m", 0))
+    ]
+    spec = {
+        "rule_files": ["empty.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in CLASS_SERIES],
+            "promql_expr_test": tests,
+        }],
+    }  # fmt: skip
+    (tmp_path / "empty.yml").write_text("groups: []\n")
+    (tmp_path / "classes_test.yml").write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [require("promtool"), "test", "rules", "classes_test.yml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert keda_replicas(expected[DEFAULT], DEFAULT) == 4 and keda_replicas(expected[DEBIAN], DEBIAN) == 3
 
 
 # -- a run, scaled ------------------------------------------------------------------------------------------------

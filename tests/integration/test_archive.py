@@ -77,7 +77,8 @@ def test_generated_recipes_follow_the_schema(imported: tuple[Path, dict[str, Any
         assert list(data["source"]) == ["dsc", "commit"]
         assert data["source"]["dsc"] == f"{name}={data['version']}"
         assert re.fullmatch(r"[0-9a-f]{40}", data["source"]["commit"])
-        assert list(data["build"]) == ["kind", "environment", "archive"]
+        binnmu = ["binnmu", "binnmu-message"] if name == "libcap2" else []  # libcap2's binaries are a binNMU
+        assert list(data["build"]) == ["kind", "environment", *binnmu, "archive"]
         assert data["build"]["kind"] == "debian" and data["build"]["environment"] == "bookworm-amd64"
         pins = data["build"]["archive"]
         assert pins and all(list(p) == ["package", "version", "arch", "sha256"] for p in pins)
@@ -103,6 +104,9 @@ def test_explicit_version_is_honoured_and_said_older(imported: tuple[Path, dict[
     binary = re.search(r"Candidate: (\S+)", candidate)
     assert binary, candidate
     assert cap["version"] == without_binnmu(binary[1]) == cap["candidate"] and cap["older_than_candidate"] is False
+    # ... and the recipe builds it as that binNMU, so that the farm's .debs are not older than the archive's.
+    assert f"{cap['version']}+b{cap['binnmu']}" == binary[1]
+    assert tomllib.loads((recipes_dir / "libcap2.toml").read_text())["build"]["binnmu"] == cap["binnmu"]
 
 
 def test_pins_are_stored_by_their_sha256(imported: tuple[Path, dict[str, Any], Made]) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,3 +218,74 @@ def reclaim(user: RootlessUser, path: Path) -> None:
 
         as_user(user, reclaim_argv(user.idmap, [], [path]), check=False)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def spawn_as_user(
+    user: RootlessUser,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log: Path,
+    cgroups: Sequence[Path] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as ``user`` in the background (as :func:`as_user` runs it), in a session of its own (stop it
+    by its process group), output appended to ``log``. The returned pid becomes ``argv``'s process: the cgroup
+    joiner and ``setpriv`` exec it."""
+    command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--", *argv]
+    if cgroups:
+        command = ["/bin/sh", "-c", JOIN, "join", *(str(d / "cgroup.procs") for d in cgroups), "--", *command]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, env=user_env(user, env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def process_ids(pid: int) -> dict[str, list[int]]:
+    """The ``Uid`` and ``Gid`` lines (real, effective, saved, filesystem) of process ``pid``, and ``CapEff`` as
+    one number."""
+    found: dict[str, list[int]] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid"):
+            found[key] = [int(v) for v in value.split()]
+        elif key == "CapEff":
+            found[key] = [int(value.strip(), 16)]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs, ...) now."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def require_imports(user: RootlessUser, py: Sequence[str], env: Mapping[str, str], modules: Sequence[str]) -> None:
+    """``modules`` import in ``user``'s Python (:func:`python`), or the test skips (fails in CI) saying why. The
+    system python3 fallback runs the venv's packages, whose dependencies were chosen for the venv's interpreter:
+    redis needs async_timeout below Python 3.11.3 (Debian 12 has 3.11.2: ``apt-get install python3-async-timeout``)."""
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
+    probe = as_user(user, [*py, "-c", code, *modules], env=env, cwd=Path("/tmp"), check=False)
+    if probe.returncode != 0:
+        why = probe.stderr.strip().splitlines()[-1:] or [f"exit {probe.returncode}"]
+        _unavailable(f"{user.name}'s {py[0]} cannot import {', '.join(modules)}: {why[0]}")
+
+
+def wait_cgroups_empty(cgroups: Sequence[Path], timeout: float = 30) -> None:
+    """Wait until no process is left in ``cgroups`` or below (a killed worker's children are reaped after it), so
+    that :func:`delegated_cgroups` can remove them."""
+    deadline = time.monotonic() + timeout
+    while any(p.read_text().strip() for d in cgroups for p in d.rglob("cgroup.procs")):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes are still in {[str(d) for d in cgroups]} after {timeout:g}s")
+        time.sleep(0.1)

@@ -8,6 +8,7 @@ tampered with the way someone with write access to the store would.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -261,3 +262,18 @@ def test_expected_digests_are_checked_on_a_hit(farm: Farm) -> None:
 def test_the_memo_file_is_private(farm: Farm) -> None:
     farm.check()
     assert farm.memo.path.stat().st_mode & 0o077 == 0
+
+
+def test_the_digest_is_of_the_bytes_the_store_holds(farm: Farm) -> None:
+    farm.check()
+    path = farm.store.root / "records" / f"{KEY}.json"
+    raw = path.read_bytes()
+    record = farm.store.get_record(KEY)
+    assert record is not None
+    assert record_digest(record) == "raw:" + hashlib.sha256(raw).hexdigest()
+    path.chmod(0o644)
+    path.write_bytes(json.dumps(json.loads(raw)).encode())  # the same record, other bytes
+    assert farm.check() == record
+    assert attempts(farm) == 2  # other bytes: verified again
+    made = dataclasses.replace(record)  # a record made in memory hashes its canonical JSON
+    assert made.stored_sha256 is None and not record_digest(made).startswith("raw:")
