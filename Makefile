@@ -9,13 +9,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 
-# Debian packages the farm and its tests use (installed as root; others get the command to run).
+# Debian packages the farm and its tests use (installed as root; others get the command to run). iptables: podman's
+# network backend netavark runs it (a Recommends, which --no-install-recommends leaves out).
 APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg dpkg-dev redis-server \
 	chromium chromium-driver prometheus mmdebstrap \
 	erofs-utils cryptsetup-bin fdisk dosfstools mtools sbsigntool binutils systemd-boot-efi systemd-container \
 	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux locales hostname uidmap \
 	podman podman-compose runc catatonit netavark aardvark-dns iproute2 nodejs \
-	python3-async-timeout
+	python3-async-timeout iptables
 
 # Debian source packages (farm/sources/dsc.py) come from deb-src entries mirroring every system 'deb' entry for
 # $(DEBIAN_SUITE) and its update suites ($(DEBIAN_SUITE)-updates, $(DEBIAN_SUITE)-security, ...): same URIs, Suites,
