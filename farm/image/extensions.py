@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from farm.errors import E, FarmError
+from farm.image.payload import enable_units
 
 SYSTEMD_CHOICES = ("", "backports")  # "": bookworm's 252 (no confext, no image policy)
 BACKPORTS_SUITE = "bookworm-backports"
@@ -192,14 +193,7 @@ def customize(root: Path, *, sde: int) -> None:
         path.write_text(text)
         path.chmod(mode)
         touched += [path.parent, path]
-    for unit, target in ENABLED:
-        wants = root / "etc/systemd/system" / f"{target}.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / unit
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(f"/usr/lib/systemd/system/{unit}")
-        touched += [wants, link]
+    touched += enable_units(root, ENABLED)
     verity_d = root / "etc/verity.d"
     if verity_d.exists() and any(verity_d.iterdir()):
         raise FarmError(

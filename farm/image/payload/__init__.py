@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from farm.errors import E, FarmError
@@ -105,14 +106,7 @@ def customize(root: Path, *, machine_id: str, sde: int) -> None:
         path.write_text(text)
         os.chmod(path, 0o444 if name == "etc/machine-id" else 0o644)
         touched.append(path)
-    for unit, target in ENABLED_UNITS:
-        wants = root / "etc/systemd/system" / f"{target}.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / unit
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(f"/usr/lib/systemd/system/{unit}")
-        touched += [wants, link]
+    touched += enable_units(root, ENABLED_UNITS)
     touched += move_var_to_factory(root)
     for path in touched:
         os.utime(path, (sde, sde), follow_symlinks=False)
@@ -196,3 +190,19 @@ def cmdline(roothash: str, *, kernel_checks_signature: bool = False) -> str:
             "loglevel=4",
         )
     )
+
+
+def enable_units(root: Path, units: Iterable[tuple[str, str]]) -> list[Path]:
+    """Enable each (unit, target) in ``root`` as ``systemctl enable`` would for a WantedBy= target: a
+    ``TARGET.wants/UNIT`` link to the unit in /usr/lib/systemd/system, replacing what was there. Returns the
+    directories and links written (for their mtimes)."""
+    touched: list[Path] = []
+    for unit, target in units:
+        wants = root / "etc/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(f"/usr/lib/systemd/system/{unit}")
+        touched += [wants, link]
+    return touched
