@@ -186,12 +186,13 @@ class PlanPhases:
 
 
 def plan_in_process(settings: Settings, recipe_dir: Path) -> tuple[Plan, Store, PlanPhases]:
-    """What ``cmd_plan`` does (``farm.coordinator.planning.plan_recipes``), phase by phase, environment uncached."""
-    host_environment.cache_clear()  # each CLI invocation runs dpkg-query once; so does each timed plan here
+    """What ``cmd_plan`` does (``farm.coordinator.planning.plan_recipes``), phase by phase: with the farm's caches
+    (parsed recipes, the host's package list) as a CLI process finds them, not this process's memory."""
+    host_environment.cache_clear()  # each CLI invocation reads the host's package list once; so does each plan here
     t0 = time.perf_counter()
-    recipes: RecipeSet = load_dir(recipe_dir)
+    recipes: RecipeSet = load_dir(recipe_dir, settings.cache_dir)
     t1 = time.perf_counter()
-    env = host_environment()
+    env = host_environment(settings.cache_dir)
     t2 = time.perf_counter()
     store = open_store(settings.store_url)
     with source_resolver(settings) as resolve:
@@ -204,7 +205,7 @@ def cached_rebuild_in_process(settings: Settings, recipe_dir: Path, n: int) -> P
     """``cmd_rebuild`` minus the interpreter, the imports and result.json: key check, plan, submit (which checks
     every cached build's signed provenance, through the farm's memo), run. The coordinator is wired as the CLI wires
     it (``workers.fleet.open_fleet``); a fully cached run must not make a dispatcher, and that is checked."""
-    keymod.load_builder(settings.keys_dir)
+    keymod.check_builder(settings.keys_dir)
     plan, store, phases = plan_in_process(settings, recipe_dir)
     t0 = time.perf_counter()
     fleet = open_fleet(settings, store)
@@ -440,8 +441,8 @@ def measure_cached(
 
 
 PHASE_NAMES = {
-    "load": "load_dir (read + validate TOML)",
-    "environment": "host_environment (dpkg-query)",
+    "load": "load_dir (unchanged files from the parse cache)",
+    "environment": "host_environment (package list cached by dpkg state)",
     "plan": "make_plan (resolve, keys, records by level)",
     "submit": "submit (provenance checks, memo)",
     "run": "coordinator run (all cached)",

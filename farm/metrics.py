@@ -3,8 +3,12 @@
 Dashboards, alert rules and their tests read the names from here (``METRICS``), so a panel can only query a
 metric that exists. The coordinator updates fleet- and queue-level series; workers update per-build phases,
 bytes and verification failures. Worker builds run in Celery's prefork children, so workers use
-prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported
+prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before the first metric is made
 (``workers.metrics_setup`` does that), and one endpoint in the worker's main process aggregates all children.
+
+Each metric is declared here and made (prometheus-client imported, the series registered) on first use, so a
+process that never records one never pays for the library. A process that exports nothing (a one-shot CLI command:
+no endpoint, nobody scrapes it) turns recording off with :func:`recording`; its updates are then dropped unseen.
 
 Series that describe something that can go away (a worker, a queue) are published whole each time
 (:class:`FleetGauges`, :func:`publish`): what is gone reads 0 or is removed, it never keeps its last value.
@@ -13,101 +17,170 @@ Series that describe something that can go away (a worker, a queue) are publishe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Mapping
-from typing import Protocol
-
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 NAMESPACE = "mangos"
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
+
+def recording(on: bool) -> bool:
+    """Record updates (the default) or drop them: for a process with no endpoint, whose values no one can read.
+    Returns what it was."""
+    was, Metric.record = Metric.record, on
+    return was
+
+
+class _Dropped:
+    """The series an update goes to while recording is off."""
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_DROPPED = _Dropped()
+
+
+class Metric:
+    """One metric as declared (kind, name, help, label names); the prometheus-client object behind it is made on
+    first use (:meth:`made`), once per process."""
+
+    record = True  # every metric of the process (:func:`recording`)
+
+    def __init__(self, kind: str, name: str, documentation: str, labelnames: Sequence[str] = (), **options: Any):
+        self.kind, self.documentation, self.labelnames, self.options = kind, documentation, tuple(labelnames), options
+        self.name = name.removesuffix("_total") if kind == "Counter" else name  # as prometheus-client keeps it
+        self._made: Any = None
+
+    @property
+    def exported(self) -> str:
+        """The series name a scrape shows (a counter's with ``_total``)."""
+        return self.name + "_total" if self.kind == "Counter" else self.name
+
+    def made(self) -> Any:
+        if self._made is None:
+            import prometheus_client
+
+            cls = getattr(prometheus_client, self.kind)
+            self._made = cls(self.name, self.documentation, list(self.labelnames), **self.options)
+        return self._made
+
+    def labels(self, *values: str) -> Any:
+        return self.made().labels(*values) if Metric.record else _DROPPED
+
+    def inc(self, amount: float = 1) -> None:
+        if Metric.record:
+            self.made().inc(amount)
+
+    def set(self, value: float) -> None:
+        if Metric.record:
+            self.made().set(value)
+
+    def observe(self, amount: float) -> None:
+        if Metric.record:
+            self.made().observe(amount)
+
+    def remove(self, *values: str) -> None:
+        """Drop one labelled series (KeyError: it is not there)."""
+        if self._made is not None:
+            self._made.remove(*values)
+
+
+def _counter(name: str, documentation: str, labelnames: Sequence[str] = ()) -> Metric:
+    return Metric("Counter", name, documentation, labelnames)
+
+
+def _gauge(name: str, documentation: str, labelnames: Sequence[str] = ()) -> Metric:
+    return Metric("Gauge", name, documentation, labelnames, multiprocess_mode="livemax")
+
+
+def _histogram(name: str, documentation: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float]) -> Metric:
+    return Metric("Histogram", name, documentation, labelnames, buckets=buckets)
+
+
 # -- coordinator ------------------------------------------------------------------------------------------------
-builds_started = Counter("mangos_builds_started_total", "Builds dispatched to a worker", ["recipe", "lane", "arch"])
-builds_finished = Counter(
+builds_started = _counter("mangos_builds_started_total", "Builds dispatched to a worker", ["recipe", "lane", "arch"])
+builds_finished = _counter(
     "mangos_builds_finished_total",
     "Builds that reached a final state (result: built, cached, failed, blocked, cancelled)",
     ["recipe", "lane", "arch", "result"],
 )
-queue_depth = Gauge(
-    "mangos_queue_depth", "Builds ready to run but waiting for a slot", ["lane", "arch"], multiprocess_mode="livemax"
-)
-oldest_waiting = Gauge(
+queue_depth = _gauge("mangos_queue_depth", "Builds ready to run but waiting for a slot", ["lane", "arch"])
+oldest_waiting = _gauge(
     "mangos_oldest_waiting_seconds",
     "Age of the longest-waiting ready build",
     ["lane", "arch"],
-    multiprocess_mode="livemax",
 )
-builds_ready_waiting = Gauge(
+builds_ready_waiting = _gauge(
     "mangos_builds_ready_waiting",
     "Builds ready to run (dependencies done, not found in the store) waiting for a worker slot, per worker class",
     ["arch", "class"],
-    multiprocess_mode="livemax",
 )
-builds_in_flight = Gauge(
-    "mangos_builds_in_flight", "Builds queued on or running at workers", ["arch"], multiprocess_mode="livemax"
+builds_in_flight = _gauge(
+    "mangos_builds_in_flight", "Builds queued on or running at workers, per worker class", ["arch", "class"]
 )
-workers_alive = Gauge("mangos_workers_alive", "Workers announcing themselves", ["arch"], multiprocess_mode="livemax")
-workers_busy = Gauge("mangos_workers_busy", "Workers running at least one build", ["arch"], multiprocess_mode="livemax")
-workers_disabled = Gauge(
-    "mangos_workers_disabled", "Workers taken out of rotation", ["arch"], multiprocess_mode="livemax"
-)
-worker_heartbeat_age = Gauge(
+workers_alive = _gauge("mangos_workers_alive", "Workers announcing themselves", ["arch"])
+workers_busy = _gauge("mangos_workers_busy", "Workers running at least one build", ["arch"])
+workers_disabled = _gauge("mangos_workers_disabled", "Workers taken out of rotation", ["arch"])
+worker_heartbeat_age = _gauge(
     "mangos_worker_heartbeat_age_seconds",
     "Seconds since each worker last announced itself",
     ["worker", "arch"],
-    multiprocess_mode="livemax",
 )
-lease_expiries = Counter("mangos_lease_expiries_total", "Builds whose worker stopped heartbeating", ["arch"])
-redispatches = Counter("mangos_redispatches_total", "Builds dispatched again", ["reason"])
-retries = Counter("mangos_retries_total", "Build retries by cause (error id)", ["cause"])
-stale_results = Counter("mangos_stale_results_total", "Results discarded because their lease was stale")
-cache_lookups = Counter("mangos_cache_lookups_total", "Build-key lookups in the store", ["result"])
-runs_active = Gauge("mangos_runs_active", "Runs not yet finished", multiprocess_mode="livemax")
+lease_expiries = _counter("mangos_lease_expiries_total", "Builds whose worker stopped heartbeating", ["arch"])
+redispatches = _counter("mangos_redispatches_total", "Builds dispatched again", ["reason"])
+retries = _counter("mangos_retries_total", "Build retries by cause (error id)", ["cause"])
+stale_results = _counter("mangos_stale_results_total", "Results discarded because their lease was stale")
+cache_lookups = _counter("mangos_cache_lookups_total", "Build-key lookups in the store", ["result"])
+runs_active = _gauge("mangos_runs_active", "Runs not yet finished")
 TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-coordinator_tick_seconds = Histogram(
+coordinator_tick_seconds = _histogram(
     "mangos_coordinator_tick_seconds",
     "Duration of each coordinator tick (outcomes, releases, dispatch, stored changes, a slice of loading)",
     buckets=TICK_BUCKETS,
 )
-recipes_behind = Gauge(
+recipes_behind = _gauge(
     "mangos_recipes_behind_archive",
     "Recipes whose farm build is older than the archive's version, until a build catches up (kind: security, update)",
     ["kind"],
-    multiprocess_mode="livemax",
 )
-security_update_waiting = Gauge(
+security_update_waiting = _gauge(
     "mangos_security_update_waiting_seconds",
     "Age of the oldest security update not yet built, since the first 'recipes update' that saw it (0: none)",
-    multiprocess_mode="livemax",
 )
 
 # -- workers ----------------------------------------------------------------------------------------------------
-build_phase_seconds = Histogram(
+build_phase_seconds = _histogram(
     "mangos_build_phase_seconds",
     "Time spent per build phase (queue_wait, source, dependencies, build, upload)",
     ["phase", "arch"],
     buckets=PHASE_BUCKETS,
 )
-store_bytes = Counter("mangos_store_bytes_total", "Bytes moved to and from the store", ["direction"])
-store_errors = Counter("mangos_store_errors_total", "Store operations that failed", ["operation"])
-signature_failures = Counter(
+store_bytes = _counter("mangos_store_bytes_total", "Bytes moved to and from the store", ["direction"])
+store_errors = _counter("mangos_store_errors_total", "Store operations that failed", ["operation"])
+signature_failures = _counter(
     "mangos_signature_verifications_failed_total", "Artifacts refused because their provenance did not verify"
 )
-security_events = Counter(
+security_events = _counter(
     "mangos_security_events_total",
     "Security events recorded in the audit log (refused results and artifacts, forged or replayed tasks, revoked keys, "
     "sandbox limits)",
     ["event"],
 )
-reproducibility = Gauge(
+reproducibility = _gauge(
     "mangos_reproducibility_agreement_ratio",
     "Share of rechecked builds whose outputs matched (per recipe; 'all' for the farm)",
     ["recipe"],
-    multiprocess_mode="livemax",
 )
 
-METRICS = {
-    m._name if not isinstance(m, Counter) else m._name + "_total": m
+METRICS: dict[str, Metric] = {
+    m.exported: m
     for m in (
         builds_started,
         builds_finished,
@@ -142,7 +215,7 @@ def exported_names() -> set[str]:
     """Every series name a scrape can contain (histograms add _bucket, _sum, _count)."""
     names: set[str] = set()
     for name, metric in METRICS.items():
-        if isinstance(metric, Histogram):
+        if metric.kind == "Histogram":
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
         else:
             names.add(name)
@@ -153,7 +226,7 @@ def exported_names() -> set[str]:
 WORKER_SERIES_KEPT = 3600.0  # seconds a vanished worker's series stay after its registration expired
 
 
-def _remove(gauge: Gauge, *labels: str) -> None:
+def _remove(gauge: Metric, *labels: str) -> None:
     with contextlib.suppress(KeyError):  # not there: nothing to remove
         gauge.remove(*labels)
 
@@ -161,10 +234,10 @@ def _remove(gauge: Gauge, *labels: str) -> None:
 _published: dict[str, set[tuple[str, ...]]] = {}
 
 
-def publish(gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+def publish(gauge: Metric, values: Mapping[tuple[str, ...], float]) -> None:
     """Set the series of ``gauge`` named in ``values``; every series published before and missing now reads 0
     (a queue that emptied, a run finished or cancelled), so the gauge never keeps a stale value."""
-    before = _published.setdefault(gauge._name, set())
+    before = _published.setdefault(gauge.name, set())
     for labels in before - set(values):
         gauge.labels(*labels).set(0)
     for labels, value in values.items():

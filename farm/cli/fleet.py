@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from farm import metrics
 from farm.cli.common import Subparsers, add_command, json_flag, print_json
 from farm.errors import E, FarmError
 from farm.settings import Settings
@@ -46,6 +47,7 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
+        metrics.recording(True)
         start_http_server(args.metrics_port, addr=args.metrics_addr)
         from farm.crossval.results import watch_metrics
 

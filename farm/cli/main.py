@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from farm import metrics
 from farm.errors import ErrorGroup, FarmError
 from farm.log import configure
 from farm.settings import Settings
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(chosen_command(argv)).parse_args(argv)
     configure(verbose=args.verbose, debug=args.debug)
+    recorded = metrics.recording(False)  # a command exports none; one that serves them (coordinator) turns it on
     try:
         overrides: dict[str, Any] = {"home": Path(args.home) if args.home else None}
         if getattr(args, "workers", None):
@@ -123,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
+    finally:
+        metrics.recording(recorded)  # as it was, for a caller in the same process (tests)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from farm.trust import keys as keymod
     from workers.fleet import open_fleet
 
-    keymod.load_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
+    keymod.check_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
     plan, store = plan_recipes(Path(args.dir), settings, force=args.force)
     progress = Progress(len(plan.order), quiet_cached=not args.verbose)
     lane = Lane(args.lane or settings.lane)

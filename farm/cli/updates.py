@@ -111,7 +111,7 @@ def queue_updates(recipes_dir: Path, outcomes: list[Outcome], settings: Settings
     from farm.trust import keys as keymod
     from workers.fleet import open_fleet
 
-    keymod.load_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
+    keymod.check_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
     reasons = build_reasons(outcomes, read_recipes(recipes_dir))
     plan, store = plan_recipes(recipes_dir, settings)
     fleet = open_fleet(settings, store)

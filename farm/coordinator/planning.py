@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 def plan_recipes(recipes_dir: Path, settings: Settings, *, force: bool = False) -> tuple[Plan, Store]:
     """The plan for the recipes in ``recipes_dir`` against this farm's store (``force``: as if nothing were cached),
     and that store."""
-    recipes = load_dir(recipes_dir)
+    recipes = load_dir(recipes_dir, settings.cache_dir)
     store = open_store(settings.store_url)
     environments = PinnedEnvironments(settings, store)
     with source_resolver(settings) as resolve:
-        plan = make_plan(recipes, store, resolve, host_environment(), force=force, env_for=environments)
+        plan = make_plan(
+            recipes, store, resolve, host_environment(settings.cache_dir), force=force, env_for=environments
+        )
     return plan, store
 
 

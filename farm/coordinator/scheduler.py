@@ -131,6 +131,14 @@ class Scheduler(TickState):
     def _busy(self) -> Counter[str]:
         return Counter(self.live[r].run.arch for r, _ in self.inflight.values() if r in self.live)
 
+    def _busy_by_class(self) -> Counter[tuple[str, ...]]:
+        """Builds queued on or running at workers, per (arch, class)."""
+        return Counter(
+            (self.live[r].run.arch, job_class(self.live[r].jobs[n]))
+            for r, n in self.inflight.values()
+            if r in self.live
+        )
+
     def _dispatch_ready(self, now: float) -> None:
         """Dispatch the best ready builds into free slots; say why the others wait."""
         waiting = [live for live in self.live.values() if live.ready]
@@ -291,8 +299,10 @@ class Scheduler(TickState):
             job = self.live[run_id].jobs[name] if run_id in self.live else None
             if job is not None and job.state is State.RUNNING and job.worker:
                 running.add(job.worker)
-        for arch in self.gauge_archs | set(busy):
-            metrics.builds_in_flight.labels(arch).set(busy[arch])
+        in_flight = self._busy_by_class()
+        for arch in self.gauge_archs | set(busy):  # every known arch has its default-class series, 0 when idle
+            in_flight.setdefault((arch, layout.DEFAULT_CLASS), 0)
+        metrics.publish(metrics.builds_in_flight, in_flight)
         metrics.publish(metrics.builds_ready_waiting, waiting)
         metrics.runs_active.set(len(self.live) + len(self.loading))
         archs = {live.run.arch for live in self.live.values()} | set(busy)

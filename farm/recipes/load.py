@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from farm.errors import E, ErrorGroup, FarmError, RecipeError
 from farm.graph import find_cycle
 from farm.recipes.model import Recipe, parse
+from farm.recipes.parsecache import ParseCache
 from farm.recipes.patches import apply, read_local
 from farm.recipes.schema import err
 from farm.tomlfile import SYNTAX_HINT, load_toml
@@ -54,7 +55,9 @@ class RecipeSet:
         return len(self.recipes)
 
 
-def load_dir(directory: Path) -> RecipeSet:
+def load_dir(directory: Path, cache_dir: Path | None = None) -> RecipeSet:
+    """The recipe set of ``directory``, checked as a whole; with ``cache_dir``, files unchanged since a previous load
+    are not parsed again (:mod:`farm.recipes.parsecache`)."""
     if not directory.is_dir():
         raise RecipeError(
             E.RECIPE_DIR,
@@ -72,9 +75,10 @@ def load_dir(directory: Path) -> RecipeSet:
         )
     errors: list[FarmError] = []
     by_name: dict[str, Recipe] = {}
+    cache = ParseCache(cache_dir, directory) if cache_dir is not None else None
     for path in files:
         try:
-            recipe = load_file(path)
+            recipe = _load_cached(path, cache) if cache is not None else load_file(path)
         except ErrorGroup as group:
             errors.extend(group.errors)
             continue
@@ -94,6 +98,16 @@ def load_dir(directory: Path) -> RecipeSet:
             )
             continue
         by_name[recipe.name] = recipe
+    errors += _set_errors(by_name, directory) if not errors else _unknown_deps(by_name, directory)
+    if cache is not None:
+        cache.save()
+    if errors:
+        raise ErrorGroup(errors)
+    return RecipeSet(recipes=dict(sorted(by_name.items())), directory=directory)
+
+
+def _unknown_deps(by_name: Mapping[str, Recipe], directory: Path) -> list[FarmError]:
+    errors: list[FarmError] = []
     for recipe in by_name.values():
         for dep in recipe.build_depends:
             if dep not in by_name:
@@ -108,6 +122,12 @@ def load_dir(directory: Path) -> RecipeSet:
                         hint,
                     )
                 )
+    return errors
+
+
+def _set_errors(by_name: Mapping[str, Recipe], directory: Path) -> list[FarmError]:
+    """Unknown dependencies; when there are none, a dependency cycle."""
+    errors = _unknown_deps(by_name, directory)
     if not errors:
         cycle = find_cycle({n: r.build_depends for n, r in by_name.items()})
         if cycle:
@@ -120,9 +140,19 @@ def load_dir(directory: Path) -> RecipeSet:
                     "break the cycle by removing one of these build-depends",
                 )
             )
-    if errors:
-        raise ErrorGroup(errors)
-    return RecipeSet(recipes=dict(sorted(by_name.items())), directory=directory)
+    return errors
+
+
+def _load_cached(path: Path, cache: ParseCache) -> Recipe:
+    try:
+        st = path.stat()
+    except OSError:
+        return load_file(path)  # which says what is wrong with it
+    recipe = cache.get(path, st)
+    if recipe is None:
+        recipe = load_file(path)
+        cache.put(path, st, recipe)
+    return recipe
 
 
 def check_patches(recipes: Iterable[Recipe], sources: SourceCache) -> int:

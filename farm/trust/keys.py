@@ -18,14 +18,16 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from farm.errors import E, TrustError
 from farm.fsutil import atomic_write
+from farm.trust import pem as pemfmt
+
+if TYPE_CHECKING:  # imported where a key signs or verifies: the library takes tens of ms to import
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PRIVATE_NAME = "builder.key"
 PUBLIC_NAME = "builder.pub"
@@ -81,21 +83,38 @@ def revocations(keys_dir: Path) -> dict[str, Revocation]:
 
 @dataclass(frozen=True)
 class PublicKey:
-    key: Ed25519PublicKey
+    """An Ed25519 public key by its DER SubjectPublicKeyInfo; the crypto library's object is made on first use."""
+
+    der: bytes
     source: str = ""
 
-    @property
-    def der(self) -> bytes:
-        return self.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    @classmethod
+    def of(cls, key: Ed25519PublicKey, source: str = "") -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+
+        return cls(
+            key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo), source
+        )
+
+    @cached_property
+    def key(self) -> Ed25519PublicKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        key = load_der_public_key(self.der)
+        assert isinstance(key, Ed25519PublicKey), "PublicKey holds Ed25519 keys only"
+        return key
 
     @property
     def keyid(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
 
     def pem(self) -> bytes:
-        return self.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return pemfmt.public_pem(self.der)
 
     def verify(self, signature: bytes, data: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.key.verify(signature, data)
         except InvalidSignature:
@@ -109,13 +128,21 @@ class BuilderKey:
 
     @property
     def public(self) -> PublicKey:
-        return PublicKey(self.key.public_key(), "builder key")
+        return PublicKey.of(self.key.public_key(), "builder key")
 
     def sign(self, data: bytes) -> bytes:
         return self.key.sign(data)
 
 
+def _generate() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
 def _write_private(private: Path, key: Ed25519PrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     atomic_write(private, pem, mode=0o600)  # mkstemp: a fresh 0600 file, never a stale one with a looser mode
 
@@ -132,7 +159,7 @@ def generate(keys_dir: Path, force: bool = False, coordinator_dir: Path | None =
         )
     keys_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
-    key = Ed25519PrivateKey.generate()
+    key = _generate()
     _write_private(private, key)
     builder = BuilderKey(key)
     (keys_dir / PUBLIC_NAME).write_bytes(builder.public.pem())
@@ -158,7 +185,7 @@ def coordinator_key(keys_dir: Path) -> BuilderKey:
     if private.exists():
         return _load_private(private, "coordinator key")
     keys_dir.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
+    key = _generate()
     _write_private(private, key)
     signer = BuilderKey(key)
     (keys_dir / COORDINATOR_PUBLIC).write_bytes(signer.public.pem())
@@ -180,9 +207,18 @@ def load_builder(keys_dir: Path) -> BuilderKey:
     return _load_private(keys_dir / PRIVATE_NAME, "builder key")
 
 
-def _load_private(private: Path, what: str) -> BuilderKey:
+def check_builder(keys_dir: Path) -> None:
+    """Raise what :func:`load_builder` would, without loading the crypto library when the file is the PKCS#8
+    Ed25519 key ``keys generate`` writes: for a command that only needs to know the key is there (``rebuild``,
+    whose workers sign)."""
+    private = keys_dir / PRIVATE_NAME
+    if not pemfmt.is_private(_read_private(private, "builder key")):
+        _load_private(private, "builder key")  # anything else: the library decides, and says what is wrong
+
+
+def _read_private(private: Path, what: str) -> bytes:
     try:
-        data = private.read_bytes()
+        return private.read_bytes()
     except FileNotFoundError:
         raise TrustError(
             E.KEY_MISSING,
@@ -196,6 +232,13 @@ def _load_private(private: Path, what: str) -> BuilderKey:
             file=private,
             hint="check the path and permissions",
         ) from None
+
+
+def _load_private(private: Path, what: str) -> BuilderKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = _read_private(private, what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -206,12 +249,22 @@ def _load_private(private: Path, what: str) -> BuilderKey:
 
 
 def load_public(path: Path) -> PublicKey:
+    """The Ed25519 public key in the PEM file ``path`` (read without the crypto library when it is in the form
+    OpenSSL and ``keys`` write)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise TrustError(
             E.KEY_MISSING, f"cannot read public key: {exc.strerror}", file=path, hint="check the path"
         ) from None
+    der = pemfmt.public_der(data)
+    return PublicKey(der, str(path)) if der is not None else _parse_public(data, path)
+
+
+def _parse_public(data: bytes, path: Path) -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
@@ -223,7 +276,7 @@ def load_public(path: Path) -> PublicKey:
         ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise TrustError(E.KEY_INVALID, "not an Ed25519 public key", file=path, hint="builder keys are Ed25519")
-    return PublicKey(key, str(path))
+    return PublicKey.of(key, str(path))
 
 
 class TrustedKeys(list[PublicKey]):

@@ -173,7 +173,7 @@ def test_gauges_come_from_the_indexes(kv: CountingKV, disp: FakeDispatcher, coor
     coord.tick(T0)
     assert metric("mangos_queue_depth", lane="rebuild", arch="arm64") == 2
     assert metric("mangos_oldest_waiting_seconds", lane="rebuild", arch="arm64") == 30
-    assert metric("mangos_builds_in_flight", arch="arm64") == 1
+    assert metric("mangos_builds_in_flight", **{"arch": "arm64", "class": "default"}) == 1
     assert metric("mangos_workers_alive", arch="arm64") == 1
 
 

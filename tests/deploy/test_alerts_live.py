@@ -188,7 +188,7 @@ def assert_rules_read_real_series(prometheus: Prometheus) -> None:
     for name, label_sets in used.items():
         if name in NOT_CAUSED:
             metric = METRICS[name]
-            assert all(labels == frozenset(metric._labelnames) for labels in label_sets), (name, label_sets)
+            assert all(labels == frozenset(metric.labelnames) for labels in label_sets), (name, label_sets)
             continue
         assert name in real, f"the rules read {name}, which no exporter emitted: {sorted(real)}"
         for labels in label_sets:

@@ -158,11 +158,12 @@ def test_a_finished_run_clears_its_ready_builds(fake: tuple[Coordinator, KV, Fak
     coord.tick(T0)
     assert gauge("mangos_builds_ready_waiting", **waiting) == 1, "one slot: one dispatched, one waiting"
     assert gauge("mangos_workers_busy", arch="mips64el") == 0, "dispatched, not yet started"
+    assert gauge("mangos_builds_in_flight", **waiting) == 1, "dispatched: in flight, in its class"
     build(kv, disp, disp.names()[0], worker="m1")
     coord.tick(T0 + 1)
     assert gauge("mangos_builds_ready_waiting", **waiting) == 0
     build(kv, disp, disp.names()[1], worker="m1")
     coord.tick(T0 + 2)
     assert gauge("mangos_builds_ready_waiting", **waiting) == 0
-    assert gauge("mangos_builds_in_flight", arch="mips64el") == 0
+    assert gauge("mangos_builds_in_flight", **waiting) == 0
     assert gauge("mangos_workers_alive", arch="mips64el") == 1

@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,25 @@ def test_second_rebuild_is_all_cached_and_starts_no_worker(demo_farm: Farm, firs
     plan = demo_farm.json("plan", "recipes")
     assert [b["decision"] for b in plan["builds"]] == ["cached"] * 3
     assert all(b["reason"].startswith("built ") for b in plan["builds"])
+
+
+# What a cached rebuild needs no library for: it exports no metrics and signs nothing, and its provenance checks hit the
+# memo. Each costs tens of ms of start-up (bench/bench_plan.py: the cached-rebuild target is 0.3 s for 1,000 recipes).
+HEAVY = ("prometheus_client", "cryptography")
+IMPORTED = (
+    "import json, sys; from farm.cli.main import main; rc = main(sys.argv[1:]); "
+    "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[0].split(',')))), file=sys.stderr)"
+)
+
+
+def test_a_cached_rebuild_loads_no_metrics_or_crypto_library(demo_farm: Farm, first_run: dict[str, Any]) -> None:
+    demo_farm.run("rebuild", "recipes")  # the parse cache and host package list are written if they were not
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTED.replace("sys.argv[0]", repr(",".join(HEAVY))), "rebuild", "recipes"],
+        cwd=demo_farm.root, env=demo_farm.env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "3 cached" in proc.stdout, proc.stdout
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == [], proc.stderr
 
 
 def test_forced_rebuild_into_another_store_is_byte_identical(demo_farm: Farm, first_run: dict[str, Any]) -> None:

@@ -160,7 +160,7 @@ def test_keyid_is_the_same_after_a_pem_round_trip(keys_dir: Path) -> None:
     key = generate(keys_dir)
     loaded = serialization.load_pem_public_key(key.public.pem())
     assert isinstance(loaded, Ed25519PublicKey)
-    assert PublicKey(loaded).keyid == key.public.keyid
+    assert PublicKey.of(loaded).keyid == key.public.keyid
 
 
 # -- signatures ------------------------------------------------------------------------------------------------
