@@ -54,6 +54,7 @@ from typing import Any
 
 from bench._common import add_redis_fsync, parser, percentile, progress, require_tools, workdir
 from bench._fleet import BenchFleet, BuildTimes, make_repo, write_recipe
+from bench._overhead_parts import summarize_profiles
 from bench._sched_model import ORACLE, OURS, Dag, make_dag, schedulers, simulate
 from farm.coordinator.engine import Config
 
@@ -246,6 +247,10 @@ def render(report: dict[str, Any]) -> str:
             f"makespan / lower bound: median {report['ratio']:.3f}, worst {report['worst_ratio']:.3f} ({verdict} the "
             f"targets of {TARGET_MEDIAN:.2f} median, {TARGET_WORST:.2f} worst)",
         ]
+    for who, frames in report.get("profile", {}).items():  # --profile: py-spy's wall-clock shares, first seed
+        if isinstance(frames, list):
+            lines += ["", f"profile, {who} (share of its samples):"]
+            lines += [f"  {100 * share:5.1f}%  {frame}" for frame, share in frames[:20]]
     return "\n".join(lines)
 
 
@@ -274,7 +279,15 @@ def run_fleet(reports: list[SeedReport], args: argparse.Namespace, aging: float,
                 left = eta(done_wall, done_bound, total_bound - done_bound)
                 progress(f"seed {r.seed} ({i + 1}/{len(reports)}): lower bound {r.lower_bound:.1f}s; ETA {left}")
                 t0 = time.monotonic()
+                profiling = args.profile is not None and i == 0
+                if profiling:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    for name in ("coordinator", *(f"w{k + 1}" for k in range(workers))):
+                        fleet.start_profiler(name, args.profile / f"{name}.txt")
                 r.measured = run_seed(fleet, root, r.dag, r.seed, args, slots=slots)
+                if profiling:
+                    fleet.stop_profilers()
+                    args.profile_summary = summarize_profiles(args.profile, workers)
                 done_wall += time.monotonic() - t0
                 done_bound += r.lower_bound
                 extra = statistics.fmean(r.measured.slot_overheads())
@@ -297,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=2, help="slots per worker process (default 2: 2 workers x 2)")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every build's duration D (default 1)")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between `mangos-farm status` polls (default 2)")
+    p.add_argument(
+        "--profile", type=Path, help="record py-spy profiles of the coordinator and workers (first seed) into DIR"
+    )
     p.add_argument("--timeout", type=float, default=900, help="give up on a seed's run after this many seconds")
     p.add_argument("--simulate-only", action="store_true", help="only the in-process simulations, no fleet")
     add_redis_fsync(p)
@@ -333,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["wall_s"] = round(time.monotonic() - started, 1)
     keys = ("builds", "seeds", "seed", "slots", "concurrency", "time_scale", "poll", "redis_fsync")
     report = report_json(reports, {k: getattr(args, k) for k in keys} | {"aging_s": aging}, machine)
+    report["profile"] = getattr(args, "profile_summary", {})
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
