@@ -8,8 +8,8 @@ the ``Provides`` of the binaries (the provider first by name). A source dependin
 self-edge; a relation nothing in the index satisfies gets no edge (both are counted).
 
 The result has cycles (Debian's build graph does: compilers, debhelper, perl): :func:`drop_bootstrap_edges` finds
-its strongly connected components (Tarjan) and makes it a DAG by dropping, in each, the edges that close its
-cycles, deterministically. The same indexes give the same graph, edge for edge.
+its strongly connected components and makes it a DAG by dropping, in each, the edges that close its cycles,
+deterministically and as the farm cuts a recipe set's (:mod:`farm.graph`). The same indexes give the same graph, edge for edge.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from debian import deb822
 from debian.debian_support import Version
 
+from farm.graph import bootstrap_split, strongly_connected_components
 from farm.sources.apt import archive_label, packages_lists, read_list, source_lists
 
 BUILD_DEP_FIELDS = ("Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep")
@@ -132,82 +133,15 @@ def build_edges(
     return deps, {"relations": relations, "self_edges": self_edges, "unresolved_relations": unresolved}
 
 
-def strongly_connected(graph: Graph) -> list[list[str]]:
-    """Tarjan's strongly connected components (iterative), each sorted; nodes in name order."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
-    counter = 0
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work: list[tuple[str, int]] = [(root, 0)]
-        while work:
-            node, i = work[-1]
-            if i == 0:
-                index[node] = low[node] = counter
-                counter += 1
-                stack.append(node)
-                on_stack.add(node)
-            deps = graph.get(node, ())
-            if i < len(deps):
-                work[-1] = (node, i + 1)
-                dep = deps[i]
-                if dep not in graph:
-                    continue
-                if dep not in index:
-                    work.append((dep, 0))
-                elif dep in on_stack:
-                    low[node] = min(low[node], index[dep])
-                continue
-            work.pop()
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                out.append(sorted(component))
-    return out
-
-
 def drop_bootstrap_edges(graph: Graph) -> tuple[dict[str, list[str]], list[tuple[str, str]], list[list[str]]]:
-    """``graph`` made acyclic by dropping the edges that close its cycles; the acyclic graph, the dropped edges and
-    the strongly connected components (of more than one source) they broke.
-
-    Within each component the sources are ranked by how many others of it build-depend on them (most first, then
-    by name): an edge from a source to one ranked after it is a bootstrap edge (the dependency is taken from the
-    archive, not from this run). So debhelper, ranked first of the big component, depends on nothing in it, and
-    what needs debhelper waits for it. Edges between components are kept: they form no cycle.
-    """
-    components = [c for c in strongly_connected(graph) if len(c) > 1]
-    component_of = {n: i for i, c in enumerate(components) for n in c}
-    dependents: dict[str, int] = {}
-    for node, deps in graph.items():
-        for dep in deps:
-            if node in component_of and component_of[node] == component_of.get(dep):
-                dependents[dep] = dependents.get(dep, 0) + 1
-    rank = {n: i for c in components for i, n in enumerate(sorted(c, key=lambda n: (-dependents.get(n, 0), n)))}
-    acyclic: dict[str, list[str]] = {}
-    dropped: list[tuple[str, str]] = []
-    for node in graph:
-        keep = []
-        for dep in graph[node]:
-            if dep not in graph:
-                continue
-            if node in component_of and component_of[node] == component_of.get(dep) and rank[dep] > rank[node]:
-                dropped.append((node, dep))
-            else:
-                keep.append(dep)
-        acyclic[node] = keep
-    return acyclic, dropped, components
+    """``graph`` made acyclic by dropping the edges that close its cycles, as the farm cuts a recipe set's
+    (:func:`farm.graph.bootstrap_split`: within each strongly connected component, an edge to a source ranked after
+    its own, by how many of the component build-depend on it, is a bootstrap edge); the acyclic graph, the dropped
+    edges and the strongly connected components (of more than one source) they broke. Edges to sources outside
+    ``graph``, and a source's edge to itself, are left out first."""
+    inside = {n: sorted({d for d in deps if d in graph and d != n}) for n, deps in graph.items()}
+    acyclic, dropped = bootstrap_split(inside)
+    return acyclic, dropped, [c for c in strongly_connected_components(inside) if len(c) > 1]
 
 
 def depth(graph: Graph) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench import _archive_graph as archive
+from farm.graph import strongly_connected_components
 
 SOURCES = """\
 Package: debhelper
@@ -107,7 +108,7 @@ def test_cycle_closing_edges_are_dropped(graph: archive.ArchiveGraph) -> None:
 
 @pytest.mark.unit
 def test_the_graph_is_acyclic_and_limit_cuts_edges(graph: archive.ArchiveGraph) -> None:
-    assert sorted(archive.strongly_connected(graph.deps)) == [[n] for n in sorted(graph.order)]
+    assert strongly_connected_components(graph.deps) == [[n] for n in sorted(graph.order)]
     index = archive.BinaryIndex()
     index.add(PACKAGES)
     small = archive.archive_graph(archive.parse_sources(SOURCES), index, limit=2)
