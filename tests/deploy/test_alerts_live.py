@@ -26,7 +26,7 @@ from farm.metrics import METRICS
 from tests.conftest import MakeRepo, write_recipe
 from tests.deploy.common import PROMETHEUS, load_yaml
 from tests.deploy.promql import metric_names
-from tests.lib.fleet import Fleet
+from tests.lib.fleet import Fleet, local_fleet
 from tests.lib.prometheus import Prometheus, render_rules
 from tests.lib.recipes import gate_step
 from tests.lib.redis_server import RedisServer
@@ -48,15 +48,9 @@ log = logging.getLogger(__name__)
 @pytest.fixture
 def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[Fleet]:
     require("bwrap")
-    redis_server.restart()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
     env = {"MANGOS_FARM_LEASE_TIMEOUT": str(LEASE_TIMEOUT), "MANGOS_FARM_REQUEUE_AFTER": "60"}
-    fleet = Fleet(tmp_path / "fleet", redis_server, str(tmp_path / "store"), env)
-    fleet.fail_fast = True
-    yield fleet
-    fleet.close()
+    with local_fleet(tmp_path, redis_server, env) as fleet:
+        yield fleet
 
 
 @pytest.fixture

@@ -43,10 +43,7 @@ ALERT = "SecurityUpdateNotBuilt"
 @pytest.fixture
 def coordinator(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Fleet, RedisKV]]:
     require("redis-server")
-    redis_server.restart()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
+    redis_server.fresh()
     fleet = Fleet(tmp_path / "fleet", redis_server, str(tmp_path / "store"))
     kv = RedisKV(redis_server.url)
     yield fleet, kv

@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import MakeRepo, write_recipe
 from tests.deploy.common import KUBERNETES, PROMETHEUS, load_yaml, load_yaml_all
-from tests.lib.fleet import Fleet
+from tests.lib.fleet import Fleet, local_fleet
 from tests.lib.prometheus import Prometheus
 from tests.lib.recipes import gate_step
 from tests.lib.redis_server import RedisServer
@@ -170,14 +170,8 @@ def test_each_class_query_counts_the_builds_of_its_class(tmp_path: Path) -> None
 @pytest.fixture
 def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[Fleet]:
     require("bwrap")
-    redis_server.restart()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
-    fleet = Fleet(tmp_path / "fleet", redis_server, str(tmp_path / "store"), {"MANGOS_FARM_LEASE_TIMEOUT": "10"})
-    fleet.fail_fast = True
-    yield fleet
-    fleet.close()
+    with local_fleet(tmp_path, redis_server, {"MANGOS_FARM_LEASE_TIMEOUT": "10"}) as fleet:
+        yield fleet
 
 
 @pytest.mark.e2e

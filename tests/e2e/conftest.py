@@ -44,10 +44,7 @@ def fleet(tmp_path: Path, redis_server: RedisServer, moto_server: MotoServer) ->
     """A real fleet (:mod:`tests.e2e.fleet`) on a clean Redis and a fresh S3 bucket, its coordinator running."""
     bucket = f"farm-{uuid.uuid4().hex[:12]}"
     moto_server.client.create_bucket(Bucket=bucket)
-    redis_server.restart()  # a clean broker per test (AOF keeps data across restarts, so flush it)
-    client = redis_server.client()
-    client.flushall()
-    client.close()
+    redis_server.fresh()
     fleet = Fleet(tmp_path, redis_server, f"s3://{bucket}/farm", s3_env(moto_server.url))
     fleet.start_coordinator()
     yield fleet

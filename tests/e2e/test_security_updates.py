@@ -43,10 +43,7 @@ def local_fleet(tmp_path: Path, redis_server: RedisServer, made_env: Made) -> It
 
     The store is this test's own: the session's environment blobs linked in, none of the records other builds of
     the session published (a record of xx signed by another fleet's key would be refused here)."""
-    redis_server.restart()
-    client = redis_server.client()
-    client.flushall()
-    client.close()
+    redis_server.fresh()
     store = tmp_path / "store"
     shutil.copytree(Path(made_env.store.url) / "blobs", store / "blobs", copy_function=os.link)
     fleet = Fleet(tmp_path / "fleet", redis_server, str(store), E2E_ENV)

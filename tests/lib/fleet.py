@@ -266,3 +266,16 @@ class Fleet:
 
     def logs(self) -> str:
         return "\n".join(f"==== {log.name}\n{self.log_tail(log.stem)}" for log in sorted(self.root.glob("*.log")))
+
+
+@contextlib.contextmanager
+def local_fleet(tmp_path: Path, redis: RedisServer, env: Mapping[str, str] | None = None) -> Iterator[Fleet]:
+    """A fail-fast fleet under ``tmp_path/fleet`` on a fresh ``redis``, its store the directory ``tmp_path/store``;
+    closed (every process stopped) on the way out."""
+    redis.fresh()
+    fleet = Fleet(tmp_path / "fleet", redis, str(tmp_path / "store"), env)
+    fleet.fail_fast = True
+    try:
+        yield fleet
+    finally:
+        fleet.close()

@@ -72,3 +72,10 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def fresh(self) -> None:
+        """Restarted and empty, for a test that needs a clean broker and state (AOF keeps data across restarts)."""
+        self.restart()
+        client = self.client()
+        client.flushall()
+        client.close()
