@@ -21,6 +21,7 @@ from farm.coordinator.kvbase import KV, Batch
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB NOT NULL, exp REAL)",
+    "CREATE INDEX IF NOT EXISTS kv_by_exp ON kv (exp) WHERE exp IS NOT NULL",  # expired keys found without a scan
     "CREATE TABLE IF NOT EXISTS h (k TEXT, f TEXT, v BLOB NOT NULL, PRIMARY KEY (k, f))",
     "CREATE TABLE IF NOT EXISTS s (k TEXT, m TEXT, PRIMARY KEY (k, m))",
     "CREATE TABLE IF NOT EXISTS z (k TEXT, m TEXT, s REAL NOT NULL, PRIMARY KEY (k, m))",
@@ -29,6 +30,7 @@ _TABLES = (
     "CREATE INDEX IF NOT EXISTS l_by_key ON l (k, id)",
 )
 _KINDS = ("h", "s", "z", "l")
+PURGE_EVERY = 60.0  # seconds between deletions of expired keys (leases, beats, nonces), per process
 
 
 class SqliteKV(KV):
@@ -37,6 +39,7 @@ class SqliteKV(KV):
         self.path = path
         self.url = f"sqlite:///{path}"
         self._local = threading.local()
+        self._purged = 0.0
         db = self._db()
         for statement in _TABLES:
             db.execute(statement)
@@ -78,6 +81,8 @@ class SqliteKV(KV):
         return [found.get(k) for k in keys]
 
     def set(self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False) -> bool:
+        if ttl is not None:
+            self.purge_expired()
         if not only_if_absent:
             self._set(self._db(), key, value, ttl)
             return True
@@ -86,6 +91,17 @@ class SqliteKV(KV):
                 return False
             self._set(db, key, value, ttl)
         return True
+
+    def purge_expired(self, *, now: float | None = None, every: float = PURGE_EVERY) -> int:
+        """Delete the keys whose expiry has passed (every read ignores them already), at most once per ``every``
+        seconds in this process: a key written with a TTL (a lease, a beat, a spent nonce) does not stay in the
+        file forever. How many were deleted."""
+        now = time.time() if now is None else now
+        if now - self._purged < every:
+            return 0
+        self._purged = now
+        cur = self._db().execute("DELETE FROM kv WHERE exp IS NOT NULL AND exp <= ?", (now,))
+        return cur.rowcount
 
     def swap(self, key: str, expected: bytes | None, value: bytes | None, *, ttl: float | None = None) -> bool:
         with self._tx() as db:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,21 @@ def test_expiry(kv: KV) -> None:
     assert kv.get("t:lease") is None
     assert "t:lease" not in kv.keys("t:")
     assert kv.set("t:lease", b"y", ttl=5, only_if_absent=True), "an expired key counts as absent"
+
+
+def test_sqlite_deletes_expired_keys(tmp_path: Path) -> None:
+    """Read as absent at once, and gone from the file at the next purge: spent nonces and old leases do not pile up."""
+    kv = SqliteKV(tmp_path / "state.sqlite")
+    for i in range(50):
+        kv.set(f"t:nonce:{i}", b"x", ttl=0.05)
+    kv.set("t:kept", b"y", ttl=3600)
+    kv.set("t:forever", b"z")
+    time.sleep(0.1)
+    assert kv.purge_expired(every=3600) == 0, "purged once already in this process (by the first set)"
+    assert kv.purge_expired(every=0) == 50
+    rows = sqlite3.connect(tmp_path / "state.sqlite").execute("SELECT k FROM kv ORDER BY k").fetchall()
+    assert rows == [("t:forever",), ("t:kept",)]
+    kv.close()
 
 
 def test_swap_compares_and_sets(kv: KV) -> None:

@@ -42,7 +42,7 @@ def test_promtool_check_config() -> None:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", str(RULES.relative_to(ROOT)))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout + result.stderr
 
 
 def test_promtool_test_rules() -> None:
@@ -64,6 +64,7 @@ def test_the_alerts_the_farm_needs() -> None:
         "StoreErrors",
         "LeaseExpiriesHigh",
         "SignatureVerificationFailures",
+        "TaskForgedOrReplayed",
         "SecurityUpdateNotBuilt",
     }
     for name, rule in alerts().items():

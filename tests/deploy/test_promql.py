@@ -135,7 +135,7 @@ ALL_EXPRS = alert_exprs() + dashboard_exprs() + keda_exprs()
 
 
 def test_expressions_were_found() -> None:
-    assert len(alert_exprs()) == 8
+    assert len(alert_exprs()) == 9
     assert len(dashboard_exprs()) >= 30
     assert keda_exprs()
 
