@@ -191,12 +191,18 @@ def index_entries(sources_text: str, name: str, version: str, archive: str) -> l
     return found
 
 
+def naming_order(entry: IndexEntry) -> tuple[bool, str]:
+    """Which suite's label names an import listed by several: backports last (its Origin, "Debian Backports", would
+    sort before "Debian bookworm"), then by label, so the base suite comes before its -security and -updates."""
+    return "backports" in entry.archive.lower(), entry.archive
+
+
 def check_dsc_against_index(dsc_path: Path, entries: Sequence[IndexEntry]) -> IndexEntry:
     """The .dsc must match the Sources index; returns the entry it matched (its archive names the import).
 
-    The same .dsc is often listed by several suites (bookworm and bookworm-security both list zlib 1:1.2.13.dfsg-1).
-    The import is named after the first of them by archive label (the base suite sorts before its -security and
-    -updates suites), so the commit does not depend on which of those suites a machine has configured."""
+    The same .dsc is often listed by several suites (bookworm and bookworm-security both list zlib 1:1.2.13.dfsg-1;
+    bookworm-backports lists a source it did not change at bookworm's version). The import is named after the first
+    of them by :func:`naming_order`, so the commit does not depend on which of those suites a machine has configured."""
     mine = [e for e in entries if e.dsc_name == dsc_path.name]
     if not mine:
         raise FarmError(
@@ -211,7 +217,7 @@ def check_dsc_against_index(dsc_path: Path, entries: Sequence[IndexEntry]) -> In
     matching = [e for e in mine if e.dsc_sha256 == actual and e.dsc_size == size]
     if not matching:
         raise _mismatch(dsc_path, mine[0].dsc_sha256, actual)
-    return min(matching, key=lambda e: e.archive)
+    return min(matching, key=naming_order)
 
 
 def archive_index(name: str, version: str, lists_dir: Path | None = None) -> list[IndexEntry]:
@@ -276,7 +282,7 @@ def _record_upstream(repo: Path, name: str, version: str, lists_dir: Path | None
     entries = archive_index(name, version, lists_dir)
     record: dict[str, object] = {}
     if entries:
-        entry = min(entries, key=lambda e: e.archive)
+        entry = min(entries, key=naming_order)
         url = upstream.apt_dsc_url(name, version, entry.dsc_name)
         record = upstream.record(entry.dsc_name, entry.dsc_sha256, entry.files, url)
     try:

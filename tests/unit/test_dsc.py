@@ -174,7 +174,10 @@ def test_a_dsc_listed_by_several_suites_is_named_after_the_base_suite(tmp_path: 
         dsc.IndexEntry("Debian bookworm-security", path.name, _sha(data), len(data)),
         dsc.IndexEntry("Debian bookworm", path.name, _sha(data), len(data)),
         dsc.IndexEntry("Debian bookworm-updates", path.name, _sha(data), len(data)),
+        dsc.IndexEntry("Debian Backports bookworm-backports", path.name, _sha(data), len(data)),
     ]
     for entries in (listed, listed[::-1]):
         assert dsc.check_dsc_against_index(path, entries).archive == "Debian bookworm"
     assert dsc.check_dsc_against_index(path, listed[:1]).archive == "Debian bookworm-security"
+    backports_too = [listed[3], listed[0]]  # a machine with backports and security, not the base suite's lists
+    assert dsc.check_dsc_against_index(path, backports_too).archive == "Debian bookworm-security"
