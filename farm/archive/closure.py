@@ -5,8 +5,9 @@ them down as pins; here they become source packages and versions (the ``Source``
 names: the version whose code the image installs, security versions included, never an older one), and each source
 is:
 
-- **kept** when a recipe for it at that version is already in the directory, or is **reused** from elsewhere in the
-  recipes tree (``recipes/debian/zlib.toml``): a relative symlink to it is written instead of a copy;
+- **kept** when a recipe for it at that version and binNMU (``build.binnmu``, the image's binaries' ``+bN``) is
+  already in the directory, or is **reused** from elsewhere in the recipes tree (``recipes/debian/zlib.toml``): a
+  relative symlink to it is written instead of a copy; a recipe of another binNMU is imported again;
 - **imported** through :func:`farm.sources.dsc.import_dsc` (already-imported sources come from the cache);
 - **unavailable** when no suite serves its files: before that is declared, the files are tried from every deb-src
   suite the machine has (each suite's archive root, the directory its Sources entry names), every URL with its

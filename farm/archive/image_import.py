@@ -25,7 +25,14 @@ from farm.archive.closure import (
     source_roots,
     unavailable_text,
 )
-from farm.archive.import_ import UNAVAILABLE, build_closure, existing_debian_recipes, recipe_dependencies, write_recipe
+from farm.archive.import_ import (
+    UNAVAILABLE,
+    build_closure,
+    existing_binnmu,
+    existing_debian_recipes,
+    recipe_dependencies,
+    write_recipe,
+)
 from farm.archive.index import SourceEntry, SourcesIndex
 from farm.archive.pin import Pin
 from farm.archive.resolve import env_status_file
@@ -62,6 +69,13 @@ def image_binnmus(pins: Sequence[Pin], wanted: Mapping[str, tuple[str, tuple[str
     return {name: n for name, n in found.items() if n}
 
 
+def is_the_build(path: Path, recorded: str | None, version: str, binnmu: int) -> bool:
+    """Whether the recipe at ``path``, of version ``recorded`` (None: no recipe), builds what the image installs:
+    source ``version`` as binNMU ``binnmu`` (0: none). One of another binNMU is imported again, so that the farm's
+    .debs are versioned as the image's (never older)."""
+    return recorded == version and existing_binnmu(path) == binnmu
+
+
 def _fetch_and_import(
     name: str, version: str, found: Sequence[Listing], *, roots: Sequence[str], cache_dir: Path, lists_dir: Path
 ) -> tuple[ImportedSource | None, list[Attempt]]:
@@ -94,7 +108,7 @@ def import_image(
     recipes_dir.mkdir(parents=True, exist_ok=True)
     wanted = image_sources(pins, lists_dir)
     on_disk, others = existing_debian_recipes(recipes_dir), elsewhere(recipes_dir, reuse_from)
-    index = SourcesIndex.load(set(wanted), lists_dir)
+    index, binnmus = SourcesIndex.load(set(wanted), lists_dir), image_binnmus(pins, wanted)
     where = listings({(n, v) for n, (v, _) in wanted.items()}, lists_dir)
     roots = sorted(set(source_roots().values()))
     outcomes: dict[str, Outcome] = {}
@@ -107,11 +121,11 @@ def import_image(
             reason = f"{name} {version} is in no Sources index apt holds (a suite without a deb-src entry?)"
             outcomes[name] = Outcome(name, version, "unavailable", binaries, reason=reason)
             continue
-        if on_disk.get(name) == version:
+        if is_the_build(path, on_disk.get(name), version, binnmus.get(name, 0)):
             kept[name] = entries[0]
             outcomes[name] = Outcome(name, version, "kept", binaries, str(path), "already in the directory")
             continue
-        if (name, version) in others:
+        if (name, version) in others and is_the_build(others[(name, version)], version, version, binnmus.get(name, 0)):
             if path.is_symlink() or path.exists():
                 path.unlink()
             path.symlink_to(os.path.relpath(others[(name, version)], recipes_dir))
@@ -140,7 +154,7 @@ def import_image(
         edges = _write_set(
             {n: fresh[n] for n in closures}, kept, closures, outcomes, wanted, recipes_dir=recipes_dir, split=split,
             tmp=tmp, status=status_file, env_name=env_name, store=store, lists_dir=lists_dir,
-            binnmus=image_binnmus(pins, wanted),
+            binnmus=binnmus,
         )  # fmt: skip
     ordered = tuple(outcomes[n] for n in wanted)
     atomic_write(recipes_dir / UNAVAILABLE_FILE, unavailable_text(ordered).encode())

@@ -155,6 +155,17 @@ def existing_bootstrap(path: Path) -> dict[str, str]:
     return {str(e.get("recipe")): str(e.get("version")) for e in edges if "recipe" in e} if ok else {}
 
 
+def existing_binnmu(path: Path) -> int:
+    """The ``build.binnmu`` of the recipe at ``path`` (0 without one, or without a readable recipe): a recipe at the
+    archive's source version but another binNMU is not the archive's build, and is imported again."""
+    try:
+        build = tomllib.loads(path.read_text()).get("build", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return 0
+    number = build.get("binnmu", 0) if isinstance(build, dict) else 0
+    return number if isinstance(number, int) and not isinstance(number, bool) else 0
+
+
 def existing_debian_recipes(recipes_dir: Path) -> dict[str, str]:
     """name -> version of the debian recipes already in the directory (read as plain TOML)."""
     found = {}

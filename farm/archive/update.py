@@ -4,11 +4,12 @@ what moved re-imported.
 The archive's version of a recipe is the source version of the binaries an image would install
 (:meth:`~farm.archive.versions.ArchiveVersions.source_candidate` over the source's binaries); a source none of
 whose binaries is in a Packages index falls back to the newest version any Sources index lists. A recipe is
-*behind* when its version is older (Debian ordering). The moves are re-imported through ``recipes import``'s code,
-the security updates in a batch before the others, so that nothing delays a security fix; a source that cannot be
-had stops no other. Each recipe ends ``up to date``, ``updated``, ``unavailable`` (the archive installs that
-version, its source cannot be downloaded) or ``failed``. An update shows the ``debian/changelog`` entries between
-the two versions, read from the newly imported source.
+*behind* when its version is older (Debian ordering), or the same with the archive's binaries a later binNMU
+(``build.binnmu``: ``bash 5.2.15-2+b13`` of a recipe ``5.2.15-2`` without one). The moves are re-imported through
+``recipes import``'s code, the security updates in a batch before the others, so that nothing delays a security
+fix; a source that cannot be had stops no other. Each recipe ends ``up to date``, ``updated``, ``unavailable``
+(the archive installs that version, its source cannot be downloaded) or ``failed``. An update shows the
+``debian/changelog`` entries between the two versions, read from the newly imported source.
 
 Nothing here queues a build: the caller decides (``--queue`` submits :func:`rebuild_set` on the security lane).
 """
@@ -54,6 +55,7 @@ class RecipeEntry:
     path: Path
     kind: str
     depends: tuple[str, ...]
+    binnmu: int = 0  # build.binnmu: the binNMU of the source version the recipe builds (0: none)
 
 
 def read_recipes(recipes_dir: Path) -> dict[str, RecipeEntry]:
@@ -71,7 +73,9 @@ def read_recipes(recipes_dir: Path) -> dict[str, RecipeEntry]:
         kind = str(build.get("kind", "script")) if isinstance(build, dict) else "script"
         depends = data.get("build-depends", [])
         deps = tuple(str(d) for d in depends) if isinstance(depends, list) else ()
-        found[name] = RecipeEntry(name, str(data.get("version", "")), path, kind, deps)
+        number = build.get("binnmu", 0) if isinstance(build, dict) else 0
+        binnmu = number if isinstance(number, int) and not isinstance(number, bool) else 0
+        found[name] = RecipeEntry(name, str(data.get("version", "")), path, kind, deps, binnmu)
     return found
 
 
@@ -82,6 +86,12 @@ class Target:
     version: str
     archive: str = ""  # 'Origin Codename' of the Packages index, '' when only a Sources index lists it
     security: bool = False
+    binnmu: int = 0  # the binNMU number of the archive's binaries of ``version`` (0: none)
+
+
+def binary_version(version: str, binnmu: int) -> str:
+    """The version of the binaries of source ``version`` built as binNMU ``binnmu`` (0: the source version)."""
+    return f"{version}+b{binnmu}" if binnmu else version
 
 
 def archive_targets(names: Iterable[str], lists_dir: Path, arch: str | None = None) -> dict[str, Target]:
@@ -96,7 +106,7 @@ def archive_targets(names: Iterable[str], lists_dir: Path, arch: str | None = No
         indexed = [e.version for e in index.by_name.get(name, [])]
         if indexed:
             choice = choose_source(name, None, indexed, binaries[name], archive=versions, arch=arch)
-            targets[name] = Target(choice.candidate, choice.archive, "security" in choice.archive)
+            targets[name] = Target(choice.candidate, choice.archive, "security" in choice.archive, choice.binnmu)
     return targets
 
 
@@ -107,6 +117,7 @@ class Move:
     name: str
     current: str
     target: Target
+    current_binnmu: int = 0
 
     @property
     def kind(self) -> str:
@@ -116,17 +127,26 @@ class Move:
     def reason(self) -> str:
         """e.g. ``security update zlib 1:1.2.13.dfsg-1 → 1:1.2.13.dfsg-1+deb12u1``."""
         what = "security update" if self.target.security else "update"
-        return f"{what} {self.name} {self.current} → {self.target.version}"
+        if compare(self.current, self.target.version) == 0:  # the same source, a later binNMU of it
+            what = "binNMU"
+        current = binary_version(self.current, self.current_binnmu)
+        return f"{what} {self.name} {current} → {binary_version(self.target.version, self.target.binnmu)}"
 
 
 def find_moves(recipes: Mapping[str, RecipeEntry], targets: Mapping[str, Target]) -> list[Move]:
-    """The Debian recipes older than the archive's version, security updates first, then by name."""
+    """The Debian recipes older than the archive's version, security updates first, then by name. A recipe of the
+    archive's source version is behind when the archive's binaries of it are a later binNMU than the recipe's."""
     moves = [
-        Move(r.name, r.version, targets[r.name])
+        Move(r.name, r.version, targets[r.name], r.binnmu)
         for r in recipes.values()
-        if r.kind == "debian" and r.name in targets and compare(r.version, targets[r.name].version) < 0
+        if r.kind == "debian" and r.name in targets and behind(r.version, r.binnmu, targets[r.name])
     ]
     return sorted(moves, key=lambda m: (not m.target.security, m.name))
+
+
+def behind(version: str, binnmu: int, target: Target) -> bool:
+    """Whether a recipe of source ``version`` built as binNMU ``binnmu`` is older than the archive's binaries."""
+    return compare(binary_version(version, binnmu), binary_version(target.version, target.binnmu)) < 0
 
 
 def changelog_between(text: str, old: str, new: str) -> list[dict[str, Any]]:
@@ -161,10 +181,15 @@ class Outcome:
     security: bool = False
     changelog: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    current_binnmu: int = 0  # the recipe's build.binnmu before the update
+    archive_binnmu: int = 0  # the archive's binNMU of ``archive``
 
     @property
     def behind(self) -> bool:
-        return self.archive is not None and compare(self.current, self.archive) < 0
+        return self.archive is not None and behind(self.current, self.current_binnmu, self._target())
+
+    def _target(self) -> Target:
+        return Target(self.archive or "", self.suite, self.security, self.archive_binnmu)
 
     @property
     def kind(self) -> str:
@@ -174,7 +199,7 @@ class Outcome:
     def reason(self) -> str:
         if self.archive is None:
             return ""
-        return Move(self.name, self.current, Target(self.archive, self.suite, self.security)).reason
+        return Move(self.name, self.current, self._target(), self.current_binnmu).reason
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +208,8 @@ class Outcome:
             "status": self.status.value,
             "from": self.current,
             "to": self.archive,
+            "from_binnmu": self.current_binnmu,
+            "to_binnmu": self.archive_binnmu,
             "archive": self.suite,
             "kind": self.kind if self.behind else None,
             "reason": self.reason if self.behind else None,
@@ -265,10 +292,7 @@ def update_recipes(
     if targets is None:  # apt's lists: by default the ones the apt this process runs uses (APT_CONFIG included)
         targets = archive_targets(debian, lists_dir or configured_lists(), arch) if debian else {}
     moves = find_moves(debian, targets)
-    outcomes = {
-        m.name: Outcome(m.name, debian[m.name].path, Status.UPDATED, m.current, *_target_fields(m.target))
-        for m in moves
-    }
+    outcomes = {m.name: _moved(m, debian[m.name].path) for m in moves}
     for batch in ([m for m in moves if m.target.security], [m for m in moves if not m.target.security]):
         if batch:
             _reimport(batch, importer, outcomes)
@@ -276,6 +300,7 @@ def update_recipes(
     for name in sorted(set(debian) - set(outcomes)):
         recipe, target = debian[name], targets.get(name)
         out = Outcome(name, recipe.path, Status.UP_TO_DATE, recipe.version, *_target_fields(target))
+        out.current_binnmu, out.archive_binnmu = recipe.binnmu, target.binnmu if target else 0
         if target is None:
             out.status = Status.FAILED
             out.error = FarmError(
@@ -306,6 +331,12 @@ def _reimport(batch: Sequence[Move], importer: Importer, outcomes: dict[str, Out
             continue
         out.archive = result.version  # what was imported (the archive's version, by the same rule)
         out.changelog = changelog_between(result.changelog, move.current, result.version) if result.changelog else []
+
+
+def _moved(move: Move, path: Path) -> Outcome:
+    out = Outcome(move.name, path, Status.UPDATED, move.current, *_target_fields(move.target))
+    out.current_binnmu, out.archive_binnmu = move.current_binnmu, move.target.binnmu
+    return out
 
 
 def _target_fields(target: Target | None) -> tuple[str | None, str, bool]:

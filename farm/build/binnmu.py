@@ -6,6 +6,11 @@ source's distribution, ``binary-only=yes``, a text saying why. ``dpkg-gencontrol
 ``V+bN`` and names the source with its own version (``Source: bzip2 (1.0.8-5)``). A recipe asks for one with
 ``build.binnmu`` (:mod:`farm.recipes.binnmu`) so that the farm's .debs are the archive's binNMU, never older.
 
+A binNMU rebuilds only the architecture's own binaries: a buildd runs ``dpkg-buildpackage -B`` (sbuild without
+``--arch-all``), and the source's ``Architecture: all`` packages stay the ones built from the source upload,
+versioned ``V``, which is what an image installs from the archive. :func:`build_type` gives the farm's build the same
+flag, so that it makes no ``V+bN`` arch-all package the archive does not have.
+
 The entry is the farm's, fixed by the recipe and the build's ``SOURCE_DATE_EPOCH`` (its date), so a rebuild writes
 the same bytes. :func:`changelog_entry` is pure; :func:`apply` prepends it to the source tree's debian/changelog.
 """
@@ -27,6 +32,12 @@ _HEADER = re.compile(r"^(?P<source>[a-z0-9][a-z0-9.+-]*) \((?P<version>[^()\s]+)
 def binnmu_version(version: str, number: int) -> str:
     """``version`` with the binNMU suffix ``+bN``."""
     return f"{version}+b{number}"
+
+
+def build_type(number: int) -> str:
+    """dpkg-buildpackage's build type of a debian build that is binNMU ``number`` (0: none): ``-B`` (the
+    architecture's own binaries, as Debian's buildds build a binNMU) or ``-b`` (every binary package)."""
+    return "-B" if number else "-b"
 
 
 def changelog_date(epoch: int) -> str:

@@ -107,9 +107,10 @@ def _profiles_flag(profiles: Sequence[str]) -> list[str]:
     return [f"--build-profiles={','.join(profiles)}"] if profiles else []
 
 
-def dpkg_buildpackage_argv(profiles: Sequence[str] = ()) -> list[str]:
-    """Binary-only, unsigned, with the recipe's build profiles."""
-    return ["dpkg-buildpackage", "-b", "-us", "-uc", *_profiles_flag(profiles)]
+def dpkg_buildpackage_argv(profiles: Sequence[str] = (), build_type: str = "-b") -> list[str]:
+    """Binary-only (``-b``; a binNMU ``-B``: :func:`farm.build.binnmu.build_type`), unsigned, with the recipe's
+    build profiles."""
+    return ["dpkg-buildpackage", build_type, "-us", "-uc", *_profiles_flag(profiles)]
 
 
 def build_dep_argv(profiles: Sequence[str] = ()) -> list[str]:

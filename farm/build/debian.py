@@ -115,6 +115,8 @@ def inner_script(
     variation: Variation | None = None,
     options: tuple[str, ...] = (),
     profiles: tuple[str, ...] = (),
+    *,
+    build_type: str = "-b",
 ) -> str:
     """What runs inside the build root: offline build-deps, then dpkg-buildpackage as uid 1000 in /build/src.
 
@@ -122,7 +124,7 @@ def inner_script(
     build's overlay, from the host's locale sources that :func:`outer_script` binds), umask, uid and user name,
     parallelism, CPU set and kernel version, and shifts the build's clock with the host's libfaketime. The build
     user, its home and environment are a buildd's (:mod:`farm.build.buildd`), with the recipe's DEB_BUILD_OPTIONS
-    words (``options``) and build ``profiles``."""
+    words (``options``) and build ``profiles``; ``build_type`` is dpkg-buildpackage's (``-B`` for a binNMU)."""
     v = variation
     uid = v.uid if v else BUILD_UID
     build_dir = v.build_dir if v else SRC
@@ -140,7 +142,7 @@ def inner_script(
             varied.append(f"localedef -i {parts[0]} -f {parts[1]} {shlex.quote(v.locale)}")
         prefix = shlex.join(v.process_prefix()) + " " if v.process_prefix() else ""
     build_env = " ".join(shlex.quote(f"{k}={val}") for k, val in sorted(env.items()))
-    build = shlex.quote(f"cd {build_dir} && {shlex.join(buildd.dpkg_buildpackage_argv(profiles))}")
+    build = shlex.quote(f"cd {build_dir} && {shlex.join(buildd.dpkg_buildpackage_argv(profiles, build_type))}")
     return "\n".join(
         [
             "set -eu",
@@ -285,18 +287,19 @@ def run_debian_build(
         if variation.file_order:
             require_tool("disorderfs")
             src_mount = Path(tempfile.mkdtemp(prefix="mangos-disorderfs-"))
+    build_type = binnmu.build_type(recipe.binnmu)  # a binNMU: the architecture's own packages (-B)
     script = outer_script(
         lower=env_lower,
         layer=layer,
         src=src,
         repo=repo,
         out=out,
-        inner=inner_script(epoch, jobs, variation, recipe.options, recipe.profiles),
+        inner=inner_script(epoch, jobs, variation, recipe.options, recipe.profiles, build_type=build_type),
         variation=variation,
         src_mount=src_mount,
         userxattr=idmap is not None,
     )
-    logfh.write(f"==> dpkg-buildpackage -b in environment {env_lower.parent.name[:16]}\n".encode())
+    logfh.write(f"==> dpkg-buildpackage {build_type} in environment {env_lower.parent.name[:16]}\n".encode())
     logfh.flush()
     # The same limits as sandboxed steps (a cgroup for processes and memory, rlimits), and a clean environment:
     # nothing of the worker's (AWS_*, broker URL, key paths) is inherited by the build root's processes.
