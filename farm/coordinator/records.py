@@ -26,7 +26,7 @@ _T = TypeVar("_T")
 
 # Fields added after state was first persisted: left out while empty, so that a run or job without them is written
 # back byte for byte as the previous version wrote it (and the previous version reads what this one writes).
-OPTIONAL_FIELDS = ("reason", "needs")
+OPTIONAL_FIELDS = ("reason", "needs", "binnmu")
 
 
 def _encode(record: Any) -> bytes:
@@ -108,6 +108,7 @@ class Job:
     log_tail: str = ""
     reason: str = ""  # why this build was queued (a security update, a dependency's update); empty: a plain run
     needs: list[str] = field(default_factory=list)  # capabilities its worker must have (farm.recipes.needs)
+    binnmu: int = 0  # a debian build's binNMU: its binaries are ``version+bN`` (farm.recipes.binnmu); 0: none
 
     def to_bytes(self) -> bytes:
         """The whole record (the version 1 form)."""
@@ -119,7 +120,8 @@ class Job:
 
     def static_bytes(self) -> bytes:
         """The static part but for the recipe (:meth:`recipe_bytes`)."""
-        fixed = {f: getattr(self, f) for f in STATIC_FIELDS if f != "recipe" and (f != "needs" or self.needs)}
+        kept = (f for f in STATIC_FIELDS if f != "recipe" and (f not in OPTIONAL or getattr(self, f)))
+        fixed = {f: getattr(self, f) for f in kept}
         return json.dumps(fixed, sort_keys=True).encode()
 
     def recipe_bytes(self) -> bytes:
@@ -145,6 +147,7 @@ class Job:
         values = job.__dict__
         values.update(_DEFAULTS)
         values["failures"], values["recipe"], values["needs"] = [], {}, []  # needs: absent in older records
+        values["binnmu"] = 0  # absent unless the build is a binNMU (and in older records)
         values.update(static)
         values.update(live)
         values["state"] = _STATES[values["state"]]
@@ -189,7 +192,9 @@ STATIC_FIELDS = (
     "environment",
     "reason",
     "needs",
+    "binnmu",
 )
+OPTIONAL = ("needs", "binnmu")  # left out of the static part while empty (older records have neither)
 DYNAMIC_FIELDS = tuple(f.name for f in fields(Job) if f.name not in STATIC_FIELDS)
 _STATES = {s.value: s for s in State} | {s: s for s in State}
 _DEFAULTS: dict[str, Any] = {

@@ -96,6 +96,7 @@ class RunStore:
                 environment=pb.environment if pb.environment != plan.environment.digest else "",
                 reason=(reasons or {}).get(name, ""),
                 needs=list(required(pb.recipe.kind, pb.recipe.needs)),
+                binnmu=pb.recipe.binnmu,
             )
             if pb.decision is Decision.CACHED and pb.record is not None and not force:
                 job.state, job.why, job.outputs = State.CACHED, pb.reason, pb.record.outputs()

@@ -87,7 +87,7 @@ class LagBoard:
                     Lag(
                         name=o.name,
                         current=pending.current if pending else o.current,
-                        target=o.archive,
+                        target=_binary_version(o.archive, o.archive_binnmu),
                         kind="security" if security else "update",
                         status=o.status.value,
                         first_seen=pending.first_seen if pending else now,
@@ -113,7 +113,7 @@ class LagBoard:
 
     def mark_built(self, jobs: Iterable[Job], now: float, lags: dict[str, Lag] | None = None) -> list[Lag]:
         """Mark built every waiting entry that a finished build (built or cached) of its recipe at its target
-        version or newer catches up with; the entries marked."""
+        version or newer catches up with (its binaries' version: a binNMU ``+bN`` counts); the entries marked."""
         waiting = {n: lag for n, lag in (self.entries() if lags is None else lags).items() if lag.waiting}
         if not waiting:
             return []
@@ -122,7 +122,9 @@ class LagBoard:
         done = []
         for job in jobs:
             lag = waiting.get(job.name)
-            if lag is not None and job.state in (State.BUILT, State.CACHED) and compare(job.version, lag.target) >= 0:
+            if lag is None or job.state not in (State.BUILT, State.CACHED):
+                continue
+            if compare(_binary_version(job.version, job.binnmu), lag.target) >= 0:
                 lag.built_at = now
                 done.append(lag)
                 del waiting[job.name]
@@ -136,3 +138,9 @@ class LagBoard:
             metrics.recipes_behind.labels(kind).set(sum(1 for lag in waiting if lag.kind == kind))
         security = [now - lag.first_seen for lag in waiting if lag.kind == "security"]
         metrics.security_update_waiting.set(max([0.0, *security]))
+
+
+def _binary_version(version: str, binnmu: int) -> str:
+    from farm.archive.update import binary_version
+
+    return binary_version(version, binnmu)

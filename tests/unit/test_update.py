@@ -273,3 +273,29 @@ def test_lag_board_keeps_the_first_sighting_until_a_build_catches_up(tmp_path: P
         assert "x" not in board.entries()
     finally:
         kv.close()
+
+
+def test_a_binnmu_lag_is_caught_up_only_by_a_build_of_that_binnmu(tmp_path: Path) -> None:
+    """The archive's bash binaries are 5.2.15-2+b13: a build of 5.2.15-2 without the binNMU is still behind, and the
+    coordinator, which reads jobs without their recipe, knows the binNMU from the job's own static part."""
+    kv = SqliteKV(tmp_path / "state.sqlite")
+    try:
+        board = LagBoard(kv)
+        behind = Outcome(
+            "bash", Path("bash.toml"), Status.UPDATED, "5.2.15-2", "5.2.15-2", "Debian bookworm", False,
+            archive_binnmu=13,
+        )  # fmt: skip
+        assert behind.behind
+        [lag] = board.record([behind], now=1000.0)
+        assert lag.target == "5.2.15-2+b13"
+        plain = Job("bash", "5.2.15-2", {}, "bash.toml", "/b", "0" * 40, "t" * 40, [], 1.0, state=State.BUILT)
+        board.refresh([plain], 2000.0)
+        assert board.entries()["bash"].built_at is None, "5.2.15-2 is older than 5.2.15-2+b13"
+        rebuilt = Job("bash", "5.2.15-2", {}, "bash.toml", "/b", "0" * 40, "t" * 40, [], 1.0, binnmu=13)
+        assert b"binnmu" not in plain.static_bytes() and b'"binnmu": 13' in rebuilt.static_bytes()
+        read = Job.from_parts(json.loads(rebuilt.static_bytes()), b'{"name": "bash", "state": "cached"}')
+        assert (read.binnmu, Job.from_parts(json.loads(plain.static_bytes()), None).binnmu) == (13, 0)
+        board.refresh([read], 3000.0)
+        assert board.entries()["bash"].built_at == 3000.0
+    finally:
+        kv.close()
