@@ -107,17 +107,48 @@ demo: setup
 # verifier and traced from a file back to its source commit; `make boot` then boots it under Secure Boot (QEMU/OVMF).
 # A demo build older than the archive's version (zlib: the mirror cannot serve bookworm-security's source) gives way
 # to the archive's package: --allow-archive-fallback, and the SBOM and out/image/image.lock give the reason.
+# The kernel is the farm's own (recipes/kernel/) when the kernel home MANGOS_KERNEL_HOME (default ~/mangos-kernel,
+# where `make kernel MANGOS_FARM_HOME=...` keeps its ~20 min compile; the QEMU tests share it) has it compiled; else
+# Debian's. The farm's kernel accepts only a root signed by the certificate built into it, that home's release
+# certificate: the image is then signed with that home's release keys (out/image.release names the ones used, for
+# `make boot`), this farm trusts that home's builder key (it signed the kernel), and the image gets systemd 254 from
+# bookworm-backports (--systemd backports), which kernel-checked confext/sysext need.
 RELEASE := $(MANGOS_FARM_HOME)/release
+MANGOS_KERNEL_HOME ?= $(HOME)/mangos-kernel
+IMAGE_KERNEL := out/image-kernel
+# (Three recipe lines, the recursive `make kernel` alone in the middle one: `make -n image` runs that line, only.)
 image: demo
 	$(BIN)/mangos-farm keys generate --release --if-missing
-	rm -rf out/image
-	$(BIN)/mangos-farm image build -o out/image --allow-archive-fallback
-	$(BIN)/mangos-farm image verify out/image/mangos_*.raw --cert $(RELEASE)/verity.crt --db-cert $(RELEASE)/db.crt
-	$(BIN)/mangos-farm trace out/image/mangos_*.raw /usr/bin/hello --cert $(RELEASE)/verity.crt
+	rm -rf out/image out/image.release $(IMAGE_KERNEL) $(IMAGE_KERNEL).compiled
+	@mkdir -p out; \
+	if compiled=$$(MANGOS_FARM_HOME=$(MANGOS_KERNEL_HOME) $(BIN)/mangos-farm plan recipes/kernel --json 2>/dev/null \
+	    | $(BIN)/python -c "$$KERNEL_COMPILED_KEY"); then \
+	  echo "image: the farm's kernel (compiled in $(MANGOS_KERNEL_HOME), build $$compiled)"; \
+	  echo "$$compiled" > $(IMAGE_KERNEL).compiled; echo "$(MANGOS_KERNEL_HOME)/release" > out/image.release; \
+	else \
+	  echo "image: Debian's kernel (none compiled in $(MANGOS_KERNEL_HOME): make kernel MANGOS_FARM_HOME=$(MANGOS_KERNEL_HOME))"; \
+	  echo "$(RELEASE)" > out/image.release; \
+	fi
+	@if [ -s $(IMAGE_KERNEL).compiled ]; then \
+	  $(MAKE) --no-print-directory kernel MANGOS_FARM_HOME=$(MANGOS_KERNEL_HOME) KERNEL_OUT=$(CURDIR)/$(IMAGE_KERNEL); fi
+	@release=$$(cat out/image.release); flags=""; \
+	if [ -s $(IMAGE_KERNEL).compiled ]; then \
+	  commit=$$(sed -n 's/^commit = "\(.*\)"/\1/p' recipes/kernel/linux-mangos.toml); set -e; \
+	  MANGOS_FARM_HOME=$(MANGOS_KERNEL_HOME) $(BIN)/mangos-farm fetch --commit $$commit --recipe linux-mangos \
+	    --build-key $$(cat $(IMAGE_KERNEL).compiled) -o $(IMAGE_KERNEL) >/dev/null; \
+	  $(BIN)/mangos-farm verify $(IMAGE_KERNEL) >/dev/null 2>&1 \
+	    || $(BIN)/mangos-farm keys trust $(MANGOS_KERNEL_HOME)/keys/builder.pub; \
+	  flags="--kernel $(IMAGE_KERNEL) --systemd backports --release-keys $$release"; \
+	fi; \
+	set -ex; \
+	$(BIN)/mangos-farm image build -o out/image --allow-archive-fallback $$flags; \
+	$(BIN)/mangos-farm image verify out/image/mangos_*.raw --cert $$release/verity.crt --db-cert $$release/db.crt; \
+	$(BIN)/mangos-farm trace out/image/mangos_*.raw /usr/bin/hello --cert $$release/verity.crt; \
+	if [ -n "$$flags" ]; then $(BIN)/mangos-farm trace out/image/mangos_*.raw uki:.linux --cert $$release/verity.crt; fi
 
 boot:
 	@ls out/image/mangos_*.raw >/dev/null 2>&1 || { echo "no image in out/image: run 'make image' first"; exit 1; }
-	$(BIN)/mangos-farm image boot out/image/mangos_*.raw
+	$(BIN)/mangos-farm image boot out/image/mangos_*.raw --release-keys $$(cat out/image.release 2>/dev/null || echo $(RELEASE))
 
 # The MANGOS kernel (recipes/kernel/, a recipe set of its own): compiled once (~20 min on 2 cores, cached in the
 # store after that), then this farm's verity certificate inserted into it (seconds). Point MANGOS_FARM_HOME (or
@@ -165,6 +196,14 @@ import json, sys
 print({b["recipe"]: b for b in json.load(sys.stdin)["builds"]}["linux-image-mangos"]["build_key"])
 endef
 export KERNEL_IMAGE_KEY
+
+# The build key of the compiled kernel (linux-mangos) when the plan has it cached; exits 1 when it would build.
+define KERNEL_COMPILED_KEY
+import json, sys
+build = {b["recipe"]: b for b in json.load(sys.stdin)["builds"]}["linux-mangos"]
+sys.exit(print(build["build_key"]) if build["decision"] == "cached" else 1)
+endef
+export KERNEL_COMPILED_KEY
 
 lint: setup
 	$(BIN)/ruff check .

@@ -44,7 +44,16 @@ def _request(args: argparse.Namespace, settings: Settings) -> Any:
         allow_fallback=args.allow_archive_fallback,
         kernel=getattr(args, "kernel", None) or "",
         slot_size=getattr(args, "slot_size", None) or 0,
+        systemd=SYSTEMD[args.systemd],
     )
+
+
+SYSTEMD = {"bookworm": "", "backports": "backports"}  # --systemd NAME -> Request.systemd (farm.image.extensions)
+
+
+def _systemd_flag(sp: argparse.ArgumentParser) -> None:
+    what = "bookworm's 252 (default), or backports' 254: kernel-checked confext/sysext, image policies (with --kernel)"
+    sp.add_argument("--systemd", choices=list(SYSTEMD), default="bookworm", help=f"the image's systemd: {what}")
 
 
 def _size(text: str) -> int:
@@ -61,7 +70,7 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
     import shutil
 
     from farm.fsutil import atomic_write
-    from farm.image import assemble, inputs, lock, payload
+    from farm.image import assemble, extensions, inputs, lock, payload
     from farm.store import open_store
     from farm.trust.keys import trusted_keys
 
@@ -73,7 +82,7 @@ def cmd_image_lock(args: argparse.Namespace, settings: Settings) -> int:
             recipes_dir=Path(args.recipes),
             trusted=trusted_keys(settings.keys_dir, settings.trusted_keys_dir),
             work=work,
-            payload=tuple(payload.PACKAGES),
+            payload=extensions.packages(tuple(payload.PACKAGES), SYSTEMD[args.systemd]),
             profile=args.profile or "",
             local_debs=[Path(d) for d in args.deb or ()],
             fetch=False,
@@ -324,6 +333,7 @@ def add_image(sub: Subparsers) -> None:
         metavar="DIR|BUILD_KEY",
         help="the farm's kernel (linux-image-mangos: 'make kernel' output or its build key) instead of Debian's",
     )
+    _systemd_flag(sp)
     farm_only = sp.add_mutually_exclusive_group()
     farm_only.add_argument(
         "--require-farm", action="store_true", help="refuse an image with any archive package (each one named, why)"
@@ -341,6 +351,7 @@ def add_image(sub: Subparsers) -> None:
     sp.add_argument("--profile", choices=["docker"], help="also lock this profile's sysext packages")
     sp.add_argument("--deb", action="append", help="a fetched farm .deb (its .intoto.json beside it); repeatable")
     sp.add_argument("--recipes", default="recipes", help="Debian recipes whose farm builds go in (default recipes/)")
+    _systemd_flag(sp)
     _fallback_flag(sp)
     json_flag(sp)
 

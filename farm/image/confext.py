@@ -21,7 +21,6 @@ and the signature, if any, must verify with the certificate given.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import shutil
@@ -118,7 +117,9 @@ def check(raw: Path, cert: x509.Certificate, work: Path) -> Check:
         if sig_entry
         else None
     )
-    root_hash = _root_hash(data, verity.read_superblock(hash_bytes))
+    superblock = verity.read_superblock(hash_bytes)
+    with data.open("rb") as fh:
+        root_hash = verity.root_hash_stream(fh, int(superblock["data_blocks"]), str(superblock["salt"]))
     tree_ok = run(verity.verify_argv(data, hashes, root_hash), check=False).returncode == 0
     state = "none"
     if sig_doc is not None:
@@ -130,16 +131,6 @@ def check(raw: Path, cert: x509.Certificate, work: Path) -> Check:
         except FarmError:
             state = "other-key"
     return Check(root_hash, tree_ok, state)
-
-
-def _root_hash(data: Path, superblock: dict[str, str | int]) -> str:
-    """The dm-verity root hash of ``data``; a single data block is its own top level (no hash block above it),
-    which :func:`farm.image.verity.root_hash_stream` does not model: a tiny confext is often one block."""
-    blocks, salt = int(superblock["data_blocks"]), str(superblock["salt"])
-    with data.open("rb") as fh:
-        if blocks == 1:
-            return hashlib.sha256(bytes.fromhex(salt) + fh.read(verity.BLOCK)).hexdigest()
-        return verity.root_hash_stream(fh, blocks, salt)
 
 
 def esp_entry(disk: Path) -> gpt.TableEntry:

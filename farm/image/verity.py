@@ -96,11 +96,14 @@ def root_hash(data: bytes, salt_hex: str) -> str:
     """The dm-verity (format 1, sha256, 4 KiB) root hash of ``data``, computed from scratch.
 
     Level 0 hashes the data blocks; each level above hashes the one below until one block remains; the root hash
-    is the salted hash of that block.
+    is the salted hash of that block. A single data block has no hash level at all (cryptsetup's ``hash_levels``
+    gives 0 levels for one block): the root hash is then the salted hash of the data block itself.
     """
     if len(data) % BLOCK or not data:
         raise ValueError("data must be a non-empty multiple of 4096 bytes")
     salt = bytes.fromhex(salt_hex)
+    if len(data) == BLOCK:
+        return hashlib.sha256(salt + data).hexdigest()
     blocks = [data[i : i + BLOCK] for i in range(0, len(data), BLOCK)]
     level = _hash_level(blocks, salt)
     while len(level) > BLOCK:
@@ -113,6 +116,11 @@ def root_hash_stream(fh: BinaryIO, blocks: int, salt_hex: str) -> str:
     if blocks < 1:
         raise ValueError("no data blocks")
     salt = bytes.fromhex(salt_hex)
+    if blocks == 1:  # no hash level: the root hash is the data block's own (see root_hash)
+        data = fh.read(BLOCK)
+        if len(data) != BLOCK:
+            raise ValueError("the data ends before the verity superblock's block count")
+        return hashlib.sha256(salt + data).hexdigest()
     per_block = BLOCK // DIGEST
     level = bytearray()
     left = blocks
