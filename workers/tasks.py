@@ -23,7 +23,8 @@ from farm.crossval.dispatch import RECHECK_TASK, recheck_queue
 from farm.crossval.recheck import recheck_from_payload
 from farm.errors import E, FarmError
 from farm.trust import audit, tasksig
-from farm.trust.keys import coordinator_public, trusted_keys
+from farm.trust.keyring import LiveKeyring, farm_keyring
+from farm.trust.keys import coordinator_public
 from farm.trust.nonces import Nonces
 from workers.app import BUILD_TASK, app, settings
 from workers.local import CAPABILITIES_ENV
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 def worker_context() -> WorkerContext:
     """Built once per worker process: the store client, the builder key, the source cache."""
     return WorkerContext.from_settings(settings)
+
+
+@functools.cache
+def worker_keyring() -> LiveKeyring:
+    """The worker's keyring, read again whenever its files change (a revocation applies to the next check), with
+    the provenance memo of this worker's cache: a dependency whose check passed is not verified on every build."""
+    return farm_keyring(settings)
 
 
 @functools.cache
@@ -149,7 +157,7 @@ def _build(req: BuildRequest, worker: str, task_id: str) -> dict[str, Any]:
         )
         return stale.to_json()
     ctx = worker_context()
-    ctx.trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)  # re-read: a revocation applies now
+    ctx.trusted = worker_keyring()()  # as the files say now: a revocation applies at once
     if not req.lease:
         return execute_build(req, ctx).to_json()
     with board.keep_alive(req.lease):
@@ -169,7 +177,7 @@ def recheck(self: Any, payload: Any, signature: Any = None) -> dict[str, Any]:
         return {"error": refused.to_json(), "worker": worker}
     try:
         ctx = worker_context()
-        ctx.trusted = trusted_keys(settings.keys_dir, settings.trusted_keys_dir)
+        ctx.trusted = worker_keyring()()
         return {"result": recheck_from_payload(payload, ctx, settings, worker).to_json(), "worker": worker}
     except Exception as exc:  # a broken worker or a malformed (yet signed) payload: say who and why
         log.exception("worker %s could not recheck", worker)

@@ -4,13 +4,15 @@ record that ties key inputs, outputs, provenance and log together; the store wri
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from farm.build import BuildRequest
 from farm.build.outputs import Output
+from farm.errors import E, StoreError
 from farm.identity import build_key_inputs
 from farm.recipes import Recipe
 from farm.sources.git import ResolvedSource
@@ -24,29 +26,40 @@ def _source_url(recipe: Recipe) -> str:
 
 
 class Uploads:
-    """The store writes of one build, several at once: each waits on I/O (an fsync, an S3 round trip), not on this
-    process. Leaving the block waits for every write, so a record written after it only names stored blobs."""
+    """The store writes of one build, all at once: each waits on I/O (an fsync, an S3 round trip), not on this
+    process. The outputs' artifacts are known before they are stored (their writer hashed them), so the envelope
+    that names them is signed, and stored with the log, while they are written. Leaving the block waits for every
+    write and raises the first failure, so a record written after it only names stored blobs."""
 
     def __init__(self, store: Store, threads: int = 4) -> None:
         self.store = store
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mangos-upload")
+        self.pending: list[tuple[Artifact, Future[Artifact]]] = []
 
     def __enter__(self) -> Uploads:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.pool.shutdown(wait=True)
+        if exc_type is None:
+            for promised, future in self.pending:
+                stored = future.result()  # a failed write raises here, after every write has finished
+                if (stored.digest, stored.size) != (promised.digest, promised.size):
+                    raise StoreError(
+                        E.STORE_CORRUPT,
+                        f"output {promised.name} was stored as {stored.digest} ({stored.size} bytes), not as hashed",
+                        hint="the file changed after the build hashed it; nothing was recorded",
+                    )
 
     def files(self, files: Sequence[Output]) -> list[Artifact]:
-        """Store each output (the artifacts), in their order, each read once: its digest is the one its writer
-        computed, and the store refuses a file whose bytes do not match it."""
-
-        def put(f: Output) -> Artifact:
-            return self.store.put_file(f.path, sha256=f.sha256)
-
-        if len(files) == 1:
-            return [put(files[0])]
-        return list(self.pool.map(put, files))
+        """Start storing each output and return its artifacts now, in their order: name, and the digest and size
+        its writer computed (the store refuses a file whose bytes do not match the digest)."""
+        artifacts = []
+        for f in files:
+            artifact = Artifact(name=f.path.name, digest=f.sha256, size=f.size, executable=os.access(f.path, os.X_OK))
+            self.pending.append((artifact, self.pool.submit(self.store.put_file, f.path, sha256=f.sha256)))
+            artifacts.append(artifact)
+        return artifacts
 
     def bytes_and_file(self, data: bytes, path: Path) -> tuple[str, str]:
         """Store ``data`` (the provenance envelope) and the file at ``path`` (the log) at once; their digests."""
