@@ -25,6 +25,10 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from farm.trust import keys as keymod
     from workers.fleet import open_fleet
 
+    if args.stage == 1:  # the self-hosting check: its own module
+        from farm.cli.stage import cmd_stage1
+
+        return cmd_stage1(args, settings)
     keymod.check_builder(settings.keys_dir)  # fail now, not in every worker, if there is no key
     plan, store = plan_recipes(Path(args.dir), settings, force=args.force)
     progress = Progress(len(plan.order), quiet_cached=not args.verbose)
@@ -210,6 +214,14 @@ def add_rebuild(sub: Subparsers) -> None:
     sp.add_argument("--workers", type=int, help="local build processes (env MANGOS_FARM_WORKERS)")
     sp.add_argument("--lane", choices=["security", "interactive", "rebuild"], help="priority lane (default rebuild)")
     sp.add_argument("--wait", action="store_true", help="with a fleet: follow the run to its end, exit 1 on failure")
+    sp.add_argument(
+        "--stage",
+        type=int,
+        choices=[0, 1],
+        default=0,
+        help="1: rebuild each recipe with a bootstrap edge against the farm's stage-0 builds and compare (exit 1 "
+        "if any differs or fails)",
+    )
     json_flag(sp)
 
 
