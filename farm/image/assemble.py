@@ -256,6 +256,10 @@ def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: 
 
 
 def build(req: Request, settings: Settings, watcher: StageWatcher | None = None) -> Artifacts:
+    from farm.image import rootless
+
+    if rootless.needed():  # what a build without root needs, checked before any work (E-IMAGE-ROOTLESS)
+        rootless.preflight(settings.work_dir / "image")
     with _exclusive(settings.work_dir / "image"):
         return _build(req, settings, watcher)
 

@@ -2,16 +2,17 @@
 
 The customized tree is a function of its **tree key**: the package set's digest, ``SOURCE_DATE_EPOCH``, the bytes
 written into it besides the packages (manifest, SBOM, machine-id), the payload files and the code that makes it
-(this module, :mod:`farm.image.rootfs`, :mod:`farm.image.payload`, :mod:`farm.image.erofs`) and the
-``mkfs.erofs`` binary. An entry under that key names the erofs image's blob and everything the UKI takes from the
-tree (kernel version, kernel image, os-release, the initrd's blob): a build whose tree key is cached makes no tree at
-all. Otherwise mmdebstrap makes the tree, and mkfs.erofs and the initrd (:mod:`farm.image.initrd`, itself cached by
-what dracut reads) run side by side, each mostly on one core.
+(this module, :mod:`farm.image.rootfs`, :mod:`farm.image.rootless`, :mod:`farm.image.payload`,
+:mod:`farm.image.erofs`) and the ``mkfs.erofs`` binary. An entry under that key names the erofs image's blob and
+everything the UKI takes from the tree (kernel version, kernel image, os-release, the initrd's blob): a build whose
+tree key is cached makes no tree at all. Otherwise mmdebstrap makes the tree, and mkfs.erofs and the initrd
+(:mod:`farm.image.initrd`, itself cached by what dracut reads) run side by side, each mostly on one core.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import shutil
 import time
@@ -21,7 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.image import erofs, initrd, rootfs, uki
+from farm.image import erofs, initrd, rootfs, rootless, uki
 from farm.image.cache import ImageCache, sha256_file
 from farm.image.inputs import Inputs
 
@@ -45,9 +46,11 @@ def _code_digest() -> bytes:
     from farm.image import payload
 
     h = hashlib.sha256()
-    for module in (rootfs, erofs, payload):
+    for module in (rootfs, rootless, erofs, payload):
         h.update(Path(str(module.__file__)).read_bytes())
     h.update(Path(__file__).read_bytes())
+    for runs_dracut in (uki.build_initrd, uki.dracut_script):  # an entry names its initrd: how it was made, too
+        h.update(inspect.getsource(runs_dracut).encode())
     for path in sorted(payload.PAYLOAD.rglob("*")):
         h.update(str(path.relative_to(payload.PAYLOAD)).encode() + b"\0")
         if path.is_file():

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farm.errors import E, FarmError
+from farm.image import rootless
 from farm.image.cache import ImageCache
 from farm.image.inputs import Inputs, Package
 from farm.log import step
@@ -26,7 +27,7 @@ from farm.run import CommandFailed, require_tool, run
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 3  # bump when the way the tree is made changes (it is part of the cache key)
+RECIPE_VERSION = 4  # bump when the way the tree is made changes (it is part of the cache key)
 SUITE = "bookworm"
 HOSTNAME = "mangos"
 TIMEOUT = 1800.0
@@ -98,12 +99,14 @@ def release_text(packages: bytes) -> str:
     )
 
 
-def mmdebstrap_argv(repo: Path, out_dir: Path, include: Sequence[str]) -> list[str]:
+def mmdebstrap_argv(repo: Path, out_dir: Path, include: Sequence[str], *, tar: Path | None = None) -> list[str]:
+    """As root: the tree written at ``out_dir``. With ``tar``: without root (:mod:`farm.image.rootless`), a
+    tarball written there by ``--mode=unshare``, for :func:`farm.image.rootless.unpack` to extract."""
+    mode, out = rootless.mmdebstrap_mode_args(tar) if tar else (["--mode=root", "--format=directory"], str(out_dir))
     return [
         "mmdebstrap",
         "--variant=essential",
-        "--mode=root",
-        "--format=directory",
+        *mode,
         "--dpkgopt=force-unsafe-io",
         "--architectures=amd64",
         f"--include={','.join(include)}",
@@ -115,7 +118,7 @@ def mmdebstrap_argv(repo: Path, out_dir: Path, include: Sequence[str]) -> list[s
         '--customize-hook=rm -f "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*',
         '--customize-hook=rm -f "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"',  # the unsafe-io option: build time only
         SUITE,
-        str(out_dir),
+        out,
         f"deb [trusted=yes] copy://{repo} ./",
     ]
 
@@ -138,16 +141,23 @@ def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: Image
     """The root tree for these inputs at ``dest`` (made afresh: a failed run leaves nothing there)."""
     require_tool("mmdebstrap")
     require_tool("dpkg-scanpackages")
+    tar = work / "root.tar" if rootless.needed() else None
+    if tar:
+        rootless.preflight(work)
     repo = work / "repo"
     with step("staging the local repository", log, packages=len(inputs.packages)):
         stage_repo(inputs, repo, cache)
+        if tar:
+            rootless.share(repo)
     if dest.exists():
         shutil.rmtree(dest)
     wished = {r.partition("/")[0] for r in inputs.requested}  # NAME/SUITE (farm.image.extensions) installs NAME
     include = sorted(p.name for p in inputs.packages if p.name in wished)
     with step("mmdebstrap", log, packages=len(include)):
         try:
-            run(mmdebstrap_argv(repo, dest, include), env=mmdebstrap_env(sde), timeout=TIMEOUT)
+            run(mmdebstrap_argv(repo, dest, include, tar=tar), env=mmdebstrap_env(sde), timeout=TIMEOUT)
+            if tar:
+                rootless.unpack(tar, dest)
         except CommandFailed as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise FarmError(
@@ -155,5 +165,9 @@ def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: Image
                 f"mmdebstrap could not make the root tree: {exc.message[-3000:]}",
                 hint="the package set does not install cleanly; run with --debug for the full log",
             ) from None
+        finally:
+            if tar:
+                tar.unlink(missing_ok=True)
+    rootless.drop_device_nodes(dest)  # as a build without root must: the same tree either way
     shutil.rmtree(repo, ignore_errors=True)
     return dest

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from farm.errors import E, FarmError
+from farm.image import rootless
 from farm.log import step
 from farm.run import require_tool, run
 
@@ -59,7 +60,9 @@ def dracut_script(*, root: Path, layer: Path, out_dir: Path, kver: str, sde: int
     """Shell run inside a fresh mount namespace: overlay the root (it stays untouched), then dracut in a chroot."""
     q = shlex.quote
     merged, upper, work = layer / "merged", layer / "upper", layer / "work"
-    env = f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 TZ=UTC SOURCE_DATE_EPOCH={sde}"
+    # DRACUT_NO_MKNOD: no device nodes in the initrd, as a build without root cannot make them (the kernel's
+    # built-in initramfs has /dev/console; the initrd's systemd mounts devtmpfs): root and rootless builds agree.
+    env = f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 TZ=UTC SOURCE_DATE_EPOCH={sde} DRACUT_NO_MKNOD=1"
     inner = f"{env} dracut --quiet --force --reproducible --no-hostonly --kver {q(kver)} /out/initrd.img {q(kver)}"
     lines = [
         "set -eu",
@@ -89,8 +92,6 @@ def dracut_script(*, root: Path, layer: Path, out_dir: Path, kver: str, sde: int
 
 def build_initrd(root: Path, *, kver: str, sde: int, workdir: Path) -> Path:
     """Run dracut (from the image root, with the payload's dracut.conf.d) and return the initrd path."""
-    if os.geteuid() != 0:
-        raise FarmError(E.IMAGE_BUILD, "building the initrd needs root (overlay mount and chroot)")
     require_tool("unshare")
     if not (root / "usr/bin/dracut").exists():
         raise FarmError(
@@ -99,9 +100,18 @@ def build_initrd(root: Path, *, kver: str, sde: int, workdir: Path) -> Path:
     out_dir = workdir / "initrd"
     out_dir.mkdir(parents=True, exist_ok=True)
     script = dracut_script(root=root, layer=workdir / "layer", out_dir=out_dir, kver=kver, sde=sde)
-    argv = ["unshare", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "--kill-child", "--", "/bin/sh", "-c"]
-    run([*argv, script], timeout=DRACUT_TIMEOUT)
+    try:
+        run([*dracut_argv(userns=rootless.needed()), script], timeout=DRACUT_TIMEOUT)
+    finally:
+        rootless.remove(workdir / "layer")  # the overlay's work dir is mode 000: only root could skip this
     return out_dir / "initrd.img"
+
+
+def dracut_argv(*, userns: bool) -> list[str]:
+    """The namespaces dracut's script runs in; without root, in a user namespace of its own too (where the tree,
+    this user's, is root's), as :mod:`farm.image.rootless` says."""
+    flags = ["--mount", "--pid", "--net", "--uts", "--ipc", "--fork", "--kill-child"]
+    return ["unshare", *(rootless.DRACUT_USERNS if userns else ()), *flags, "--", "/bin/sh", "-c"]
 
 
 def objcopy_argv(*, stub: Path, osrel: Path, cmdline: Path, linux: Path, initrd: Path, out: Path) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from farm.image import initrd
 from farm.image.cache import ImageCache
+from tests.image.conftest import ArchiveImage
 
 KVER = "6.1.0-test-amd64"
 
@@ -211,37 +211,19 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.e2e
-def test_a_cold_build_and_builds_from_the_cache_give_the_same_bytes(tmp_path: Path) -> None:
-    """Cold (empty caches); then warm with only the initrd cached (the tree, erofs and everything after made again,
-    as when one package changed); then with the whole root cached. Every .raw and SHA256SUMS is the same."""
-    from tests.lib.cli import Farm
-    from tests.lib.tools import require
-
-    for tool in ("mmdebstrap", "mkfs.erofs", "veritysetup", "sfdisk", "mkfs.vfat", "mcopy", "sbsign", "objcopy"):
-        require(tool)
-    if os.geteuid() != 0:
-        pytest.skip("an image build needs root (dracut in a chroot)")
-    (tmp_path / "recipes").mkdir()  # no farm builds: every package from the pinned archive
-    farm = Farm.at(tmp_path, tmp_path / "home", SOURCE_DATE_EPOCH="1700000000")
-    farm.run("keys", "generate")
-    farm.run("keys", "generate", "--release")
-    cache = tmp_path / "home/cache/image"
-
-    def build(name: str) -> dict[str, object]:
-        out = tmp_path / name
-        farm.run("image", "build", "--recipes", str(tmp_path / "recipes"), "-o", str(out))
-        built: dict[str, object] = json.loads((out / "build.json").read_text())
-        return built
-
-    cold = build("cold")
+def test_a_cold_build_and_builds_from_the_cache_give_the_same_bytes(archive_image: ArchiveImage) -> None:
+    """Cold (empty caches: the session's reference build); then warm with only the initrd cached (the tree, erofs
+    and everything after made again, as when one package changed); then with the whole root cached. Every .raw and
+    SHA256SUMS is the same."""
+    cold, cache, out = archive_image.built, archive_image.home / "cache/image", archive_image.out.parent
     assert not [p for p in cache.rglob("*") if p.name.startswith(".")]
     shutil.rmtree(cache / "entries/root")  # the tree is made again; the initrd comes from the cache
-    warm = build("warm")
-    assert cold["cached"] == {"root": False, "initrd": False} and "rootfs" in warm["stages"]  # type: ignore[operator]
+    warm = archive_image.build(out / "warm")
+    assert cold["cached"] == {"root": False, "initrd": False} and "rootfs" in warm["stages"]
     assert warm["cached"] == {"root": False, "initrd": True}
-    hit = build("hit")
-    assert hit["cached"] == {"root": True, "initrd": True} and "rootfs" not in hit["stages"]  # type: ignore[operator]
+    hit = archive_image.build(out / "hit")
+    assert hit["cached"] == {"root": True, "initrd": True} and "rootfs" not in hit["stages"]
     for other in (warm, hit):
         assert _sha(Path(str(other["raw"]))) == _sha(Path(str(cold["raw"])))
-    sums = {(tmp_path / n / "SHA256SUMS").read_bytes() for n in ("cold", "warm", "hit")}
+    sums = {(d / "SHA256SUMS").read_bytes() for d in (archive_image.out, out / "warm", out / "hit")}
     assert len(sums) == 1
