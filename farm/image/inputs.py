@@ -5,8 +5,10 @@ DSSE envelope and checked with :func:`farm.trust.verify.verify_file` against the
 altered .deb stops the build. Every other package of the image's dependency closure comes from the Debian archive,
 pinned by exact version and the sha256 that apt's signed Packages index gives (the same path as pinned
 build-dependencies, :mod:`farm.archive`). The closure is what ``apt-get -s`` installs on an empty system for the
-Essential set plus the requested packages; the result is one package per name, so the root tree built from it
-(:mod:`farm.image.rootfs`) cannot pick anything else. The SPDX document lists each package with its origin.
+Essential set plus the requested packages, with the farm's .debs in sight (:mod:`farm.image.closure`): a farm
+package's dependency that only the farm builds comes in from the farm. The result is one package per name, so the
+root tree built from it (:mod:`farm.image.rootfs`) cannot pick anything else. The SPDX document lists each package
+with its origin.
 
 Resolving from the host's current apt lists means an ``apt-get update`` can change the next image; with an image
 lock (:mod:`farm.image.lock`) the archive pins are taken from the lock instead and apt resolves nothing.
@@ -26,14 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from farm.archive import Pin, deb_name, ensure_pins, essential_packages, pin_from_index, resolve_install
+from farm.archive import Pin, deb_name, essential_packages, pin_from_index, resolve_install
 from farm.errors import E, FarmError, TrustError
-from farm.image import admission
+from farm.image import admission, closure
+from farm.image.closure import archive_debs, deb_fields, fetch_pinned
 from farm.image.lock import ImageLock, LockedPackage
 from farm.image.packages import ARCHIVE, FARM, Inputs, Package
 from farm.log import step
 from farm.recipes.load import recipe_files
-from farm.run import run
 from farm.sources.apt import APT_LISTS
 from farm.store import BuildRecord, Store
 from farm.tomlfile import load_toml
@@ -57,12 +59,6 @@ def debian_recipes(recipes_dir: Path) -> dict[str, str]:
         if data.get("build", {}).get("kind") == "debian" and data.get("source", {}).get("commit"):
             found[str(data["name"])] = str(data["source"]["commit"])
     return found
-
-
-def deb_fields(path: Path) -> tuple[str, str, str]:
-    out = run(["dpkg-deb", "--show", "--showformat=${Package}\t${Version}\t${Architecture}", str(path)]).text
-    name, version, arch = out.split("\t")
-    return name, version, arch
 
 
 def is_image_deb(name: str) -> bool:
@@ -141,47 +137,7 @@ def verify_local(paths: Iterable[Path], trusted: Sequence[PublicKey]) -> dict[st
     return found
 
 
-# -- archive packages ----------------------------------------------------------------------------------------------
-def fetch_pinned(pins: Sequence[Pin], store: Store, dest: Path, lock: ImageLock | None = None) -> list[Package]:
-    """The pins' .debs from the store; missing ones are downloaded by exact version and must hash as pinned.
-
-    With ``lock``, the pins are the lock's: a failure names the lock file and says how to refresh it."""
-    missing = [p for p in pins if not store.has_blob(p.sha256)]
-    if missing:
-        with step("downloading archive packages", log, count=len(missing)):
-            try:
-                ensure_pins(missing, store, pinned_in=lock.where if lock else "the archive's Packages index")
-            except FarmError as exc:
-                if lock is None:
-                    raise
-                raise FarmError.of(
-                    exc.code,
-                    f"a locked archive package cannot be had as locked: {exc.message}",
-                    file=lock.where,
-                    hint="the archive no longer serves the locked version with the locked sha256 (a point release, "
-                    "or the lock was edited): refresh it with 'mangos-farm image lock' and review the diff",
-                ) from None
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for pin in sorted(pins):
-        path = dest / deb_name(pin).replace("%3a", "_")
-        store.fetch_blob(pin.sha256, path)  # checks the bytes against the pinned sha256
-        if lock is not None and deb_fields(path) != (pin.package, pin.version, pin.arch):
-            # the bytes are the locked ones (by sha256) but not the package the lock names: an edited lock
-            name, version, arch = deb_fields(path)
-            raise lock.error(
-                f"the sha256 locked for {pin.spec} ({pin.arch}) is that of {name}={version} ({arch})",
-                field=f"package.{pin.package}",
-            )
-        out.append(Package(pin.package, pin.version, pin.arch, pin.sha256, ARCHIVE, path))
-    return out
-
-
-def archive_debs(pins: Sequence[Pin], store: Store, dest: Path) -> list[Package]:
-    """The pins' .debs from the store, downloading (and checking against the archive index) what is missing."""
-    return fetch_pinned(pin_from_index(pins, store), store, dest)
-
-
+# -- the closure ---------------------------------------------------------------------------------------------------
 def requested_packages(extra: Sequence[str], payload: Sequence[str], lists_dir: Path = APT_LISTS) -> list[str]:
     return sorted({*essential_packages(lists_dir), *BASE_PACKAGES, *payload, *extra})
 
@@ -208,7 +164,8 @@ def gather(
     allow_fallback: bool = False,
     lists_dir: Path | None = None,
 ) -> Inputs:
-    """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name.
+    """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name, and
+    those the farm's packages depend on (:func:`closure.resolve`) come from the farm too.
 
     With ``lock``, the archive packages are exactly the lock's and apt resolves nothing; the recipes and the farm's
     verified builds must still be the locked ones. ``fetch=False`` (for ``image lock``) pins archive packages from
@@ -241,7 +198,7 @@ def gather(
     farm = {n: p for n, p in farm.items() if n not in fallback}
     requested = requested_packages(extra, payload)
     with step("resolving the package closure", log, requested=len(requested)):
-        pins = resolve_install(requested, work)
+        pins = closure.resolve(requested, farm, work, resolve_install)
     from_archive = [p for p in pins if p.package not in farm]
     packages = [farm[p.package] for p in pins if p.package in farm]
     with step("pinning archive packages", log, count=len(from_archive)):
@@ -253,7 +210,9 @@ def gather(
     if names:
         with step("resolving the profile's packages", log, profile=profile):
             have = {p.name for p in packages}
-            more = [p for p in resolve_install([*requested, *names], work) if p.package not in have]
+            more = [
+                p for p in closure.resolve([*requested, *names], farm, work, resolve_install) if p.package not in have
+            ]
             profile_packages = [farm[p.package] for p in more if p.package in farm]
             profile_packages += [
                 replace(p, reason=fallback[p.name].reason) if p.name in fallback else p

@@ -21,7 +21,8 @@ PAYLOAD = Path(__file__).with_name("root")
 
 # Archive packages the bootable root needs, beyond the Essential set. Kept minimal: the image boots under TCG in CI.
 # systemd 252 ships systemd-veritysetup (+ generator), systemd-repart and systemd-bless-boot; dracut builds the
-# initrd inside the root (its kernel modules must match); the tss2 libraries let systemd-repart seal to the TPM.
+# initrd inside the root (its kernel modules must match); the tss2 libraries let systemd-repart seal to the TPM;
+# openssl (signature checks) and fdisk (sfdisk: the GPT of the inactive slot) are what mangos-update needs.
 PACKAGES: tuple[str, ...] = (
     "linux-image-amd64",
     "systemd",
@@ -34,6 +35,8 @@ PACKAGES: tuple[str, ...] = (
     "libtss2-rc0",
     "libtss2-mu0",
     "libtss2-tcti-device0",
+    "openssl",
+    "fdisk",
 )
 
 # The file the initrd's mangos-verity-sig writes the signature partition's PKCS#7 to (farm.image.kernel).
@@ -51,6 +54,8 @@ def packages(*, farm_kernel: bool = False) -> tuple[str, ...]:
 ENABLED_UNITS: tuple[tuple[str, str], ...] = (
     ("mangos-require-secureboot.service", "sysinit.target"),
     ("mangos-selftest.service", "multi-user.target"),
+    ("mangos-bless-boot.service", "multi-user.target"),  # systemd-bless-boot's part (no systemd-boot package)
+    ("mangos-update.timer", "timers.target"),  # the updater (it brings up the network it needs)
 )
 
 # Unpartitioned space left after the GPT's last slot for first-boot systemd-repart (repart.d: swap 64M + /var at
