@@ -26,6 +26,7 @@ import os
 import resource
 import subprocess
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,13 +169,16 @@ class Podman:
         tar.unlink()
         return tag, True
 
-    def ensure_built(self, tag: str, containerfile: Path, base: str) -> bool:
-        """Build ``containerfile`` FROM ``base`` as ``tag`` unless it exists; True when it was built."""
-        if self.exists(tag):
-            return False
-        self.run(self.build_args(tag, containerfile, base), timeout=900)
-        self.drop_older(tag)
-        return True
+    def ensure_built(self, images: Mapping[str, Path], base: str) -> list[str]:
+        """Build each ``containerfile`` FROM ``base`` as its tag unless that exists, all at once (their steps wait
+        on the network: apt, PyPI); then drop the older images of what was built. The tags built."""
+        missing = [tag for tag in images if not self.exists(tag)]
+        with ThreadPoolExecutor(max_workers=max(1, len(missing))) as pool:
+            for future in [pool.submit(self.run, self.build_args(t, images[t], base), 900) for t in missing]:
+                future.result()
+        for tag in missing:  # after every build: a prune during one could take another's layers
+            self.drop_older(tag)
+        return missing
 
     def drop_older(self, tag: str) -> None:
         """Remove the images of ``tag``'s repository made from other inputs (each farm change makes one)."""

@@ -404,8 +404,7 @@ def test_the_stack_rebuilds_the_demo_recipes_and_serves_an_artifact(
         subprocess.run([sys.executable, "demo/make_sources.py", "demo/git"], cwd=ROOT, check=True)
     base, _ = engine.ensure_base(tmp_path)
     images = {"base": base, "farm": farm_tag(base), "services": services_tag(base)}
-    engine.ensure_built(images["farm"], ROOT / "Containerfile", base)
-    engine.ensure_built(images["services"], SERVICES_CONTAINERFILE, base)
+    engine.ensure_built({images["farm"]: ROOT / "Containerfile", images["services"]: SERVICES_CONTAINERFILE}, base)
     engine.tag(images["farm"], FARM_LOCAL_TAG)
 
     work = tmp_path / "stack"
