@@ -9,7 +9,8 @@ self-edge; a relation nothing in the index satisfies gets no edge (both are coun
 
 The result has cycles (Debian's build graph does: compilers, debhelper, perl): :func:`drop_bootstrap_edges` finds
 its strongly connected components and makes it a DAG by dropping, in each, the edges that close its cycles,
-deterministically and as the farm cuts a recipe set's (:mod:`farm.graph`). The same indexes give the same graph, edge for edge.
+deterministically and as the farm cuts a recipe set's (:mod:`farm.graph`). The same indexes give the same graph,
+edge for edge.
 """
 
 from __future__ import annotations
