@@ -25,6 +25,7 @@ import pytest
 from farm.archive.versions import ArchiveVersions, parse_packages
 from farm.errors import FarmError
 from farm.image import admission, inputs, lock
+from tests.lib.debarchive import tiny_deb
 
 CLI = str(Path(sys.executable).parent / "mangos-farm")
 SHA = "a" * 64
@@ -182,25 +183,6 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[s
     return proc
 
 
-def _deb(dest: Path, name: str, version: str) -> Path:
-    """A real .deb made by dpkg-deb."""
-    from tests.conftest import require
-
-    require("dpkg-deb")
-    tree = dest / f"tree-{name}-{version}"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@mangos.invalid>\n"
-        f"Description: farm build of {name}\n"
-    )
-    (tree / "usr" / "share" / name).mkdir(parents=True)
-    (tree / "usr" / "share" / name / "built.txt").write_text(f"{name} {version}\n")
-    deb = dest / f"{name}_{version.rsplit(':', maxsplit=1)[-1]}_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)], check=True,
-                   capture_output=True, env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/bin:/bin"})  # fmt: skip
-    return deb
-
-
 def _statement(deb: Path, recipe: str, commit: str, build_key: str) -> dict[str, Any]:
     from farm.trust.provenance import statement
 
@@ -219,7 +201,7 @@ def _signed_deb(home: Path, dest: Path, name: str, version: str, recipe: str) ->
     from farm.trust.provenance import sign
     from farm.trust.verify import ENVELOPE_SUFFIX
 
-    deb = _deb(dest, name, version)
+    deb = tiny_deb(dest, name, version)
     envelope = sign(_statement(deb, recipe, COMMIT, "0" * 64), load_builder(home / "keys"))
     (dest / (deb.name + ENVELOPE_SUFFIX)).write_text(json.dumps(envelope))
     return deb
@@ -235,7 +217,7 @@ def _record_build(home: Path, recipes: Path, name: str, version: str, commit: st
     store = open_store(str(home / "store"))
     work = home.parent / "debs" / commit[:8]
     work.mkdir(parents=True, exist_ok=True)
-    deb = _deb(work, name, version)
+    deb = tiny_deb(work, name, version)
     build_key = hashlib.sha256(f"{name}@{commit}".encode()).hexdigest()
     envelope = sign(_statement(deb, name, commit, build_key), load_builder(home / "keys"))
     artifact = store.put_file(deb)

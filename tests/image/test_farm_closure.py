@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,10 @@ from farm.image import closure, inputs, lock
 from farm.image.packages import ARCHIVE, FARM, Package
 from farm.trust.keys import BuilderKey
 from tests.conftest import require
+from tests.lib.debarchive import tiny_deb
 
 RECIPE = "mangos-pair"
 COMMIT = "d" * 40
-
-
-def _deb(dest: Path, name: str, version: str, depends: str = "") -> Path:
-    """A real .deb made by dpkg-deb, with ``depends`` as its Depends field."""
-    require("dpkg-deb")
-    tree = dest / f"tree-{name}-{version}"
-    (tree / "DEBIAN").mkdir(parents=True)
-    control = f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@mangos.invalid>\n"
-    control += f"Depends: {depends}\n" if depends else ""
-    (tree / "DEBIAN" / "control").write_text(control + f"Description: farm build of {name}\n")
-    (tree / "usr" / "share" / name).mkdir(parents=True)
-    (tree / "usr" / "share" / name / "built.txt").write_text(f"{name} {version}\n")
-    deb = dest / f"{name}_{version}_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)], check=True,
-                   capture_output=True, env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/bin:/bin"})  # fmt: skip
-    return deb
 
 
 def _farm(*debs: Path) -> dict[str, Package]:
@@ -62,7 +46,7 @@ def _versions(pins: list[Pin]) -> dict[str, str]:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     require("apt-get")
     dest = tmp_path_factory.mktemp("pair")
-    return [_deb(dest, "mangos-a", "2.0-1", "mangos-b (>= 2.0-1), hello"), _deb(dest, "mangos-b", "2.0-1")]
+    return [tiny_deb(dest, "mangos-a", "2.0-1", "mangos-b (>= 2.0-1), hello"), tiny_deb(dest, "mangos-b", "2.0-1")]
 
 
 @pytest.mark.integration
@@ -89,9 +73,9 @@ def test_a_farm_package_is_resolved_as_the_farm_deb_with_its_own_dependencies(pa
     the closure must be that of the farm's hello, mangos-c included; both when apt prefers the archive's hello (the
     same version, or a higher one) and whether hello is a dependency or a wish naming a suite."""
     (archive_hello,) = [p for p in resolve_install(["hello"], tmp_path) if p.package == "hello"]
-    mangos_c = _deb(tmp_path, "mangos-c", "1.0-1")
+    mangos_c = tiny_deb(tmp_path, "mangos-c", "1.0-1")
     for version, wishes in ((archive_hello.version, ["mangos-a"]), ("0.1-1", ["hello/bookworm"])):
-        farm = _farm(*pair, _deb(tmp_path / version, "hello", version, "mangos-c"), mangos_c)
+        farm = _farm(*pair, tiny_deb(tmp_path / version, "hello", version, "mangos-c"), mangos_c)
         got = _versions(closure.resolve(wishes, farm, tmp_path, resolve_install))
         assert got["hello"] == version and got["mangos-c"] == "1.0-1", (wishes, got)
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lib.tools import require
+
 SUITES = ("bookworm", "bookworm-security")
 ARCH = "amd64"
 MAINTAINER = "MANGOS tests <tests@mangos.invalid>"
@@ -353,3 +355,20 @@ class LocalArchive:
 
 
 __all__ = ["ARCH", "SUITES", "Added", "LocalArchive"]
+
+
+def tiny_deb(dest: Path, name: str, version: str, depends: str = "") -> Path:
+    """A real .deb made by dpkg-deb: one file (``/usr/share/NAME/built.txt``), ``depends`` as its Depends field,
+    named as the archive names it (no epoch in the file name); the same bytes every time."""
+    tree = dest / f"tree-{name}-{version}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    control = f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@mangos.invalid>\n"
+    control += f"Depends: {depends}\n" if depends else ""
+    (tree / "DEBIAN" / "control").write_text(control + f"Description: farm build of {name}\n")
+    (tree / "usr" / "share" / name).mkdir(parents=True)
+    (tree / "usr" / "share" / name / "built.txt").write_text(f"{name} {version}\n")
+    deb = dest / f"{name}_{version.rsplit(':', maxsplit=1)[-1]}_amd64.deb"
+    require("dpkg-deb")
+    _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", tree, deb],
+         env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    return deb
