@@ -105,6 +105,28 @@ def compute_key(recipe: Recipe, source: ResolvedSource, env: str, deps: dict[str
     return build_key(recipe.content(), source.commit, source.tree, env, deps)
 
 
+def take_cached(
+    builds: Iterable[PlannedBuild],
+    records: Mapping[str, BuildRecord | None],
+    *,
+    force: bool,
+    built: str = "built",
+    forced: str = "cached, but --force rebuilds it",
+    missing: str | None = "no build with this key in the store",
+) -> None:
+    """Each build whose key the store has a record for is cached (unless ``force``), with the reason said:
+    ``built`` and the record's time and builder, ``forced`` when forced, ``missing`` (when given) without one."""
+    for pb in builds:
+        record = records.get(pb.key or "")
+        if record is not None and not force:
+            pb.decision, pb.record = Decision.CACHED, record
+            pb.reason = f"{built} {record.finished} by {record.builder}"
+        elif record is not None:
+            pb.reason = forced
+        elif missing is not None:
+            pb.reason = missing
+
+
 def make_plan(
     recipes: RecipeSet,
     store: Store,
@@ -143,15 +165,7 @@ def make_plan(
                 keyed.append(pb)
             plan.builds[name] = pb
         records = store.get_records([pb.key for pb in keyed if pb.key is not None]) if keyed else {}
-        for pb in keyed:
-            record = records.get(pb.key or "")
-            if record is not None and not force:
-                pb.decision, pb.record = Decision.CACHED, record
-                pb.reason = f"built {record.finished} by {record.builder}"
-            elif record is not None:
-                pb.reason = "cached, but --force rebuilds it"
-            else:
-                pb.reason = "no build with this key in the store"
+        take_cached(keyed, records, force=force)
     plan.builds = {name: plan.builds[name] for name in order}
     return plan
 

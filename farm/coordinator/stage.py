@@ -22,7 +22,7 @@ import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from farm.coordinator.plan import Decision, Plan, PlannedBuild, compute_key
+from farm.coordinator.plan import Decision, Plan, PlannedBuild, compute_key, take_cached
 from farm.errors import E, FarmError
 from farm.recipes import Recipe
 from farm.store import BuildRecord
@@ -99,13 +99,10 @@ def stage1_plans(plan: Plan, lookup: Lookup, *, force: bool = False, where: str 
         stages.append(_plan_one(plan, name, targets))
     keyed = [s.build for s in stages if s.build is not None]
     found = lookup([b.key for b in keyed if b.key]) if keyed else {}
-    for build in keyed:
-        record = found.get(build.key or "")
-        if record is not None and not force:
-            build.decision, build.record = Decision.CACHED, record
-            build.reason = f"stage 1 built {record.finished} by {record.builder}"
-        elif record is not None:
-            build.reason = "stage 1 is in the store, but --force rebuilds it"
+    take_cached(
+        keyed, found, force=force, built="stage 1 built", forced="stage 1 is in the store, but --force rebuilds it",
+        missing=None,
+    )  # fmt: skip
     return stages
 
 
