@@ -212,8 +212,10 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
+# Two pytest-xdist workers: tests sharing an expensive session fixture stay on one (tests/lib/xdist_groups.py).
+PYTEST_WORKERS ?= 2
 pytest: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: lint pytest
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from farm.trust.keys import BuilderKey, generate
+from tests.lib import xdist_groups
 from tests.lib.git import GIT_ENV, commit_files, git
 from tests.lib.recipes import write_recipe
 from tests.lib.redis_server import RedisServer
@@ -49,3 +50,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    xdist_groups.assign(items)

@@ -41,7 +41,11 @@ from tests.lib.kernel import (
 from tests.lib.tools import require
 
 # A cold kernel build (~20 min) may happen in the first test's set-up; a boot has its own limit (BOOT_TIMEOUT).
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(KERNEL_BUILD_TIMEOUT + 900)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(KERNEL_BUILD_TIMEOUT + 900),
+    pytest.mark.xdist_group("kernel"),
+]  # one worker uses the kernel home
 
 BOOT_TIMEOUT = 300.0
 

@@ -34,7 +34,11 @@ from farm.trust.release_keys import ReleaseKeys, generate, load_cert, load_key
 from tests.lib.kernel import KERNEL_BUILD_TIMEOUT, SOURCE_DATE_EPOCH, kernel_home, make_kernel
 from tests.lib.tools import require, stop_group
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(KERNEL_BUILD_TIMEOUT + 900)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(KERNEL_BUILD_TIMEOUT + 900),
+    pytest.mark.xdist_group("kernel"),
+]  # one worker uses the kernel home
 
 BOOT_TIMEOUT = 300.0
 SDE = int(SOURCE_DATE_EPOCH)
