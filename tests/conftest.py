@@ -52,6 +52,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    xdist_groups.assign(items)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group = xdist_groups.assign(items)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller schedules by these groups
+        xdist_groups.write_groups(Path(config.option.basetemp), group)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> xdist_groups.GroupScheduling | None:
+    """``--dist loadgroup`` (make test): by the groups of :mod:`tests.lib.xdist_groups`."""
+    return xdist_groups.GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None

@@ -2,7 +2,7 @@
 process and the client as root, and one ``mangos-farm worker`` started as the non-root user (its own uid, its
 /etc/subuid range, a cgroup delegated to it, a home of its own, the store's credentials and a broker password in
 its environment and home). The coordinator dispatches the repository's dash recipe and the hostile Debian package
-of :mod:`tests.integration.test_rootless` to it through Redis: dash builds there (in a user namespace with the
+of :mod:`tests.lib.hostile_debian` to it through Redis: dash builds there (in a user namespace with the
 user's map, dpkg-buildpackage as uid 1000 inside), the hostile package's attacks are all refused, its setuid .deb
 fails the build, and nothing of it (mounts, processes, files of its ids) outlives it on that worker.
 
@@ -29,18 +29,9 @@ from farm.envs.debian import save_record
 from farm.errors import E
 from farm.store import Store, open_store
 from tests.integration.conftest import Made
-from tests.integration.test_rootless import (
-    ATTACK,
-    CHANGELOG,
-    CONTROL,
-    MARK,
-    RULES,
-    SECRET,
-    farm_argv,
-    running,
-)
+from tests.lib import hostile_debian
 from tests.lib.fleet import Fleet
-from tests.lib.git import commit_files
+from tests.lib.hostile_debian import MARK, SECRET, farm_argv, running
 from tests.lib.keys import install_fleet_keys
 from tests.lib.moto import s3_env
 from tests.lib.redis_server import RedisServer
@@ -110,19 +101,6 @@ def _s3_store(url: str, aws: dict[str, str]) -> Store:
         return open_store(url)
 
 
-def _hostile_recipe(base: Path, recipes: Path, listener: int, secrets_home: Path) -> None:
-    """The hostile Debian source package of test_rootless, in a git repository of root's (world-readable)."""
-    attack = ATTACK.replace("@HOME@", str(secrets_home)).replace("@PORT@", str(listener)).replace("@MARK@", MARK)
-    files = {"debian/control": CONTROL, "debian/changelog": CHANGELOG, "debian/rules": RULES}
-    files |= {"debian/source/format": "3.0 (native)\n", "debian/attack.sh": attack}
-    commit = commit_files(base / "evil", files, executable=("debian/rules",))
-    (recipes / "evil.toml").write_text(
-        'name = "evil"\nversion = "1.0"\noutputs = ["*.deb", "*.buildinfo"]\n\n'
-        f'[source]\ngit = "{base / "evil"}"\ncommit = "{commit}"\n\n'
-        '[build]\nkind = "debian"\nenvironment = "bookworm-amd64"\n'
-    )
-
-
 @pytest.fixture(scope="module")
 def rootless_fleet(
     made_env: Made,
@@ -173,7 +151,7 @@ def rootless_fleet(
         recipes = base / "recipes"
         recipes.mkdir()
         shutil.copy(REPO / "recipes" / "debian" / "dash.toml", recipes / "dash.toml")
-        _hostile_recipe(base, recipes, listener, secrets_home)
+        hostile_debian.write_recipe(base, recipes, listener, secrets_home)
 
         argv, _ = farm_argv(user)
         port = fleet.metrics_ports.setdefault("rootless", free_port())
