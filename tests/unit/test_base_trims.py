@@ -39,6 +39,17 @@ IMAGE_BINARIES = {
     "gcc-12": ("gcc-12-base", "libgcc-s1"),
     "glibc": ("libc-bin", "libc6"),
     "db5.3": ("libdb5.3",),
+    "util-linux": (
+        "util-linux",
+        "mount",
+        "bsdutils",
+        "fdisk",
+        "libblkid1",
+        "libfdisk1",
+        "libmount1",
+        "libsmartcols1",
+        "libuuid1",
+    ),
 }
 BIG = ("gcc-12", "glibc", "db5.3")  # builds that cannot fit 2.5 h on 2 cores untrimmed
 
