@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from farm.cli.common import Subparsers, add_command, add_group, json_flag, print_json, release_dir, trusted_keys
+from farm.cli.image_installer import add_installer
 from farm.settings import Settings
 
 
@@ -379,6 +380,7 @@ def add_image(sub: Subparsers) -> None:
     json_flag(sp)
 
     add_boot(image)
+    add_installer(image)
 
 
 def add_trace(sub: Subparsers) -> None:

@@ -98,6 +98,9 @@ class Request:
     kernel: str = ""  # the farm's kernel, not Debian's: `make kernel`'s directory or a build key (farm.image.kernel)
     slot_size: int = 0  # bytes of each root data slot (image build --slot-size); 0: twice the root
     systemd: str = ""  # "backports": systemd 254 with kernel-checked sysext/confext (farm.image.extensions)
+    name: str = "mangos"  # the files' prefix (farm.image.installer: mangos-installer_V.raw)
+    extra_packages: tuple[str, ...] = ()  # packages beyond the payload's (the installer's python3)
+    extra_files: tuple[tuple[str, bytes], ...] = ()  # root files by path (in the root's cache key, as the manifest)
 
 
 # Called when a stage starts (seconds None) and when it ends (its seconds): the CLI's live status line.
@@ -174,6 +177,7 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
         trusted=trusted,
         work=work / "inputs",
         payload=_payload_packages(bool(req.kernel), req.systemd),
+        extra=req.extra_packages,
         local_debs=req.debs,
         profile=req.profile,
         lock=image_lock.load(req.lock) if req.lock else None,
@@ -219,6 +223,7 @@ def manifest_files(got: inputs.Inputs, sbom: dict[str, Any]) -> dict[str, bytes]
 def write_manifest(root: Path, files: dict[str, bytes]) -> None:
     (root / MANIFEST_DIR / "provenance").mkdir(parents=True, exist_ok=True)
     for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
 
 
@@ -281,7 +286,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
             if req.kernel else None
         )  # fmt: skip
     version = req.version or image_version(kernel.inputs_digest(got.digest, farm_kernel), req.sde)
-    name = f"mangos_{version}"
+    name = f"{req.name}_{version}"
     sbom = inputs.spdx(got, name=name, created=created_at(req.sde))
     req.out.mkdir(parents=True, exist_ok=True)
     out = req.out
@@ -292,6 +297,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     )
     files, machine = manifest_files(got, sbom), machine_id(got.digest)
     files[f"{MANIFEST_DIR}/release.crt"] = keys.verity_cert.read_bytes()  # what mangos-update trusts
+    files.update(req.extra_files)
 
     def customize(tree: Path) -> None:
         from farm.image import payload
