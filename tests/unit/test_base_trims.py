@@ -39,6 +39,7 @@ IMAGE_BINARIES = {
     "gcc-12": ("gcc-12-base", "libgcc-s1"),
     "glibc": ("libc-bin", "libc6"),
     "db5.3": ("libdb5.3",),
+    "runc": ("runc",),
     "util-linux": (
         "util-linux",
         "mount",
@@ -160,9 +161,10 @@ def _repo(recipe: Recipe) -> Path:
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        [require("git"), "--git-dir", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
+    done = subprocess.run([require("git"), "--git-dir", str(repo), *args], check=False, capture_output=True, text=True)
+    if done.returncode != 0 and not (args[0] == "grep" and done.returncode == 1):  # grep: 1 is "no line matched"
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    return done.stdout
 
 
 def _arch_ok(arches: object) -> bool:
