@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,16 +37,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from farm.errors import E, FarmError, TrustError
+from farm.image.channelfiles import CHANNEL, NEXT_KEY, SUMS, SUMS_SIG, check_version, parse_sums
 from farm.image.signature import SHA256_OID, signer_info
 from farm.trust.release_keys import fingerprint
 
 FORMAT = 1
-CHANNEL = "channel.json"
-SUMS = "SHA256SUMS"
-SUMS_SIG = "SHA256SUMS.p7s"
-NEXT_KEY = "next-release.crt"
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,254}")
 
 ROOT, VERITY, VERITY_SIG, UKI, DISK, BMAP = "root", "verity", "verity-sig", "efi", "disk", "bmap"
 
@@ -56,32 +50,6 @@ def file_name(version: str, kind: str) -> str:
     """The sysupdate-style name of a release file: ``mangos_V.root.raw``, ``mangos_V.efi``, ``mangos_V.bmap.json``."""
     suffix = {UKI: ".efi", BMAP: ".bmap.json"}.get(kind, f".{kind}.raw")
     return f"mangos_{check_version(version)}{suffix}"
-
-
-def check_version(version: str) -> str:
-    if not VERSION_RE.fullmatch(version) or ".." in version:
-        raise FarmError(
-            E.CHANNEL_INVALID,
-            f"'{version}' is not a release version",
-            hint="versions are letters, digits and . _ + ~ - (as image build --image-version makes them)",
-        )
-    return version
-
-
-def format_sums(digests: dict[str, str]) -> bytes:
-    return "".join(f"{digests[n]}  {n}\n" for n in sorted(digests)).encode()
-
-
-def parse_sums(data: bytes) -> dict[str, str]:
-    """SHA256SUMS (``DIGEST  NAME`` lines, ``*NAME`` for binary mode) -> {name: digest}; names are plain."""
-    digests: dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        digest, _, name = line.partition(" ")
-        name = name.lstrip(" *")
-        if not re.fullmatch(r"[0-9a-f]{64}", digest) or not NAME_RE.fullmatch(name) or name in digests:
-            raise FarmError(E.CHANNEL_INVALID, f"malformed SHA256SUMS line: {line[:120]!r}", hint="republish it")
-        digests[name] = digest
-    return digests
 
 
 def verifies(data: bytes, der: bytes, cert: x509.Certificate) -> bool:

@@ -33,6 +33,7 @@ VENDORED = (
     "farm/run.py",
     "farm/image/__init__.py",
     "farm/image/bmap.py",
+    "farm/image/channelfiles.py",
     "farm/image/stream.py",
     "farm/image/installer_guest.py",
 )

@@ -34,6 +34,7 @@ from typing import TextIO
 
 from farm.errors import E, FarmError, TrustError
 from farm.image import stream
+from farm.image.channelfiles import CHANNEL, NEXT_KEY, SUMS, SUMS_SIG, VERSION_RE, parse_sums
 from farm.run import run
 
 ME = "mangos-install"
@@ -44,11 +45,8 @@ DEFAULT_CHANNEL = Path("/usr/lib/mangos/installer/channel")  # image installer -
 # is written before its signature verifies, and the rules on the target hold whatever names it.
 TARGET, CHANNEL_URL, REBOOT = "install", "install-channel", "install-reboot"
 ESP_DIR = Path("/efi/mangos")
-CHANNEL, SUMS, SUMS_SIG, NEXT_KEY = "channel.json", "SHA256SUMS", "SHA256SUMS.p7s", "next-release.crt"
 NOT_DISKS = re.compile(r"^(loop|ram|zram|dm-|md|sr|fd|nbd)")
 PROGRESS_EVERY = 2.0  # seconds between progress lines
-_SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *]([A-Za-z0-9][A-Za-z0-9._+~-]{0,254})")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
 _ROOTHASH = re.compile(r"(?:^|\s)roothash=([0-9a-f]{64})(?=\s|$)")
 
 Fetch = Callable[[str], bytes]
@@ -147,16 +145,6 @@ def choose(disks: Sequence[Disk], wanted: str, *, image_size: int, booted: str |
     return disk
 
 
-def parse_sums(data: bytes) -> dict[str, str]:
-    digests: dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        m = _SUMS_LINE.fullmatch(line)
-        if m is None or m.group(2) in digests:
-            raise FarmError(E.CHANNEL_INVALID, f"malformed SHA256SUMS line: {line[:120]!r}", hint="republish it")
-        digests[m.group(2)] = m.group(1)
-    return digests
-
-
 def cms_verify_argv(content: Path, p7s: Path, cert: Path) -> list[str]:
     """``openssl cms -verify`` of a detached DER PKCS#7 over ``content``, by exactly ``cert`` (as mangos-update)."""
     return ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(p7s), "-content", str(content),
@@ -178,7 +166,7 @@ def verify_channel(fetch: Fetch, cert: Path, work: Path, version: str = "") -> t
         versions = [str(r["version"]) for r in json.loads(fetch(CHANNEL))["releases"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise FarmError(E.CHANNEL_INVALID, f"unreadable {CHANNEL}: {exc}", hint="check the channel URL") from None
-    bad = [v for v in versions if not _VERSION.fullmatch(v) or ".." in v]
+    bad = [v for v in versions if not VERSION_RE.fullmatch(v) or ".." in v]
     if bad or not versions:
         raise FarmError(E.CHANNEL_INVALID, f"{CHANNEL} lists no releases or invalid versions {bad}", hint="republish")
     target = version or versions[-1]

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from farm.errors import E, FarmError, StoreError, TrustError
 from farm.fsutil import atomic_write
-from farm.image import bmap, channel, gpt
+from farm.image import bmap, channel, channelfiles, gpt
 from farm.image.sums import sign_detached
 from farm.trust.release_keys import ReleaseKeys, fingerprint, load_cert
 from farm.trust.verify import file_sha256
@@ -53,7 +53,7 @@ class Staged:
 
 
 def built_sums(out: Path, keys: ReleaseKeys) -> dict[str, str]:
-    sums, sig = out / channel.SUMS, out / "SHA256SUMS.p7s"
+    sums, sig = out / channelfiles.SUMS, out / "SHA256SUMS.p7s"
     if not sums.is_file() or not sig.is_file():
         raise FarmError(E.IMAGE_INPUT, f"no SHA256SUMS and SHA256SUMS.p7s in {out}", hint="run 'image build' first")
     if not channel.verifies(sums.read_bytes(), sig.read_bytes(), load_cert(keys.verity_cert)):
@@ -62,14 +62,14 @@ def built_sums(out: Path, keys: ReleaseKeys) -> dict[str, str]:
             f"{sums} is not signed by the release key in {keys.dir}",
             hint="publish with the --release-keys the image was built with",
         )
-    return channel.parse_sums(sums.read_bytes())
+    return channelfiles.parse_sums(sums.read_bytes())
 
 
 def find_image(out: Path, digests: dict[str, str]) -> tuple[Path, str]:
     raws = sorted(n for n in digests if n.startswith("mangos_") and n.endswith(".raw"))
     if len(raws) != 1:
         raise FarmError(E.IMAGE_INPUT, f"{out}/SHA256SUMS lists {len(raws)} images", hint="publish one build's out/")
-    return out / raws[0], channel.check_version(raws[0][len("mangos_") : -len(".raw")])
+    return out / raws[0], channelfiles.check_version(raws[0][len("mangos_") : -len(".raw")])
 
 
 def expect(path: Path, digest: str, what: str) -> None:
@@ -134,12 +134,12 @@ def stage(out: Path, keys: ReleaseKeys, work: Path, next_key: Path | None = None
     if next_key is not None:
         cert = load_cert(next_key)
         next_fp = fingerprint(cert)
-        (dest / channel.NEXT_KEY).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (dest / channelfiles.NEXT_KEY).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     names = sorted(p.name for p in dest.iterdir())
     file_digests = {n: file_sha256(dest / n) for n in names}
-    sums = channel.format_sums(file_digests)
-    (dest / channel.SUMS).write_bytes(sums)
-    (dest / channel.SUMS_SIG).write_bytes(sign_detached(sums, keys))
+    sums = channelfiles.format_sums(file_digests)
+    (dest / channelfiles.SUMS).write_bytes(sums)
+    (dest / channelfiles.SUMS_SIG).write_bytes(sign_detached(sums, keys))
     files = tuple(channel.FileEntry(n, d, (dest / n).stat().st_size) for n, d in file_digests.items())
     signer = fingerprint(load_cert(keys.verity_cert))
     release = channel.Release(version, files, signer, next_fp)
@@ -164,7 +164,7 @@ def publish_dir(staged: Staged, dest: Path) -> channel.Channel:
     dest.mkdir(parents=True, exist_ok=True)
     with (dest / ".channel.lock").open("a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one publisher at a time updates channel.json
-        index = dest / channel.CHANNEL
+        index = dest / channelfiles.CHANNEL
         current = channel.Channel.loads(index.read_bytes() if index.exists() else None)
         check_signer(current, staged.release, str(dest))
         current.add(staged.release, str(dest))
@@ -209,7 +209,7 @@ def publish_s3(staged: Staged, url: str) -> channel.Channel:
     from farm.store.s3_multipart import Bucket, put_stream
 
     store = S3Store(url)
-    index = f"{store.prefix}{channel.CHANNEL}"
+    index = f"{store.prefix}{channelfiles.CHANNEL}"
     with store._errors():
         store.ready()
         current, etag = _read_channel(store, index, is_missing)

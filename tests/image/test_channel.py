@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from farm.cli.main import main
 from farm.errors import E, FarmError
-from farm.image import bmap, channel, publish
+from farm.image import bmap, channel, channelfiles, publish
 from farm.image.sums import sign_detached
 from farm.trust.release_keys import ReleaseKeys, fingerprint, load_cert
 from tests.lib.moto import MotoServer, s3_env
@@ -54,21 +54,21 @@ def test_publish_writes_signed_payloads_from_the_gpt(built: Built, keys: list[Re
     rel = dest / V1
     names = {p.name for p in rel.iterdir()}
     assert names == {channel.file_name(V1, k) for k in ("root", "verity", "verity-sig", "efi", "disk", "bmap")} | {
-        channel.SUMS,
-        channel.SUMS_SIG,
+        channelfiles.SUMS,
+        channelfiles.SUMS_SIG,
     }
     # the payloads read out of the GPT are exactly the files image build made
     for kind, suffix in publish.BUILT.items():
         assert (rel / channel.file_name(V1, kind)).read_bytes() == built.built(suffix).read_bytes(), kind
-    sums = channel.parse_sums((rel / channel.SUMS).read_bytes())
-    assert set(sums) == names - {channel.SUMS, channel.SUMS_SIG}
+    sums = channelfiles.parse_sums((rel / channelfiles.SUMS).read_bytes())
+    assert set(sums) == names - {channelfiles.SUMS, channelfiles.SUMS_SIG}
     assert all(hashlib.sha256((rel / n).read_bytes()).hexdigest() == d for n, d in sums.items())
     subprocess.run(
-        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(rel / channel.SUMS_SIG),
-         "-content", str(rel / channel.SUMS), "-CAfile", str(keys[0].verity_cert), "-out", "/dev/null"],
+        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(rel / channelfiles.SUMS_SIG),
+         "-content", str(rel / channelfiles.SUMS), "-CAfile", str(keys[0].verity_cert), "-out", "/dev/null"],
         check=True, capture_output=True,
     )  # fmt: skip
-    index = json.loads((dest / channel.CHANNEL).read_text())
+    index = json.loads((dest / channelfiles.CHANNEL).read_text())
     assert index["format"] == channel.FORMAT and [r["version"] for r in index["releases"]] == [V1]
     assert index["certificate_fingerprint"] == fingerprint(cert(keys[0])) == done.staged.release.signer
     assert done.staged.allocated < done.staged.image_size / 2  # holes are neither stored nor sent
@@ -77,7 +77,7 @@ def test_publish_writes_signed_payloads_from_the_gpt(built: Built, keys: list[Re
     with pytest.raises(FarmError) as again:  # republishing is refused, the channel is untouched
         publish.publish(built.out, str(dest), keys[0], tmp_path / "work")
     assert again.value.code == E.RELEASE_EXISTS and again.value.hint
-    assert json.loads((dest / channel.CHANNEL).read_text()) == index
+    assert json.loads((dest / channelfiles.CHANNEL).read_text()) == index
 
 
 @pytest.mark.integration
@@ -106,7 +106,7 @@ def test_publish_refuses_an_image_that_is_not_the_signed_build(
     with pytest.raises(FarmError) as wrong_key:
         publish.publish(built.out, str(tmp_path / "chan"), keys[1], tmp_path / "work")
     assert wrong_key.value.code == E.RELEASE_KEY
-    assert not (tmp_path / "chan" / channel.CHANNEL).exists()
+    assert not (tmp_path / "chan" / channelfiles.CHANNEL).exists()
 
 
 def gpt_esp_start(raw: Path) -> int:
@@ -141,11 +141,11 @@ def test_publish_to_s3_is_conditional_and_refuses_a_republish(
 
     got = channel.verify_release(fetch, [cert(keys[0])])
     assert got.version == V2 and fingerprint(cert(keys[1])) in {fingerprint(c) for c in got.trusted}
-    before = fetch(channel.CHANNEL)
+    before = fetch(channelfiles.CHANNEL)
     with pytest.raises(FarmError) as again:
         publish.publish(v2.out, url, keys[0], tmp_path / "work")
     assert again.value.code == E.RELEASE_EXISTS
-    assert fetch(channel.CHANNEL) == before
+    assert fetch(channelfiles.CHANNEL) == before
     assert fetch(f"{V1}/{channel.file_name(V1, 'root')}") == built.built(".root.erofs").read_bytes()
 
 
@@ -155,12 +155,12 @@ def add_release(dest: Path, version: str, signer: ReleaseKeys, next_key: Release
     rel.mkdir(parents=True)
     (rel / channel.file_name(version, "efi")).write_bytes(f"uki {version}".encode())
     if next_key is not None:
-        (rel / channel.NEXT_KEY).write_bytes(cert(next_key).public_bytes(serialization.Encoding.PEM))
+        (rel / channelfiles.NEXT_KEY).write_bytes(cert(next_key).public_bytes(serialization.Encoding.PEM))
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in rel.iterdir()}
-    sums = channel.format_sums(digests)
-    (rel / channel.SUMS).write_bytes(sums)
-    (rel / channel.SUMS_SIG).write_bytes(sign_detached(sums, signer))
-    index = dest / channel.CHANNEL
+    sums = channelfiles.format_sums(digests)
+    (rel / channelfiles.SUMS).write_bytes(sums)
+    (rel / channelfiles.SUMS_SIG).write_bytes(sign_detached(sums, signer))
+    index = dest / channelfiles.CHANNEL
     current = channel.Channel.loads(index.read_bytes() if index.exists() else None)
     files = tuple(channel.FileEntry(n, d, 1) for n, d in digests.items())
     nxt = fingerprint(cert(next_key)) if next_key else None
@@ -213,13 +213,13 @@ def test_tampered_or_replayed_sums_are_refused(keys: list[ReleaseKeys], tmp_path
     k0 = keys[0]
     add_release(tmp_path, "1", k0)
     add_release(tmp_path, "2", k0)
-    sums = tmp_path / "2" / channel.SUMS
+    sums = tmp_path / "2" / channelfiles.SUMS
     good = sums.read_bytes()
     sums.write_bytes(good.replace(b"mangos_2.efi", b"mangos_2.efX"))
     with pytest.raises(FarmError) as tampered:
         channel.verify_release(read_dir(tmp_path), [cert(k0)])
     assert tampered.value.code == E.CHANNEL_UNTRUSTED
-    for name in (channel.SUMS, channel.SUMS_SIG):  # release 1's genuine, signed sums served as release 2's
+    for name in (channelfiles.SUMS, channelfiles.SUMS_SIG):  # release 1's genuine, signed sums served as release 2's
         (tmp_path / "2" / name).write_bytes((tmp_path / "1" / name).read_bytes())
     with pytest.raises(FarmError) as replayed:
         channel.verify_release(read_dir(tmp_path), [cert(k0)])
@@ -240,7 +240,7 @@ def test_publish_rotates_keys_only_through_an_announcement(
         publish.publish(v3.out, str(dest), k0, tmp_path / "work")
     assert err.value.code == E.RELEASE_KEY
     got = channel.verify_release(read_dir(dest), [cert(k0)])
-    assert got.version == V2 and json.loads((dest / channel.CHANNEL).read_text())["certificate_fingerprint"] == (
+    assert got.version == V2 and json.loads((dest / channelfiles.CHANNEL).read_text())["certificate_fingerprint"] == (
         fingerprint(cert(k1))
     )
 

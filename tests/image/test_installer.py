@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from farm.errors import E, FarmError
-from farm.image import channel, installer, installer_guest, payload, publish, stream
+from farm.image import channel, channelfiles, installer, installer_guest, payload, publish, stream
 from farm.image.installer_guest import Disk, boot_disk, choose, credential, list_disks, refusal
 from farm.image.sums import sign_detached
 from farm.trust.release_keys import generate
@@ -114,13 +114,13 @@ def test_cms_verify_argv_checks_against_exactly_the_given_certificate() -> None:
 
 def test_parse_sums_refuses_malformed_lines() -> None:
     digest = "a" * 64
-    assert installer_guest.parse_sums(f"{digest}  mangos_1.efi\n{digest} *b\n".encode()) == {
+    assert channelfiles.parse_sums(f"{digest}  mangos_1.efi\n{digest} *b\n".encode()) == {
         "mangos_1.efi": digest,
         "b": digest,
     }
     for bad in (f"{digest}  ../x", f"{digest[:-1]}  x", f"{digest}  x\n{digest}  x"):
         with pytest.raises(FarmError, match="malformed"):
-            installer_guest.parse_sums(bad.encode())
+            channelfiles.parse_sums(bad.encode())
 
 
 def test_progress_lines_are_throttled_and_carry_an_eta() -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from farm.errors import FarmError
-from farm.image import assemble, boot, channel, firmware, gpt, installer, installer_guest
+from farm.image import assemble, boot, channel, channelfiles, firmware, gpt, installer, installer_guest
 from farm.image.payload import SELFTEST_OK
 from farm.settings import Settings
 from farm.trust.verify import file_sha256
@@ -109,7 +109,7 @@ def test_installer_installs_release_2_unattended_and_the_disk_boots_it(
     assert "/dev/vda" in text and "[booted from]" in text  # the listing; vda (the installer) marked
     assert re.search(r"ETA \d+ s", text), text[-4000:]
     assert "rebooting into the installed disk" in text
-    sums = channel.parse_sums((release.parent / "SHA256SUMS").read_bytes())
+    sums = channelfiles.parse_sums((release.parent / "SHA256SUMS").read_bytes())
     assert file_sha256(blank) == sums[release.name]  # the image, exactly
     image_allocated = allocated(release)
     record_property("installer_boot_seconds", run.seconds)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.image import channel, gpt, publish
+from farm.image import channelfiles, gpt, publish
 from farm.image import esp as esp_image
 from farm.image.payload import PAYLOAD
 from farm.image.sums import sha256sums, sign_detached
@@ -263,8 +263,8 @@ def test_update_writes_the_inactive_slot_then_the_next_update_the_other(rel: Rel
 
 def test_update_refuses_a_signature_by_an_unknown_key(rel: Releases, tmp_path: Path) -> None:
     chan = copy_channel(rel.chan, tmp_path / "chan")
-    sums = (chan / "2" / channel.SUMS).read_bytes()
-    (chan / "2" / channel.SUMS_SIG).write_bytes(sign_detached(sums, rel.keys[2]))
+    sums = (chan / "2" / channelfiles.SUMS).read_bytes()
+    (chan / "2" / channelfiles.SUMS_SIG).write_bytes(sign_detached(sums, rel.keys[2]))
     disk = disk_of(rel.v1, tmp_path / "disk.raw")
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
     done = update(disk, f"file://{chan}", rel.v1, rel.keys[0], tmp_path / "state")
@@ -304,7 +304,7 @@ def test_update_refuses_a_release_larger_than_the_slot(rel: Releases, tmp_path: 
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
 
     # channel.json is not signed: when it understates the size, the stream stops at the partition's end.
-    index = chan / channel.CHANNEL
+    index = chan / channelfiles.CHANNEL
     index.write_text(re.sub(r'"size": \d+', '"size": 1', index.read_text()))
     running, next_partition = digest(disk, 1, 2, 3, 4), digest(disk, 6, 7)
     done = update(disk, f"file://{chan}", rel.v1, rel.keys[0], tmp_path / "state")
@@ -330,9 +330,9 @@ def test_update_follows_an_announced_key_and_retires_the_old_one(rel: Releases, 
     assert {p.name for p in (state / "trusted").iterdir()} == {f"{new}.pem"}  # key 0 retired
 
     # From now on this machine refuses a release signed by the retired key (its own image's certificate included).
-    sums = (chan / "3" / channel.SUMS).read_bytes()
-    (chan / "3" / channel.SUMS_SIG).chmod(0o644)
-    (chan / "3" / channel.SUMS_SIG).write_bytes(sign_detached(sums, rel.keys[0]))
+    sums = (chan / "3" / channelfiles.SUMS).read_bytes()
+    (chan / "3" / channelfiles.SUMS_SIG).chmod(0o644)
+    (chan / "3" / channelfiles.SUMS_SIG).write_bytes(sign_detached(sums, rel.keys[0]))
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
     done = update(disk, f"file://{chan}", rel.v1, rel.keys[0], state)
     assert done.returncode == 5, done.stderr
