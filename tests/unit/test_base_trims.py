@@ -40,6 +40,7 @@ IMAGE_BINARIES = {
     "glibc": ("libc-bin", "libc6"),
     "db5.3": ("libdb5.3",),
     "runc": ("runc",),
+    "cryptsetup": ("libcryptsetup12",),
     "util-linux": (
         "util-linux",
         "mount",
