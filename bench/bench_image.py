@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from bench._common import parser, progress
 from tests.lib.cli import REPO, Farm
+from tests.lib.debvariant import variant_deb
 
 ORDER = ("inputs", "rootfs", "customize", "erofs", "initrd", "verity", "signature", "uki", "esp", "gpt", "profile",
          "sums")  # fmt: skip
@@ -54,39 +54,6 @@ def check_inputs(farm: Farm, recipes: str, out: Path) -> dict[str, Any]:
     return {"seconds": round(time.monotonic() - t0, 2), "packages": len(found["packages"]), "digest": found["digest"]}
 
 
-def variant_deb(home: Path, dest: Path, tag: str) -> Path:
-    """The archive's ``hello`` as a farm build no image has had yet: version ``+benchTAG``, one file more."""
-    from farm.trust.keys import load_builder
-    from farm.trust.provenance import sign, statement
-    from farm.trust.verify import ENVELOPE_SUFFIX, file_sha256
-
-    archive = dest / "archive"
-    if not archive.is_dir():
-        archive.mkdir(parents=True)
-        subprocess.run(["apt-get", "download", "hello"], cwd=archive, check=True, capture_output=True)
-    (orig,) = archive.glob("hello_*.deb")
-    tree = dest / f"tree-{tag}"
-    subprocess.run(["dpkg-deb", "-R", str(orig), str(tree)], check=True, capture_output=True)
-    control = (tree / "DEBIAN/control").read_text().splitlines()
-    version = next(line.split(": ", 1)[1] for line in control if line.startswith("Version: ")) + f"+bench{tag}"
-    (tree / "DEBIAN/control").write_text(
-        "\n".join(f"Version: {version}" if line.startswith("Version: ") else line for line in control) + "\n"
-    )
-    (tree / "usr/share/hello").mkdir(parents=True, exist_ok=True)
-    (tree / "usr/share/hello/bench-variant").write_text(f"{tag}\n")
-    deb = dest / f"hello_{version.split(':')[-1]}_amd64.deb"
-    env = {"SOURCE_DATE_EPOCH": SDE, "PATH": "/usr/bin:/bin"}
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)], check=True,
-                   capture_output=True, env=env)  # fmt: skip
-    stmt = statement(
-        subjects=[(deb.name, file_sha256(deb))], recipe={"name": "hello"}, recipe_digest="0" * 64,
-        source_url="dsc:hello", commit="0" * 40, tree="0" * 40, environment="0" * 64, dependencies=[],
-        builder_id="bench-image", build_key="b" * 64, started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
-    )  # fmt: skip
-    (dest / (deb.name + ENVELOPE_SUFFIX)).write_text(json.dumps(sign(stmt, load_builder(home / "keys"))))
-    return deb
-
-
 def build(farm: Farm, recipes: str, out: Path, deb: Path) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     total = timed(farm, "image", "build", FALLBACK, "--recipes", recipes, "--deb", str(deb), "-o", str(out))
@@ -96,6 +63,7 @@ def build(farm: Farm, recipes: str, out: Path, deb: Path) -> dict[str, Any]:
         "total_seconds": total,
         "stages": built["stages"],
         "cached": built.get("cached", {}),
+        "tree": built.get("tree", ""),  # how the root tree was made (fresh, stored, "delta: ...")
         "sizes": built["sizes"],
         "raw_allocated": raw.stat().st_blocks * 512,  # the disk file is sparse: slot B and slack are holes
         "verify_seconds": timed(farm, "image", "verify", str(raw), "--cert", str(farm.home / "release/verity.crt")),
@@ -140,7 +108,7 @@ def render(result: dict[str, Any]) -> str:
     for mode, run in result["runs"].items():
         base = mk.get(mode, {}).get("total_seconds")
         vs = f", mkosi {base:.1f}s: ratio {run['total_seconds'] / base:.2f}" if base else ""
-        lines.append(f"{mode}: {run['total_seconds']:.1f}s{vs}")
+        lines.append(f"{mode}: {run['total_seconds']:.1f}s{vs} (tree: {run.get('tree') or '?'})")
         stages = sorted(run["stages"], key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))
         lines += [f"  {stage:12} {run['stages'][stage]:7.2f}s" for stage in stages]
         lines.append(f"  raw {run['raw_allocated'] / 1e6:.0f} MB allocated; verify {run['verify_seconds']:.1f}s")

@@ -26,13 +26,20 @@ APT_TIMEOUT = 600
 _INST_RE = re.compile(r"^Inst (?P<name>\S+)(?: \[[^\]]*\])? \((?P<version>\S+) .*\[(?P<arch>[^\]\s]+)\]\)")
 
 
-def simulate_argv(status: Path, *command: str) -> list[str]:
-    """apt in simulate mode against the dpkg status file ``status``: no lock, no recommends."""
+def simulate_argv(status: Path, *command: str, cache: Path | None = None) -> list[str]:
+    """apt in simulate mode against the dpkg status file ``status``: no lock, no recommends.
+
+    With ``cache``, apt keeps its binary cache of the lists there (``srcpkgcache.bin``, rebuilt by apt itself when a
+    list changes) instead of parsing every list again on each call, whatever the host's apt.conf says (container
+    images often switch it off); the cache of the status and the command line's .debs is never kept."""
+    lists = ["-o", f"Dir::Cache::srcpkgcache={cache / 'srcpkgcache.bin'}"] if cache else []
+    cached = [*lists, "-o", "Dir::Cache::pkgcache="] if cache else []
     return [
         "apt-get", "-s", "-q", "--no-install-recommends",
         "-o", f"Dir::State::status={status}",
         "-o", "Debug::NoLocking=1",
         "-o", "APT::Get::Show-User-Simulation-Note=false",
+        *cached,
         *command,
     ]  # fmt: skip
 
@@ -42,9 +49,9 @@ def build_dep_argv(status: Path, source_dir: Path) -> list[str]:
     return simulate_argv(status, "build-dep", str(source_dir))
 
 
-def install_argv(status: Path, packages: Sequence[str]) -> list[str]:
+def install_argv(status: Path, packages: Sequence[str], cache: Path | None = None) -> list[str]:
     """What installing ``packages`` takes; on an empty dpkg status, the exact versions a fresh install would get."""
-    return simulate_argv(status, "install", *packages)
+    return simulate_argv(status, "install", *packages, cache=cache)
 
 
 def parse_simulation(text: str) -> list[Pin]:
@@ -80,11 +87,15 @@ def resolve_closure(env_status: Path, source_dir: Path, exclude: set[str]) -> li
     return exclude_pins(parse_simulation(result.text), exclude)
 
 
-def resolve_install(packages: Sequence[str], work: Path) -> list[Pin]:
-    """Every package (with its version and architecture) a fresh system with ``packages`` installed would hold."""
+def resolve_install(packages: Sequence[str], work: Path, cache: Path | None = None) -> list[Pin]:
+    """Every package (with its version and architecture) a fresh system with ``packages`` installed would hold;
+    ``cache``: a directory for apt's binary cache of the lists (:func:`simulate_argv`)."""
     status = work / "empty-status"
     status.write_bytes(b"")
-    result = run(install_argv(status, packages), check=False, env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/bin"})
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/bin"}
+    result = run(install_argv(status, packages, cache), check=False, env=env)
     if result.returncode != 0:
         raise FarmError(
             E.ARCHIVE_UNSATISFIABLE,

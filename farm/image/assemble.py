@@ -23,7 +23,7 @@ from typing import Any
 
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
-from farm.image import esp, gpt, inputs, rootcache, signature, verity
+from farm.image import esp, gpt, inputs, overlay, rootcache, signature, verity
 from farm.image import lock as image_lock
 from farm.image.cache import ImageCache
 from farm.image.sums import sha256sums, sign_detached
@@ -57,6 +57,7 @@ class Artifacts:
     sums_sig: Path
     stages: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)  # which stages the image cache spared
+    tree: str = ""  # how the root tree was made: fresh, stored, "delta: ..." (farm.image.basetree) or cached
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class Artifacts:
             "sha256sums_signature": str(self.sums_sig),
             "stages": self.stages,
             "cached": self.cached,
+            "tree": self.tree,
             "sizes": {
                 p.name: p.stat().st_size
                 for p in (self.raw, self.root, self.verity, self.signature, self.uki)
@@ -182,6 +184,7 @@ def collect_inputs(req: Request, settings: Settings, work: Path) -> inputs.Input
         profile=req.profile,
         lock=image_lock.load(req.lock) if req.lock else None,
         allow_fallback=req.allow_fallback,
+        apt_cache=settings.cache_dir / "apt",
     )
     if req.require_agreement:
         admit(got, req, settings)
@@ -274,6 +277,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     stages = Stages(watcher)
     work = settings.work_dir / "image"
     if work.exists():
+        overlay.unmount_under(work)  # a build killed outright leaves its root tree's overlay mounted
         shutil.rmtree(work)
     work.mkdir(parents=True)
     with stages("inputs"):
@@ -290,11 +294,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     sbom = inputs.spdx(got, name=name, created=created_at(req.sde))
     req.out.mkdir(parents=True, exist_ok=True)
     out = req.out
-    root_img, verity_img, sig_img = (
-        out / f"{name}.root.erofs",
-        out / f"{name}.root.verity",
-        out / f"{name}.root.verity.sig",
-    )
+    root_img, verity_img, sig_img = (out / f"{name}.root.{ext}" for ext in ("erofs", "verity", "verity.sig"))
     files, machine = manifest_files(got, sbom), machine_id(got.digest)
     files[f"{MANIFEST_DIR}/release.crt"] = keys.verity_cert.read_bytes()  # what mangos-update trusts
     files.update(req.extra_files)
@@ -362,7 +362,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     shutil.rmtree(work, ignore_errors=True)
     result = Artifacts(
         version, v.root_hash, raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path, sums, sums_sig,
-        stages.times, {"root": root.tree_cached, "initrd": root.initrd_cached},
+        stages.times, {"root": root.tree_cached, "initrd": root.initrd_cached}, root.tree,
     )  # fmt: skip
     atomic_write(out / "build.json", (json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n").encode())
     return result

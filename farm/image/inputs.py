@@ -21,6 +21,7 @@ carries the reason into the SBOM, the manifest and the lock.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -163,6 +164,7 @@ def gather(
     fetch: bool = True,
     allow_fallback: bool = False,
     lists_dir: Path | None = None,
+    apt_cache: Path | None = None,
 ) -> Inputs:
     """Resolve, fetch and verify every package of the image; farm builds replace archive packages of that name, and
     those the farm's packages depend on (:func:`closure.resolve`) come from the farm too.
@@ -197,8 +199,9 @@ def gather(
     fallback = admission.admit_farm(list(farm.values()), allow_fallback=allow_fallback, lists_dir=lists_dir)
     farm = {n: p for n, p in farm.items() if n not in fallback}
     requested = requested_packages(extra, payload)
+    install = functools.partial(resolve_install, cache=apt_cache)  # apt's binary cache of the lists, kept there
     with step("resolving the package closure", log, requested=len(requested)):
-        pins = closure.resolve(requested, farm, work, resolve_install)
+        pins = closure.resolve(requested, farm, work, install)
     from_archive = [p for p in pins if p.package not in farm]
     packages = [farm[p.package] for p in pins if p.package in farm]
     with step("pinning archive packages", log, count=len(from_archive)):
@@ -210,9 +213,7 @@ def gather(
     if names:
         with step("resolving the profile's packages", log, profile=profile):
             have = {p.name for p in packages}
-            more = [
-                p for p in closure.resolve([*requested, *names], farm, work, resolve_install) if p.package not in have
-            ]
+            more = [p for p in closure.resolve([*requested, *names], farm, work, install) if p.package not in have]
             profile_packages = [farm[p.package] for p in more if p.package in farm]
             profile_packages += [
                 replace(p, reason=fallback[p.name].reason) if p.name in fallback else p

@@ -18,11 +18,11 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.image import erofs, initrd, rootfs, rootless, uki
+from farm.image import basetree, erofs, initrd, rootfs, rootless, uki
 from farm.image.cache import ImageCache, sha256_file
 from farm.image.inputs import Inputs
 
@@ -40,6 +40,7 @@ class Root:
     initrd: Path
     tree_cached: bool
     initrd_cached: bool
+    tree: str = "cached"  # how the tree was made when the root was not cached (basetree.writable_tree)
 
 
 def _code_digest() -> bytes:
@@ -116,27 +117,29 @@ def make(
     cached = _from_cache(cache, key, root_img=root_img, work=work)
     if cached is not None:
         return cached
-    tree = work / "root"
-    with stage("rootfs"):
-        rootfs.build_tree(got, sde=sde, dest=tree, work=work, cache=cache)
-    with stage("customize"):
-        customize(tree)
-    kver = uki.kernel_version(tree)
+    with ExitStack() as mounted:
+        with stage("rootfs"):
+            tree, how = mounted.enter_context(basetree.writable_tree(got, sde=sde, work=work, cache=cache))
+        with stage("customize"):
+            customize(tree)
+        kver = uki.kernel_version(tree)
 
-    def make_initrd() -> tuple[Path, str, bool]:
-        start = time.monotonic()
-        try:
-            return initrd.cached_initrd(tree, kver=kver, sde=sde, workdir=work / "dracut", cache=cache)
-        finally:
-            times["initrd"] = round(time.monotonic() - start, 2)
+        def make_initrd() -> tuple[Path, str, bool]:
+            start = time.monotonic()
+            try:
+                return initrd.cached_initrd(tree, kver=kver, sde=sde, workdir=work / "dracut", cache=cache)
+            finally:
+                times["initrd"] = round(time.monotonic() - start, 2)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="initrd") as pool:
-        pending = pool.submit(make_initrd)
-        with stage("erofs"):
-            erofs.make(tree, root_img, sde=sde, seed=seed)
-            digest = sha256_file(root_img)
-        initrd_path, initrd_key, initrd_cached = pending.result()
-    vmlinuz = tree / "boot" / f"vmlinuz-{kver}"
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="initrd") as pool:
+            pending = pool.submit(make_initrd)
+            with stage("erofs"):
+                erofs.make(tree, root_img, sde=sde, seed=seed)
+                digest = sha256_file(root_img)
+            initrd_path, initrd_key, initrd_cached = pending.result()
+        os_release = uki.os_release(tree)
+        boot = _boot_tree(work / "boot", kver=kver, vmlinuz=tree / "boot" / f"vmlinuz-{kver}", os_release=os_release)
+    vmlinuz = boot / "boot" / f"vmlinuz-{kver}"
     if initrd_key:  # an initrd that could be keyed: the whole root can be cached
         cache.put(
             "root",
@@ -147,8 +150,8 @@ def make(
                 "initrd_key": initrd_key,
                 "kver": kver,
                 "vmlinuz": cache.put_file(vmlinuz),
-                "os_release": cache.put_bytes(uki.os_release(tree)),
+                "os_release": cache.put_bytes(os_release),
             },
         )
     cache.prune()
-    return Root(root_img, digest, tree, initrd_path, tree_cached=False, initrd_cached=initrd_cached)
+    return Root(root_img, digest, boot, initrd_path, tree_cached=False, initrd_cached=initrd_cached, tree=how)

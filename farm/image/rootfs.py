@@ -4,8 +4,8 @@ The repository has one .deb per package name (farm builds and archive pins, see 
 apt cannot choose anything else, and it runs offline. With ``SOURCE_DATE_EPOCH`` set and the two host files
 mmdebstrap copies (resolv.conf, hostname) pinned, the tree is the same every time. mmdebstrap writes the directory
 itself (no tarball to write and unpack again) and dpkg runs with ``force-unsafe-io`` (no fsync per unpacked file:
-a half-written tree is thrown away anyway; measured 24 s instead of 46 s on a loaded 2-core machine). The image
-build caches what it makes from the tree (:mod:`farm.image.rootcache`), not the tree.
+a half-written tree is thrown away anyway; measured 24 s instead of 46 s on a loaded 2-core machine). Trees are kept
+between builds by :mod:`farm.image.basetree`, what is made from them by :mod:`farm.image.rootcache`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from farm.run import CommandFailed, require_tool, run
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 4  # bump when the way the tree is made changes (it is part of the cache key)
+RECIPE_VERSION = 5  # bump when the way the tree is made changes (it is part of the cache key)
 SUITE = "bookworm"
 HOSTNAME = "mangos"
 TIMEOUT = 1800.0
@@ -151,6 +151,7 @@ def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: Image
             rootless.share(repo)
     if dest.exists():
         shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     wished = {r.partition("/")[0] for r in inputs.requested}  # NAME/SUITE (farm.image.extensions) installs NAME
     include = sorted(p.name for p in inputs.packages if p.name in wished)
     with step("mmdebstrap", log, packages=len(include)):
@@ -169,5 +170,30 @@ def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: Image
             if tar:
                 tar.unlink(missing_ok=True)
     rootless.drop_device_nodes(dest)  # as a build without root must: the same tree either way
+    normalize(dest)
     shutil.rmtree(repo, ignore_errors=True)
     return dest
+
+
+# What dpkg and apt leave that depends on the order packages came in, not on which: dpkg's backups of its previous
+# database and its log. A tree made by mmdebstrap and one made from a stored tree (:mod:`farm.image.basetree`) then
+# agree; neither file is read by anything in the image.
+ORDER_DEPENDENT = (
+    "var/lib/dpkg/status-old",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/statoverride-old",
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+)
+EXTENDED_STATES = "var/lib/apt/extended_states"
+
+
+def normalize(tree: Path) -> None:
+    """Drop :data:`ORDER_DEPENDENT` files, and sort apt's auto-installed marks (apt writes them in its install
+    order) by package and architecture."""
+    for rel in ORDER_DEPENDENT:
+        (tree / rel).unlink(missing_ok=True)
+    states = tree / EXTENDED_STATES
+    if states.exists():
+        stanzas = [s.strip("\n") for s in states.read_text().split("\n\n") if s.strip()]
+        states.write_text("".join(s + "\n\n" for s in sorted(stanzas, key=lambda s: s.splitlines()[:2])))

@@ -6,6 +6,7 @@ archive's key vouches for. Both the source imports (Sources) and the archive pin
 
 from __future__ import annotations
 
+import functools
 import glob
 import re
 from pathlib import Path
@@ -33,8 +34,16 @@ def apt_cat_argv(path: Path) -> list[str]:
 
 
 def read_list(path: Path) -> str:
-    """The text of one of apt's lists, whatever its compression."""
-    return run(apt_cat_argv(path)).text
+    """The text of one of apt's lists, whatever its compression; read once per process while the file stays the
+    same (size and mtime): an image build reads each Packages list three times (essential set, versions, sha256s),
+    a batch import each Sources list once per package."""
+    st = path.stat()
+    return _read_list(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_list(path: str, size: int, mtime_ns: int) -> str:
+    return run(apt_cat_argv(Path(path))).text
 
 
 def packages_lists(lists_dir: Path = APT_LISTS) -> list[Path]:

@@ -30,9 +30,10 @@ class ArchiveImage:
     def home(self) -> Path:
         return self.farm.home
 
-    def build(self, out: Path) -> dict[str, Any]:
-        """Another build of the same inputs in the same home (its caches as they are now) into ``out``."""
-        result: dict[str, Any] = self.farm.json("image", "build", "--recipes", str(self.recipes), "-o", str(out))
+    def build(self, out: Path, *args: str) -> dict[str, Any]:
+        """Another build in the same home (its caches as they are now) into ``out``: the same inputs, or with
+        ``args`` (``--deb FILE``) added."""
+        result: dict[str, Any] = self.farm.json("image", "build", "--recipes", str(self.recipes), "-o", str(out), *args)
         return result
 
 

@@ -14,6 +14,7 @@ import pytest
 from farm.image import initrd
 from farm.image.cache import ImageCache
 from tests.image.conftest import ArchiveImage
+from tests.lib.debvariant import variant_deb
 
 KVER = "6.1.0-test-amd64"
 
@@ -211,19 +212,30 @@ def _sha(path: Path) -> str:
 
 
 @pytest.mark.e2e
-def test_a_cold_build_and_builds_from_the_cache_give_the_same_bytes(archive_image: ArchiveImage) -> None:
-    """Cold (empty caches: the session's reference build); then warm with only the initrd cached (the tree, erofs
-    and everything after made again, as when one package changed); then with the whole root cached. Every .raw and
-    SHA256SUMS is the same."""
+def test_a_tree_from_the_stored_one_and_a_cold_build_give_the_same_bytes(
+    archive_image: ArchiveImage, tmp_path: Path
+) -> None:
+    """Cold (empty caches: the session's reference build, whose tree is stored). Then hello changes (a farm build of
+    it no build has seen): the tree is the stored one with hello upgraded by dpkg, the initrd comes from the cache.
+    The same inputs from empty tree and root caches (mmdebstrap makes the tree afresh), and once more with the whole
+    root cached: every .raw and SHA256SUMS is the same as the one made from the stored tree."""
     cold, cache, out = archive_image.built, archive_image.home / "cache/image", archive_image.out.parent
-    assert not [p for p in cache.rglob("*") if p.name.startswith(".")]
-    shutil.rmtree(cache / "entries/root")  # the tree is made again; the initrd comes from the cache
-    warm = archive_image.build(out / "warm")
-    assert cold["cached"] == {"root": False, "initrd": False} and "rootfs" in warm["stages"]
-    assert warm["cached"] == {"root": False, "initrd": True}
-    hit = archive_image.build(out / "hit")
+    temporary = [*(cache / "blobs").rglob(".*"), *(cache / "entries").rglob(".*"), *(cache / "trees").glob(".*")]
+    assert not temporary  # (a stored tree holds dot files of its own: /etc/skel/.bashrc, ...)
+    assert cold["cached"] == {"root": False, "initrd": False} and cold["tree"] == "fresh"
+    deb = variant_deb(archive_image.home, tmp_path / "debs", "t1")
+    delta = archive_image.build(out / "delta", "--deb", str(deb))
+    assert delta["tree"] == "delta: hello 2.10-3+bencht1", delta["tree"]
+    assert delta["cached"] == {"root": False, "initrd": True} and "rootfs" in delta["stages"]
+    assert len(list((cache / "trees").iterdir())) == 1  # the tree made from the stored one is not stored
+    shutil.rmtree(cache / "trees")
+    shutil.rmtree(cache / "entries/root")
+    fresh = archive_image.build(out / "fresh", "--deb", str(deb))
+    assert fresh["tree"] == "fresh" and fresh["cached"] == {"root": False, "initrd": True}
+    hit = archive_image.build(out / "hit", "--deb", str(deb))
     assert hit["cached"] == {"root": True, "initrd": True} and "rootfs" not in hit["stages"]
-    for other in (warm, hit):
-        assert _sha(Path(str(other["raw"]))) == _sha(Path(str(cold["raw"])))
-    sums = {(d / "SHA256SUMS").read_bytes() for d in (archive_image.out, out / "warm", out / "hit")}
+    assert _sha(Path(str(delta["raw"]))) != _sha(Path(str(cold["raw"])))  # hello did change
+    for other in (fresh, hit):
+        assert _sha(Path(str(other["raw"]))) == _sha(Path(str(delta["raw"])))
+    sums = {(out / d / "SHA256SUMS").read_bytes() for d in ("delta", "fresh", "hit")}
     assert len(sums) == 1

@@ -145,7 +145,11 @@ def test_the_profile_sysext_takes_the_farm_builds_it_has_too(tmp_path: Path, mon
     profile = [Pin(n, "1", "amd64", "0" * 64) for n in ("docker.io", "runc")]
     monkeypatch.setattr(inputs, "farm_debs", lambda *a: dict(farm))
     monkeypatch.setattr(inputs, "essential_packages", lambda *a: [])
-    monkeypatch.setattr(inputs, "resolve_install", lambda names, work: base + (profile if "docker.io" in names else []))
+
+    def resolve(names: list[str], work: Path, cache: Path | None = None) -> list[Pin]:
+        return base + (profile if "docker.io" in names else [])
+
+    monkeypatch.setattr(inputs, "resolve_install", resolve)
     monkeypatch.setattr(inputs, "_archive", lambda pins, *a: [_pkg(p.package) for p in pins])
     (tmp_path / "recipes").mkdir()
     (tmp_path / "lists").mkdir()

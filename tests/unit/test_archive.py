@@ -10,8 +10,10 @@ import pytest
 from farm.archive import Pin, SourcesIndex, deb_name, exclude_pins, parse_simulation, recipe_dependencies, recipe_toml
 from farm.archive.import_ import existing_patches, split_spec
 from farm.archive.index import packages_entries, parse_sources
-from farm.archive.resolve import build_dep_argv
+from farm.archive.resolve import build_dep_argv, install_argv
 from farm.errors import E, FarmError
+from farm.run import Result
+from farm.sources import apt
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -55,6 +57,29 @@ def test_simulate_argv_uses_the_env_status_and_no_lock() -> None:
     assert argv[:2] == ["apt-get", "-s"]
     assert "Dir::State::status=/t/status" in argv and "Debug::NoLocking=1" in argv
     assert argv[-2:] == ["build-dep", "/t/src"]
+    assert not [a for a in argv if a.startswith("Dir::Cache")]  # apt's own cache settings
+
+
+def test_an_install_simulation_keeps_apts_list_cache_where_asked_and_no_other() -> None:
+    argv = install_argv(Path("/t/status"), ["hello", "/d/x.deb"], cache=Path("/c/apt"))
+    assert "Dir::Cache::srcpkgcache=/c/apt/srcpkgcache.bin" in argv
+    assert "Dir::Cache::pkgcache=" in argv  # (it would hold the empty status and the .debs of this one call)
+    assert argv[-3:] == ["install", "hello", "/d/x.deb"]
+
+
+def test_an_apt_list_is_read_once_while_it_stays_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, ...]] = []
+
+    def cat(argv: list[str]) -> Result:
+        calls.append(tuple(argv))
+        return Result(tuple(argv), 0, Path(argv[-1]).read_bytes(), b"")
+
+    monkeypatch.setattr(apt, "run", cat)
+    index = tmp_path / "x_Packages"
+    index.write_text("Package: a\n")
+    assert apt.read_list(index) == apt.read_list(index) == "Package: a\n" and len(calls) == 1
+    index.write_text("Package: ab\n")
+    assert apt.read_list(index) == "Package: ab\n" and len(calls) == 2
 
 
 def test_pin_round_trip() -> None:
