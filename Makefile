@@ -14,7 +14,7 @@ export MANGOS_FARM_HOME ?= $(CURDIR)/.mangos
 APT_PACKAGES := git bubblewrap build-essential python3-venv ca-certificates openssl dpkg dpkg-dev redis-server \
 	chromium chromium-driver prometheus mmdebstrap \
 	erofs-utils cryptsetup-bin fdisk dosfstools mtools sbsigntool binutils systemd-boot-efi systemd-container \
-	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux mount coreutils locales hostname uidmap \
+	faketime qemu-system-x86 ovmf swtpm swtpm-tools diffoscope-minimal disorderfs util-linux mount coreutils eatmydata locales hostname uidmap \
 	podman podman-compose runc catatonit netavark aardvark-dns iproute2 nodejs \
 	python3-async-timeout iptables
 

@@ -12,7 +12,9 @@ package of the tree watches with a file trigger, and requested (or not) alike in
 purging such a package runs no code and fires no trigger, so dpkg (the tree's own, in a chroot of the overlay)
 leaves the files, modes and dpkg database mmdebstrap makes for the new set; the installed set is then checked
 against the wanted one, name by name and version by version. Any other change makes the tree afresh with
-mmdebstrap and stores it; the least recently used trees beyond :data:`KEEP` are deleted. tests/image/test_cache.py
+mmdebstrap (without sync calls: :mod:`farm.image.rootfs`) and stores it once one ``syncfs`` has put it on disk
+whole (the build reads it meanwhile): a crash never leaves a half-written tree under a key. The least recently used
+trees beyond :data:`KEEP` are deleted. tests/image/test_cache.py
 builds one image both ways and compares the bytes.
 
 Trees are kept for builds as root only: a build without root makes its tree each time (:mod:`farm.image.rootless`).
@@ -30,6 +32,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,21 +270,25 @@ def _touch(s: Stored) -> None:
     os.utime(s.dir / "meta.json")
 
 
-def _fresh(got: Inputs, *, sde: int, key: str, trees: Path, work: Path, cache: ImageCache) -> Stored:
+def _make(got: Inputs, *, sde: int, key: str, trees: Path, work: Path, cache: ImageCache) -> Path:
+    """mmdebstrap's tree for ``got`` in a temporary directory of ``trees``, with its meta.json: not stored yet."""
     tmp = trees / f".tmp-{key[:16]}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         rootfs.build_tree(got, sde=sde, dest=tmp / "tree", work=work, cache=cache)
         atomic_write(tmp / "meta.json", json.dumps(meta_doc(got, key, sde), sort_keys=True).encode())
-        final = trees / key
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    stored = load(trees / key)
-    assert stored is not None
-    return stored
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _store(tmp: Path, trees: Path, key: str) -> None:
+    """Name a made tree (synced to disk before: a tree is written without sync calls, :mod:`farm.image.rootfs`)."""
+    final = trees / key
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
 
 
 def prune(trees: Path, keep: int = KEEP) -> list[Path]:
@@ -326,22 +333,29 @@ def writable_tree(got: Inputs, *, sde: int, work: Path, cache: ImageCache) -> It
     key = tree_key(got, sde)
     start = time.monotonic()
     base, d, why = choose(got, sde, key, trees)
-    how = "stored" if d is None else f"delta: {d.describe()}"
-    if base is None:
-        log.info("making the tree afresh (%s)", why)
-        base, how = _fresh(got, sde=sde, key=key, trees=trees, work=work, cache=cache), "fresh"
-    _touch(base)
     layer = work / "layer"
     if d is not None:
         try:
-            with overlay.overlay(base.tree, layer), step("installing what changed", log, packages=d.describe()):
+            with overlay.overlay(d.base.tree, layer), step("installing what changed", log, packages=d.describe()):
                 apply(d, layer / "merged", got, sde=sde)
         except FarmError as exc:  # the tree is made afresh instead: a build never fails for want of a shortcut
-            log.warning("the changed packages did not apply to stored tree %s: %s", base.key[:16], exc.message)
+            log.warning("the changed packages did not apply to stored tree %s: %s", d.base.key[:16], exc.message)
             shutil.rmtree(layer)
-            base, how = _fresh(got, sde=sde, key=key, trees=trees, work=work, cache=cache), "fresh"
-    log.info("root tree %s in %.1fs (%s)", key[:16], time.monotonic() - start, how)
-    with overlay.overlay(base.tree, layer) as merged:  # a delta's upper layer, mounted again over its base
-        yield merged, how
-    if how == "fresh":
-        prune(trees)
+            base, why = None, "the changed packages did not apply"
+    if base is not None:
+        _touch(base)
+        how = "stored" if d is None else f"delta: {d.describe()}"
+        log.info("root tree %s in %.1fs (%s)", key[:16], time.monotonic() - start, how)
+        with overlay.overlay(base.tree, layer) as merged:  # a delta's upper layer, mounted again over its base
+            yield merged, how
+        return
+    log.info("making the tree afresh (%s)", why)
+    tmp = _make(got, sde=sde, key=key, trees=trees, work=work, cache=cache)
+    require_tool("sync")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync") as pool:
+        synced = pool.submit(run, ["sync", "--file-system", str(tmp)])  # while the build reads the tree
+        with overlay.overlay(tmp / "tree", layer) as merged:
+            yield merged, "fresh"
+        synced.result()
+    _store(tmp, trees, key)
+    prune(trees)

@@ -99,14 +99,18 @@ def release_text(packages: bytes) -> str:
     )
 
 
-def mmdebstrap_argv(repo: Path, out_dir: Path, include: Sequence[str], *, tar: Path | None = None) -> list[str]:
+def mmdebstrap_argv(
+    repo: Path, out_dir: Path, include: Sequence[str], *, tar: Path | None = None, nosync: Path | None = None
+) -> list[str]:
     """As root: the tree written at ``out_dir``. With ``tar``: without root (:mod:`farm.image.rootless`), a
-    tarball written there by ``--mode=unshare``, for :func:`farm.image.rootless.unpack` to extract."""
+    tarball written there by ``--mode=unshare``, for :func:`farm.image.rootless.unpack` to extract. ``nosync``:
+    the host's libeatmydata, put in the tree while mmdebstrap runs (:func:`nosync_env`)."""
     mode, out = rootless.mmdebstrap_mode_args(tar) if tar else (["--mode=root", "--format=directory"], str(out_dir))
     return [
         "mmdebstrap",
         "--variant=essential",
         *mode,
+        *(nosync_hooks(nosync) if nosync else []),
         "--dpkgopt=force-unsafe-io",
         "--architectures=amd64",
         f"--include={','.join(include)}",
@@ -121,6 +125,36 @@ def mmdebstrap_argv(repo: Path, out_dir: Path, include: Sequence[str], *, tar: P
         out,
         f"deb [trusted=yes] copy://{repo} ./",
     ]
+
+
+# dpkg and apt fsync their database after every step, and dpkg starts the write-back of every file it unpacks: some
+# 13,000 sync calls for the default image, each waiting on the disk. A tree that is stored is synced once, whole,
+# before it is named (farm.image.basetree); one that is not is thrown away after the build. So the sync calls of the
+# build itself are made no-ops with libeatmydata: the host's copy serves the host's processes (mmdebstrap, apt)
+# from the default library path, a copy in the tree the chroot's. That copy's directory is on LD_LIBRARY_PATH, so on
+# the host it must be one only root can create (never /tmp), and in the tree one ldconfig does not read (a
+# subdirectory of /usr/lib); it leaves the tree with the last customize hook.
+EATMYDATA = Path("/usr/lib/x86_64-linux-gnu/libeatmydata.so.1")
+NOSYNC_DIR = "/usr/lib/mangos-nosync"
+
+
+def nosync_hooks(lib: Path) -> list[str]:
+    return [
+        f'--extract-hook=mkdir -p "$1{NOSYNC_DIR}" && cp -L {lib} "$1{NOSYNC_DIR}/libeatmydata.so"',
+        f'--customize-hook=rm -rf "$1{NOSYNC_DIR}"',
+    ]
+
+
+def nosync_env() -> dict[str, str]:
+    return {"LD_PRELOAD": "libeatmydata.so", "LD_LIBRARY_PATH": NOSYNC_DIR}
+
+
+def nosync_library() -> Path:
+    """The host's libeatmydata (package eatmydata); an error naming the package when it is missing."""
+    require_tool("eatmydata")
+    if not EATMYDATA.exists():
+        raise FarmError(E.IMAGE_BUILD, f"{EATMYDATA} is missing", hint="apt-get install eatmydata (make setup)")
+    return EATMYDATA
 
 
 def mmdebstrap_env(sde: int) -> dict[str, str]:
@@ -154,9 +188,11 @@ def build_tree(inputs: Inputs, *, sde: int, dest: Path, work: Path, cache: Image
     dest.parent.mkdir(parents=True, exist_ok=True)
     wished = {r.partition("/")[0] for r in inputs.requested}  # NAME/SUITE (farm.image.extensions) installs NAME
     include = sorted(p.name for p in inputs.packages if p.name in wished)
+    nosync = None if tar else nosync_library()
+    env = mmdebstrap_env(sde) | (nosync_env() if nosync else {})
     with step("mmdebstrap", log, packages=len(include)):
         try:
-            run(mmdebstrap_argv(repo, dest, include, tar=tar), env=mmdebstrap_env(sde), timeout=TIMEOUT)
+            run(mmdebstrap_argv(repo, dest, include, tar=tar, nosync=nosync), env=env, timeout=TIMEOUT)
             if tar:
                 rootless.unpack(tar, dest)
         except CommandFailed as exc:
