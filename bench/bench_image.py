@@ -8,7 +8,8 @@ reads the per-stage durations it records in ``build.json`` (``initrd`` runs besi
 to more than the total); then times ``image verify``. **warm** changes one package: a ``hello`` .deb (the archive's,
 with a new version and one file more, signed by the home's builder key, given with ``--deb``) that no build has
 seen, against caches a previous build filled (if its initrd was not cached, the cache was cold: it runs once more).
-**cold** moves the image cache aside for the run; the fresh cache stays. Both give a signed bootable image.
+**cold** moves the image build's caches (images, stored trees, apt's list cache) aside for the run; the fresh
+ones stay. Both give a signed bootable image.
 The baseline of the same run is mkosi 24.3 from bookworm-backports, run in an mmdebstrap chroot that has
 backports' systemd (the host keeps its own), building the same requested packages into a signed UKI disk image
 (:mod:`bench._image_mkosi`): cold (empty package cache) and warm (its cache filled; mkosi builds everything else
@@ -71,20 +72,23 @@ def build(farm: Farm, recipes: str, out: Path, deb: Path) -> dict[str, Any]:
 
 
 def ours(farm: Farm, recipes: str, work: Path, mode: str) -> dict[str, Any]:
-    """Our cold build (the image cache moved aside; the fresh one is kept, the old one dropped after) and warm."""
-    cache = farm.home / "cache" / "image"
+    """Our cold build (the image build's caches moved aside: images, stored trees, apt's list cache; the fresh ones
+    are kept, the old ones dropped after) and warm."""
+    caches = [farm.home / "cache" / name for name in ("image", "apt")]
     runs: dict[str, Any] = {}
     if mode in ("both", "cold"):
         aside = Path(tempfile.mkdtemp(prefix="mangos-bench-cache-", dir=farm.home))
         try:
-            if cache.exists():
-                cache.rename(aside / "image")
-            progress("our build, cold (empty image cache)")
+            for cache in caches:
+                if cache.exists():
+                    cache.rename(aside / cache.name)
+            progress("our build, cold (empty image and apt caches)")
             runs["cold"] = build(farm, recipes, work / "cold", variant_deb(farm.home, work / "debs", "cold"))
         except BaseException:
-            if (aside / "image").exists():
-                shutil.rmtree(cache, ignore_errors=True)
-                (aside / "image").rename(cache)
+            for cache in caches:
+                if (aside / cache.name).exists():
+                    shutil.rmtree(cache, ignore_errors=True)
+                    (aside / cache.name).rename(cache)
             raise
         finally:
             shutil.rmtree(aside, ignore_errors=True)
