@@ -18,14 +18,13 @@ def find_cycle(graph: Graph) -> list[str] | None:
     for root in sorted(graph):
         if colour[root] != white:
             continue
-        stack: list[tuple[str, int]] = [(root, 0)]
+        stack: list[tuple[str, list[str], int]] = [(root, sorted(graph.get(root, ())), 0)]  # deps sorted once
         path: list[str] = [root]
         colour[root] = grey
         while stack:
-            node, i = stack[-1]
-            deps = sorted(graph.get(node, ()))
+            node, deps, i = stack[-1]
             if i < len(deps):
-                stack[-1] = (node, i + 1)
+                stack[-1] = (node, deps, i + 1)
                 nxt = deps[i]
                 if nxt not in colour:
                     continue
@@ -33,7 +32,7 @@ def find_cycle(graph: Graph) -> list[str] | None:
                     return [*path[path.index(nxt) :], nxt]
                 if colour[nxt] == white:
                     colour[nxt] = grey
-                    stack.append((nxt, 0))
+                    stack.append((nxt, sorted(graph.get(nxt, ())), 0))
                     path.append(nxt)
             else:
                 colour[node] = black
@@ -85,15 +84,18 @@ def transitive_dependents(graph: Graph, node: str) -> set[str]:
     return seen
 
 
-def critical_path_lengths(graph: Graph, cost: Mapping[str, float] | None = None) -> dict[str, float]:
+def critical_path_lengths(
+    graph: Graph, cost: Mapping[str, float] | None = None, *, order: Sequence[str] | None = None
+) -> dict[str, float]:
     """For each node, the cost of the longest chain from it through everything that depends on it.
 
     Scheduling the node with the longest remaining chain first keeps the makespan near its lower bound.
+    ``order``: the graph's :func:`topological_order`, when the caller has it already (not worked out again).
     """
     rev = dependents_of(graph)
     weights = cost or {}
     result: dict[str, float] = {}
-    for node in reversed(topological_order(graph)):
+    for node in reversed(topological_order(graph) if order is None else order):
         tail = max((result[c] for c in rev.get(node, ())), default=0.0)
         result[node] = weights.get(node, 1.0) + tail
     return result

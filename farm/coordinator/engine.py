@@ -379,9 +379,10 @@ class Coordinator(Scheduler, Outcomes, Commands):
 
     # -- views ------------------------------------------------------------------------------------------------
     def status(self, run_id: str, now: float | None = None) -> dict[str, Any]:
+        """The run's header and the summary of each of its builds, in plan order (no recipe: none is shown)."""
         now = time.time() if now is None else now
         run = self.runs.get(run_id)
-        jobs = self.runs.jobs(run_id, now)
+        jobs = self.runs.jobs(run_id, now, recipes=False)
         waiting = [now - j.ready_since for j in jobs.values() if j.state is State.WAITING and j.ready_since]
         return run_header(run, jobs) | {
             "oldest_waiting_seconds": round(max(waiting), 1) if waiting else 0.0,

@@ -16,10 +16,9 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm import metrics
-from farm.build import BuildOutcome
 from farm.coordinator.indexes import Live
 from farm.coordinator.records import Job, State
 from farm.coordinator.tickstate import Config, Dispatcher, Listener, TickState
@@ -27,6 +26,9 @@ from farm.errors import E, FarmError, RecipeError, TrustError
 from farm.store import BuildRecord
 from farm.trust import audit, keyring
 from farm.trust.keys import PublicKey
+
+if TYPE_CHECKING:  # loaded with the first outcome: a fully cached run has none
+    from farm.build import BuildOutcome
 
 __all__ = ["Config", "Dispatcher", "Listener", "Outcomes"]
 
@@ -56,6 +58,8 @@ class Outcomes(TickState):
             log.info("discarding a stale result (lease %s)", token[:8] or "none")
             metrics.stale_results.inc()
             return
+        from farm.build import BuildOutcome
+
         try:
             outcome = BuildOutcome.from_json(message["outcome"])
         except (KeyError, TypeError) as exc:

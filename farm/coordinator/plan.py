@@ -145,7 +145,7 @@ def make_plan(
     """
     deps_graph = {r.name: list(r.build_depends) for r in recipes.recipes.values()}
     order = graph.topological_order(deps_graph)
-    critical = graph.critical_path_lengths(deps_graph)
+    critical = graph.critical_path_lengths(deps_graph, order=order)
     plan = Plan(environment=environment, order=order)
     stored: set[str] = set()  # patch digests known to be in the store
     for level in _levels(order, deps_graph):

@@ -43,16 +43,12 @@ def plan_recipes(recipes_dir: Path, settings: Settings, *, force: bool = False) 
 @contextmanager
 def source_resolver(settings: Settings) -> Iterator[Callable[[Recipe], ResolvedSource]]:
     """Resolve each recipe's pinned commit through the farm's source cache; what was resolved is saved on the way
-    out, even when planning fails. A repository location is worked out once per (directory, git URL)."""
+    out, even when planning fails. A repository location is worked out once per (directory, git URL)
+    (:attr:`~farm.recipes.Recipe.git_location` remembers it)."""
     resolved = ResolvedCommits(SourceCache(settings.cache_dir / "git"))
-    locations: dict[tuple[Path, str, str | None], str] = {}
 
     def resolve(r: Recipe) -> ResolvedSource:
-        where = (r.path.parent, r.source.git, r.source.dsc)
-        location = locations.get(where)
-        if location is None:
-            location = locations[where] = r.git_location
-        return resolved.resolve(location, r.source.commit, r.source.ref, origin=str(r.path))
+        return resolved.resolve(r.git_location, r.source.commit, r.source.ref, origin=str(r.path))
 
     try:
         yield resolve

@@ -20,9 +20,15 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from farm.coordinator.policy import Lane
+from farm.identity import json_encoder
 
 _T = TypeVar("_T")
 
+
+# The encoders of the persisted forms: json.dumps with these options (made once, see farm.identity.json_encoder).
+_SORTED = json_encoder(sort_keys=True)
+_SORTED_COMPACT = json_encoder(sort_keys=True, separators=(",", ":"))
+_COMPACT = json_encoder(separators=(",", ":"))
 
 # Fields added after state was first persisted: left out while empty, so that a run or job without them is written
 # back byte for byte as the previous version wrote it (and the previous version reads what this one writes).
@@ -35,7 +41,7 @@ def _encode(record: Any) -> bytes:
     for name in OPTIONAL_FIELDS:
         if name in values and not values[name]:
             del values[name]
-    return json.dumps(values, sort_keys=True).encode()
+    return _SORTED(values).encode()
 
 
 def _decode(cls: type[_T], data: bytes, **enums: Callable[[str], Any]) -> _T:
@@ -122,17 +128,17 @@ class Job:
         """The static part but for the recipe (:meth:`recipe_bytes`)."""
         kept = (f for f in STATIC_FIELDS if f != "recipe" and (f not in OPTIONAL or getattr(self, f)))
         fixed = {f: getattr(self, f) for f in kept}
-        return json.dumps(fixed, sort_keys=True).encode()
+        return _SORTED(fixed).encode()
 
     def recipe_bytes(self) -> bytes:
-        return json.dumps(self.recipe, sort_keys=True).encode()
+        return _SORTED(self.recipe).encode()
 
     def dynamic_bytes(self) -> bytes:
         """The live part, and the name; fields at their default are left out (a waiting build's record is a few
         bytes)."""
         values = {f: getattr(self, f) for f in DYNAMIC_FIELDS}
         out = {"name": self.name} | {f: v for f, v in values.items() if v != _DEFAULTS[f] or f == "state"}
-        return json.dumps(out, sort_keys=True, separators=(",", ":")).encode()
+        return _SORTED_COMPACT(out).encode()
 
     @classmethod
     def from_parts(cls, static: Mapping[str, Any], dynamic: bytes | Mapping[str, Any] | None) -> Job:
@@ -246,7 +252,7 @@ def graph_bytes(jobs: Iterable[Job]) -> bytes:
     """A run's dependency graph as one document: build name -> [critical path, dependencies]. Written once at
     submission beside the static parts (it never changes), so that a view reads it in one go."""
     graph = {j.name: [j.critical_path, j.deps] for j in jobs}
-    return json.dumps(graph, separators=(",", ":")).encode()
+    return _COMPACT(graph).encode()
 
 
 def decode_graph(data: bytes) -> dict[str, tuple[float, list[str]]]:

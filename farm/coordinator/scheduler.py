@@ -17,10 +17,9 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farm import metrics
-from farm.build import BuildRequest, DependencyInput
 from farm.coordinator import layout, policy
 from farm.coordinator.indexes import Live, job_class, store_settled
 from farm.coordinator.policy import Lane
@@ -28,6 +27,9 @@ from farm.coordinator.records import Job, State, new_nonce
 from farm.coordinator.slots import Slots
 from farm.coordinator.tickstate import TickState
 from farm.identity import build_key
+
+if TYPE_CHECKING:  # loaded with the first dispatch: a fully cached run makes no request
+    from farm.build import BuildRequest
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,8 @@ class Scheduler(TickState):
         self.outbox.append((live, job))
 
     def _request(self, live: Live, job: Job) -> BuildRequest:
+        from farm.build import BuildRequest, DependencyInput
+
         assert job.key is not None and job.lease is not None
         jobs = live.jobs
         return BuildRequest(

@@ -14,10 +14,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from farm import metrics
-from farm.build import BuildRequest
 from farm.coordinator.indexes import Live, blocked_why
 from farm.coordinator.kv import KV
 from farm.coordinator.leases import LeaseBoard, WorkerInfo
@@ -25,6 +24,9 @@ from farm.coordinator.records import Job, State
 from farm.errors import FarmError
 from farm.store import Store
 from farm.trust.keys import PublicKey
+
+if TYPE_CHECKING:  # the build request is made only to dispatch: a fully cached run does not load farm.build
+    from farm.build import BuildRequest
 
 
 class Dispatcher(Protocol):

@@ -5,7 +5,7 @@ that carry patches only) to apply their patches, as ``recipes check`` does."""
 
 from __future__ import annotations
 
-import difflib
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,13 +18,14 @@ from farm.recipes.model import Recipe, parse
 from farm.recipes.parsecache import ParseCache
 from farm.recipes.patches import apply, read_local
 from farm.recipes.schema import err
-from farm.tomlfile import SYNTAX_HINT, load_toml
 
 if TYPE_CHECKING:
     from farm.sources.git import SourceCache
 
 
 def load_file(path: Path) -> Recipe:
+    from farm.tomlfile import SYNTAX_HINT, load_toml  # only when a file is parsed (a cached plan parses none)
+
     data = load_toml(path, E.RECIPE_SYNTAX, read_code=E.RECIPE_DIR, hint=f"{SYNTAX_HINT} (https://toml.io)")
     return parse(data, path)
 
@@ -36,9 +37,40 @@ SEPARATE_SET = ".recipe-set"
 
 def recipe_files(directory: Path) -> list[Path]:
     """The ``*.toml`` recipes of ``directory`` and its subdirectories (a set may be grouped in them, as
-    ``recipes/debian/``), sorted, leaving out every subdirectory that holds a :data:`SEPARATE_SET` file."""
-    separate = [d.parent for d in directory.rglob(SEPARATE_SET) if d.parent != directory]
-    return sorted(p for p in directory.rglob("*.toml") if not any(s in p.parents for s in separate))
+    ``recipes/debian/``), sorted as paths sort, leaving out every subdirectory that holds a :data:`SEPARATE_SET`
+    file. What ``directory.rglob("*.toml")`` finds (any entry so named; symbolic links to directories are not
+    followed; a directory that cannot be listed is skipped)."""
+    return [Path(p) for p in _recipe_names(directory)]
+
+
+def _recipe_names(directory: Path) -> list[str]:
+    """:func:`recipe_files` as the strings of those paths (each ``str()`` of its Path), in one walk of plain
+    names: a set of thousands of recipes is listed on every plan, most of them then found in the parse cache."""
+    top = str(directory)
+    found: list[tuple[tuple[str, ...], str]] = []  # (parts below directory, path): sorted as the paths would sort
+    _walk("" if top == "." else top.rstrip("/") + "/", (), found, top=True)
+    found.sort()
+    return [path for _, path in found]
+
+
+def _walk(prefix: str, parts: tuple[str, ...], found: list[tuple[tuple[str, ...], str]], *, top: bool) -> None:
+    try:
+        with os.scandir(prefix or ".") as listing:
+            entries = list(listing)
+    except PermissionError:
+        return
+    if not top and any(e.name == SEPARATE_SET for e in entries) and os.path.exists(prefix + SEPARATE_SET):
+        return  # a recipe set of its own
+    for entry in entries:
+        name = entry.name
+        if name.endswith(".toml"):
+            found.append(((*parts, name), prefix + name))
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        if is_dir:
+            _walk(prefix + name + "/", (*parts, name), found, top=False)
 
 
 @dataclass(frozen=True)
@@ -65,7 +97,7 @@ def load_dir(directory: Path, cache_dir: Path | None = None) -> RecipeSet:
             file=directory,
             hint="pass the directory holding the *.toml recipes, e.g. 'recipes/'",
         )
-    files = recipe_files(directory)
+    files = _recipe_names(directory)
     if not files:
         raise RecipeError(
             E.RECIPE_DIR,
@@ -76,9 +108,9 @@ def load_dir(directory: Path, cache_dir: Path | None = None) -> RecipeSet:
     errors: list[FarmError] = []
     by_name: dict[str, Recipe] = {}
     cache = ParseCache(cache_dir, directory) if cache_dir is not None else None
-    for path in files:
+    for name in files:
         try:
-            recipe = _load_cached(path, cache) if cache is not None else load_file(path)
+            recipe = _load_cached(name, cache) if cache is not None else load_file(Path(name))
         except ErrorGroup as group:
             errors.extend(group.errors)
             continue
@@ -90,7 +122,7 @@ def load_dir(directory: Path, cache_dir: Path | None = None) -> RecipeSet:
             errors.append(
                 err(
                     E.RECIPE_DUPLICATE,
-                    path,
+                    Path(name),
                     "name",
                     f"recipe '{recipe.name}' is also defined in {other}",
                     "rename one of them or delete the duplicate",
@@ -111,6 +143,8 @@ def _unknown_deps(by_name: Mapping[str, Recipe], directory: Path) -> list[FarmEr
     for recipe in by_name.values():
         for dep in recipe.build_depends:
             if dep not in by_name:
+                import difflib  # only to name a likely intended recipe
+
                 close = difflib.get_close_matches(dep, list(by_name), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"add a recipe named '{dep}' to {directory}"
                 errors.append(
@@ -143,15 +177,16 @@ def _set_errors(by_name: Mapping[str, Recipe], directory: Path) -> list[FarmErro
     return errors
 
 
-def _load_cached(path: Path, cache: ParseCache) -> Recipe:
+def _load_cached(name: str, cache: ParseCache) -> Recipe:
+    """The recipe in file ``name`` (a path's string), from the cache while the file is unchanged."""
     try:
-        st = path.stat()
+        st = os.stat(name)
     except OSError:
-        return load_file(path)  # which says what is wrong with it
-    recipe = cache.get(path, st)
+        return load_file(Path(name))  # which says what is wrong with it
+    recipe = cache.get(name, st)
     if recipe is None:
-        recipe = load_file(path)
-        cache.put(path, st, recipe)
+        recipe = load_file(Path(name))
+        cache.put(name, st, recipe)
     return recipe
 
 

@@ -11,6 +11,7 @@ build in instead of the host's /usr; that too is recorded only when given.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -128,7 +129,7 @@ class Recipe:
         url = self.source.git
         if "://" in url or url.startswith(("git@", "/")):
             return url
-        return _resolved(self.path.parent, url)
+        return _resolved(os.path.dirname(self.path), url)  # a string: no Path made and hashed per call
 
     @classmethod
     def from_content(cls, content: Mapping[str, Any], path: Path = Path("<memory>")) -> Recipe:
@@ -137,9 +138,10 @@ class Recipe:
 
 
 @lru_cache(maxsize=4096)
-def _resolved(directory: Path, url: str) -> str:
-    """``url`` resolved against ``directory``: once per pair, as a run of thousands of recipes shares a few."""
-    return str((directory / url).resolve())
+def _resolved(directory: str, url: str) -> str:
+    """``url`` resolved against ``directory`` (empty: the working directory): once per pair, as a run of thousands
+    of recipes shares a few."""
+    return str((Path(directory) / url).resolve())
 
 
 def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:

@@ -24,7 +24,6 @@ import time
 from pathlib import Path, PosixPath
 from typing import Any
 
-from farm import tomlfile
 from farm.fsutil import atomic_write
 from farm.recipes.inputs import Input
 from farm.recipes.model import Recipe, Source
@@ -43,9 +42,10 @@ def stamp(st: os.stat_result) -> Stamp:
 
 def code_stamp() -> str:
     """What the parser is: the stamps of the files that define it (a changed parser drops every entry)."""
-    here = Path(__file__).parent
-    files = [*sorted(here.glob("*.py")), Path(tomlfile.__file__)]
-    return hashlib.sha256(repr([(f.name, stamp(f.stat())) for f in files]).encode()).hexdigest()
+    here = os.path.dirname(__file__)
+    names = sorted(n for n in os.listdir(here) if n.endswith(".py"))  # no glob: its pattern is compiled per process
+    files = [*(os.path.join(here, n) for n in names), os.path.join(os.path.dirname(here), "tomlfile.py")]
+    return hashlib.sha256(repr([(os.path.basename(f), stamp(os.stat(f))) for f in files]).encode()).hexdigest()
 
 
 class _Unpickler(pickle.Unpickler):
@@ -71,14 +71,14 @@ class ParseCache:
             if isinstance(data, dict) and data.get("version") == VERSION and data.get("code") == self.code:
                 self.kept = data["entries"]
 
-    def get(self, path: Path, st: os.stat_result) -> Recipe | None:
+    def get(self, path: Path | str, st: os.stat_result) -> Recipe | None:
         entry = self.kept.get(str(path))
         if entry is None or entry[0] != stamp(st) or not isinstance(entry[1], Recipe):
             return None
         self.now[str(path)] = entry
         return entry[1]
 
-    def put(self, path: Path, st: os.stat_result, recipe: Recipe) -> None:
+    def put(self, path: Path | str, st: os.stat_result, recipe: Recipe) -> None:
         """Keep ``recipe``, parsed from ``path`` as it was at ``st``, if it may be kept (see the invariants)."""
         self.changed = True
         if recipe.patches or recipe.inputs or time.time() - st.st_mtime < RACY_SECONDS:

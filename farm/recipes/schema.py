@@ -6,7 +6,6 @@ so that all problems of a recipe, and of a directory, are reported together.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +88,8 @@ def check_table(table: Mapping[str, Any], schema_name: str, path: Path, errors: 
     prefix = f"{schema_name}." if schema_name else ""
     for key in table:
         if key not in schema:
+            import difflib  # only to name a likely intended key
+
             close = difflib.get_close_matches(key, list(schema), n=1)
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"allowed keys: {', '.join(schema)}"
             errors.append(err(E.RECIPE_UNKNOWN_KEY, path, prefix + key, "unknown key", hint))

@@ -13,7 +13,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -63,10 +63,20 @@ class BuildRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuildRecord:
+        """The record ``data`` holds (:meth:`to_json`'s form). A field missing or unknown, in the record or one of
+        its artifacts, raises TypeError, as the constructor does (a store reports that record as unreadable)."""
         data = dict(data)
         data.pop("schema", None)
-        data["artifacts"] = tuple(Artifact(**a) for a in data["artifacts"])
-        return cls(**data)
+        data["artifacts"] = tuple(_artifact(a) for a in data["artifacts"])
+        if not (_RECORD_REQUIRED <= data.keys() <= _RECORD_FIELDS):
+            return cls(**data)  # raises TypeError, naming the field
+        # Exactly the constructor's result, without its per-field frozen assignments (a plan reads a record per
+        # recipe, thousands at a time): every field present, or at its default.
+        record = object.__new__(cls)
+        if "key_inputs" not in data:
+            data["key_inputs"] = {}
+        record.__dict__.update(data)
+        return record
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> BuildRecord:
@@ -81,6 +91,23 @@ class BuildRecord:
         """The sha256 of the stored bytes this record was read from (:meth:`from_bytes`); None for a record made
         in memory. Not a field: it is not part of the record's content, equality or JSON."""
         return self.__dict__.get("_stored_sha256")
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(BuildRecord))
+_RECORD_REQUIRED = _RECORD_FIELDS - {"key_inputs"}
+_ARTIFACT_FIELDS = frozenset(f.name for f in fields(Artifact))
+_ARTIFACT_REQUIRED = _ARTIFACT_FIELDS - {"executable"}
+
+
+def _artifact(data: dict[str, Any]) -> Artifact:
+    """``Artifact(**data)``, built directly when ``data`` has exactly its fields (else the constructor raises)."""
+    if type(data) is not dict or not (_ARTIFACT_REQUIRED <= data.keys() <= _ARTIFACT_FIELDS):
+        return Artifact(**data)
+    artifact = object.__new__(Artifact)
+    artifact.__dict__.update(data)
+    if "executable" not in data:
+        artifact.__dict__["executable"] = False
+    return artifact
 
 
 class Store(ABC):

@@ -28,6 +28,7 @@ from farm.store.base import Artifact, BuildRecord, Store
 from farm.store.names import check_digest, check_record_names
 
 CHUNK = 1 << 20
+RECORD_READ = 1 << 16  # a record is read in pieces of this size (a few KiB: one read, and one to see the end)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,6 +43,7 @@ class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
+        self._records = str(root / "records")
         for sub in ("blobs/sha256", "records", "index/recipe", "index/commit", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -180,10 +182,20 @@ class LocalStore(Store):
         return published
 
     def get_record(self, build_key: str) -> BuildRecord | None:
-        try:
-            return BuildRecord.from_bytes(self._record_path(build_key).read_bytes())
+        check_digest(build_key)
+        try:  # a plain path and descriptor: a plan reads a record per recipe, thousands at a time
+            fd = os.open(f"{self._records}/{build_key}.json", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, RECORD_READ):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        raw = b"".join(chunks)
+        try:
+            return BuildRecord.from_bytes(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise StoreError(
                 E.STORE_CORRUPT,
