@@ -41,6 +41,7 @@ IMAGE_BINARIES = {
     "db5.3": ("libdb5.3",),
     "runc": ("runc",),
     "cryptsetup": ("libcryptsetup12",),
+    "systemd": ("libsystemd-shared", "libsystemd0", "libudev1", "systemd", "systemd-sysv", "udev"),
     "util-linux": (
         "util-linux",
         "mount",
