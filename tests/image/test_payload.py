@@ -58,7 +58,14 @@ def test_selftest_unit_gates_boot_complete_and_secure_boot_unit_powers_off() -> 
     assert "SuccessAction=poweroff-force" in refuse
     assert payload.REFUSE_MARKER in refuse
     # every repart.d partition is Encrypt=tpm2: without a TPM repart is skipped rather than failing every boot
-    assert "ConditionSecurity=tpm2" in (units / "systemd-repart.service.d/50-mangos-tpm2.conf").read_text()
+    repart = (units / "systemd-repart.service.d/50-mangos-tpm2.conf").read_text()
+    assert "ConditionSecurity=tpm2" in repart
+    # sealed to PCR 7 only (what an update keeps: the db key signing every UKI), the unit's ExecStart= replaced
+    starts = [line for line in repart.splitlines() if line.startswith("ExecStart=")]
+    assert starts == ["ExecStart=", "ExecStart=systemd-repart --dry-run=no --tpm2-pcrs=7"]
+    # /var's boot history is recorded first, and can never fail the self-test (a failing release's boots count too)
+    pre = [line for line in selftest.splitlines() if line.startswith("ExecStartPre=")]
+    assert pre == ["ExecStartPre=-/usr/lib/mangos/selftest record"]
 
 
 @pytest.mark.unit

@@ -14,6 +14,11 @@ credentials from the ESP:
 3. ``test_rollback_to_release_2_after_three_failed_boots_of_release_3``: running 2, the updater writes 3 into slot A
    (the one not running, which held 1); 3 fails its self-test each boot and reboots (its entry goes ``+2-1``,
    ``+1-2``, ``+0-3``); the fourth boot is 2 from slot B again, by itself.
+The machine has a software TPM (one state for its life): the first boot's systemd-repart creates swap, /var and
+/var/tmp sealed to it, and from the second boot on /var is that encrypted partition, whichever release runs. The
+self-test keeps /var's boot history (one line per boot, even a failing one: ``mangos-var-history: boot N ...`` on the
+console; ``var-first`` and ``var-boots`` on its line): it proves that /var, written first under release 1, survives
+the update to 2, unlocks under 3 (another UKI, another slot) and is still there, with every boot, after the rollback.
 Each boot is one QEMU run (``-no-reboot``: the guest's reboot ends it; a boot the test is done with is stopped: the
 guest has no ACPI power-button handler without logind); its serial log is kept in the machine's work directory.
 """
@@ -30,7 +35,7 @@ from farm.image import gpt
 from farm.image.payload import SELFTEST_OK
 from tests.lib import releases
 from tests.lib.kernel import KERNEL_BUILD_TIMEOUT
-from tests.lib.releases import BROKEN_MARKER, Machine, ReleaseSet, selftest_fields
+from tests.lib.releases import BROKEN_MARKER, VAR_HISTORY, Machine, ReleaseSet, selftest_fields
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(KERNEL_BUILD_TIMEOUT + 1800)]
 
@@ -50,6 +55,15 @@ machine = releases.machine
 
 def _updated(old: str, new: str) -> re.Pattern[str]:
     return re.compile(rf"mangos-update: updated: {old} -> {new} [^\r\n]*")
+
+
+def _history(text: str) -> list[tuple[int, str, str]]:
+    """The boots this console shows recorded in /var's history: (its number there, version, slot)."""
+    return [(int(n), version, slot) for n, version, slot in VAR_HISTORY.findall(text)]
+
+
+def _var(fields: dict[str, str]) -> tuple[str, str, str]:
+    return fields["var"], fields.get("var-first", "-"), fields.get("var-boots", "-")
 
 
 def _inactive_digest(m: Machine) -> str:
@@ -72,6 +86,8 @@ def test_update_refuses_a_release_signed_by_another_key(
     try:
         fields = selftest_fields(run.wait_for(OK, BOOT).group(0))
         assert (fields["version"], fields["slot"], fields["verity-sig"]) == ("1", "A", "kernel"), fields
+        # first boot with the TPM: repart creates the sealed partitions; /var is mounted from the next boot on
+        assert (fields["tpm"], fields["parts"], _var(fields)) == ("yes", "swap,var,var-tmp", ("root", "-", "-")), fields
         blessed = run.wait_for(BLESSED, BOOT).groups()  # first boot: counted, and blessed after the self-test
         code = run.wait_for(EXIT, BOOT).group(1)
     finally:
@@ -82,6 +98,7 @@ def test_update_refuses_a_release_signed_by_another_key(
     assert code == "5", text[-3000:]
     assert "release 2: SHA256SUMS is not signed by a key this machine trusts" in text, text[-3000:]
     assert "nothing was written" in text
+    assert _history(text) == []  # the root's read-only /var keeps nothing
     fetched = " ".join(machine.server.requests)
     assert "/2/SHA256SUMS.p7s" in fetched and "mangos_2." not in fetched, fetched
     assert machine.slots() == slots  # no label changed
@@ -97,12 +114,14 @@ def test_update_writes_slot_b_and_boots_release_2(
     try:
         fields = selftest_fields(run.wait_for(OK, BOOT).group(0))
         assert (fields["version"], fields["slot"]) == ("1", "A"), fields  # 1 still boots (after the refusal too)
+        assert _var(fields) == ("luks", "1", "1"), fields  # the TPM unlocked /var: release 1 is its first boot
         run.wait_for(_updated("1", "2"), UPDATE)
         text = run.wait_exit(REBOOT)  # the updater rebooted the machine (credential mangos.esp-update-reboot)
     finally:
         run.stop()
     record_property("update_boot_seconds", run.seconds)
     assert "SHA256SUMS signature verified" in text and "sha256 verified" in text, text[-3000:]
+    assert _history(text) == [(1, "1", "A")], text[-3000:]
     assert list(machine.slots().values()) == ["root-1", "verity-1", "verity-sig-1", "root-2", "verity-2",
                                               "verity-sig-2"]  # fmt: skip
     assert machine.entries() == ["mangos_1.efi", "mangos_2+3.efi"]  # 1 blessed; 2 with three tries
@@ -110,6 +129,9 @@ def test_update_writes_slot_b_and_boots_release_2(
     run = machine.boot("release-2")  # left running: the rollback test goes on with it
     fields = selftest_fields(run.wait_for(OK, BOOT).group(0))
     assert (fields["version"], fields["slot"], fields["verity-sig"]) == ("2", "B", "kernel"), fields
+    # /var unlocked under 2's UKI (sealed to PCR 7, not to the UKI), with what 1 wrote on it
+    assert _var(fields) == ("luks", "1", "2"), fields
+    assert fields["machine-id"] == selftest_fields(machine.boots[0].wait_for(OK, 0).group(0))["machine-id"]
     assert run.wait_for(BLESSED, BOOT).groups() == ("mangos_2+2-1.efi", "mangos_2.efi")  # the first try was good
     record_property("release_2_boot_seconds", run.seconds)
 
@@ -137,6 +159,7 @@ def test_rollback_to_release_2_after_three_failed_boots_of_release_3(
         finally:
             run.stop()
         assert SELFTEST_OK not in text and "mangos-bless-boot:" not in text, text[-3000:]  # never blessed
+        assert _history(text) == [(2 + attempt, "3", "A")], text[-3000:]  # 3's UKI unlocked /var too
         counted.append(machine.entries())
     assert counted == [
         ["mangos_2.efi", "mangos_3+2-1.efi"],
@@ -150,5 +173,9 @@ def test_rollback_to_release_2_after_three_failed_boots_of_release_3(
         run.stop()
     assert (fields["version"], fields["slot"], fields["verity-sig"]) == ("2", "B", "kernel"), fields
     assert BROKEN_MARKER not in run.text()
+    # the same /var, every boot on it: 1, 2, the three failed ones of 3, and this one
+    assert _var(fields) == ("luks", "1", "6"), fields
+    history = [h for b in machine.boots for h in _history(b.text())]
+    assert history == [(1, "1", "A"), (2, "2", "B"), (3, "3", "A"), (4, "3", "A"), (5, "3", "A"), (6, "2", "B")]
     assert machine.entries() == ["mangos_2.efi", "mangos_3+0-3.efi"]  # 3 has no tries left
     record_property("rollback_seconds", sum(b.seconds for b in machine.boots[-5:]))

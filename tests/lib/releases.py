@@ -11,6 +11,10 @@ The guest reaches the channel at :data:`GUEST_CHANNEL`: a QEMU guest forward to 
 server on a loopback port of this machine, so nothing outside it is touched. The channel URL reaches the updater as
 a systemd credential: the file ``/mangos/update-channel`` on the ESP (mangos-update.service's ``LoadCredential=``;
 the farm's kernel has no ``DMI_SYSFS``, so SMBIOS type 11 credentials cannot reach it).
+
+The machine has a TPM: one swtpm state directory for its whole life, one swtpm process per boot (started with QEMU,
+stopped with it). Its first boot's systemd-repart creates swap, /var and /var/tmp encrypted and sealed to that TPM;
+every later boot unlocks and mounts /var, whichever release runs (the self-test keeps /var's boot history).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,6 +62,8 @@ GUEST_CHANNEL = f"http://{GUEST_HOST}/"
 ESP_CHANNEL_FILE = "mangos/update-channel"  # /efi/mangos/update-channel in the guest (mangos-update.service)
 ESP_REBOOT_FILE = "mangos/update-reboot"
 SELFTEST = re.compile(r"MANGOS-BOOT-(?:OK|FAIL) [^\r\n]*")
+# The self-test's record of a boot on the encrypted /var (its boot history: farm/image/payload/.../mangos/selftest).
+VAR_HISTORY = re.compile(r"mangos-var-history: boot (\d+) of this /var: version=(\S+) slot=(\S+)")
 
 # guestfwd's cmd: runs once per guest connection, its stdin/stdout being that connection: relay it to the port.
 RELAY = """\
@@ -133,6 +140,7 @@ def build_release_set(work: Path) -> ReleaseSet:
 @pytest.fixture(scope="session")
 def release_set(tmp_path_factory: pytest.TempPathFactory) -> ReleaseSet:
     require("qemu-system-x86_64")
+    require("swtpm")
     return build_release_set(tmp_path_factory.mktemp("releases"))
 
 
@@ -175,10 +183,11 @@ class ChannelServer:
 
 
 class Boot:
-    """One QEMU run of the machine (``-no-reboot``: a reboot or power-off ends it) and its serial console."""
+    """One QEMU run of the machine (``-no-reboot``: a reboot or power-off ends it) and its serial console; ``tpm``
+    holds this run's swtpm if it has one, stopped by :meth:`stop` after QEMU (its state saved before the next boot)."""
 
-    def __init__(self, argv: list[str], serial: Path, monitor: Path) -> None:
-        self.serial, self.monitor = serial, monitor
+    def __init__(self, argv: list[str], serial: Path, monitor: Path, tpm: ExitStack | None = None) -> None:
+        self.serial, self.monitor, self.tpm = serial, monitor, tpm or ExitStack()
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.start = time.monotonic()
 
@@ -224,6 +233,7 @@ class Boot:
         if self.proc.poll() is None:
             self._monitor("quit")
             stop_group(self.proc)
+        self.tpm.close()  # idempotent
 
     @property
     def seconds(self) -> float:
@@ -231,7 +241,7 @@ class Boot:
 
 
 class Machine:
-    """A persistent machine installed with ``raw``: its disk and OVMF variables outlive each boot."""
+    """A persistent machine installed with ``raw``: its disk, OVMF variables and TPM state outlive each boot."""
 
     def __init__(self, raw: Path, release: Path, work: Path, server: ChannelServer) -> None:
         work.mkdir(parents=True, exist_ok=True)
@@ -240,6 +250,7 @@ class Machine:
         self.firmware = firmware.enrolled_firmware(work / "OVMF_VARS.fd", db_certs=(release / "db.crt",))
         self.esp_put(ESP_CHANNEL_FILE, GUEST_CHANNEL + "\n")
         self.esp_put(ESP_REBOOT_FILE, "yes\n")
+        self.tpm_state = work / "tpm"  # the TPM's seeds: what first-boot repart sealed /var to
         self.boots: list[Boot] = []
 
     def _esp(self) -> str:
@@ -270,13 +281,17 @@ class Machine:
 
     def boot(self, name: str) -> Boot:
         assert not self.boots or self.boots[-1].proc.poll() is not None, "the machine is still running"
+        if self.boots:
+            self.boots[-1].stop()  # its swtpm: one process per state directory at a time
         serial, monitor = self.work / f"serial-{len(self.boots) + 1}-{name}.log", self.work / "monitor.sock"
         monitor.unlink(missing_ok=True)
-        argv = (
-            boot.qemu_argv(image=self.disk, firmware=self.firmware, serial_log=serial, monitor=monitor, writable=True)
-            + self.server.netdev()
-        )
-        self.boots.append(Boot(argv, serial, monitor))
+        with ExitStack() as tpm:
+            sock = tpm.enter_context(boot.software_tpm(self.tpm_state))
+            argv = boot.qemu_argv(
+                image=self.disk, firmware=self.firmware, serial_log=serial, monitor=monitor, tpm_socket=sock,
+                writable=True,
+            ) + self.server.netdev()  # fmt: skip
+            self.boots.append(Boot(argv, serial, monitor, tpm.pop_all()))
         return self.boots[-1]
 
     def stop(self) -> None:
