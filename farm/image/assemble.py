@@ -1,8 +1,9 @@
 """``image build``: verified inputs -> root tree -> erofs + verity + signature -> UKI + ESP -> GPT disk.
 
 Each stage is timed with :func:`farm.log.step` and its duration recorded in ``build.json`` next to the image
-(``bench/bench_image.py`` reads it). Nothing here mounts anything or needs a loop device: every file system and
-the partition table are made on plain files. Same inputs and ``SOURCE_DATE_EPOCH`` give the same bytes.
+(``bench/bench_image.py`` reads it). No loop device: every file system and the partition table are made on plain
+files; the root tree is an overlay on a stored tree (:mod:`farm.image.basetree`), unmounted when the erofs is made.
+Same inputs and ``SOURCE_DATE_EPOCH`` give the same bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from farm.errors import E, FarmError
 from farm.fsutil import atomic_write
-from farm.image import esp, gpt, inputs, overlay, rootcache, signature, verity
+from farm.image import esp, gpt, inputs, overlay, payload, rootcache, signature, verity
 from farm.image import lock as image_lock
 from farm.image.cache import ImageCache
 from farm.image.sums import sha256sums, sign_detached
@@ -58,6 +59,7 @@ class Artifacts:
     stages: dict[str, float] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)  # which stages the image cache spared
     tree: str = ""  # how the root tree was made: fresh, stored, "delta: ..." (farm.image.basetree) or cached
+    machine_id: str = ""  # baked into /etc/machine-id: the same for every release of one image name
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ class Artifacts:
             "stages": self.stages,
             "cached": self.cached,
             "tree": self.tree,
+            "machine_id": self.machine_id,
             "sizes": {
                 p.name: p.stat().st_size
                 for p in (self.raw, self.root, self.verity, self.signature, self.uki)
@@ -158,10 +161,6 @@ def image_version(inputs_digest: str, sde: int) -> str:
 
 def created_at(sde: int) -> str:
     return datetime.datetime.fromtimestamp(sde, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def machine_id(root_seed: str) -> str:
-    return hashlib.sha256(b"mangos-machine-id\0" + root_seed.encode()).hexdigest()[:32]
 
 
 def _payload_packages(farm_kernel: bool = False, systemd: str = "") -> tuple[str, ...]:
@@ -256,8 +255,6 @@ def write_disk(raw: Path, *, version: str, root_hash: str, esp_img: Path, root: 
         gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64_VERITY, gpt.derived_uuid(seed, "verity-b"), verity_slot),
         gpt.Partition(gpt.EMPTY_LABEL, gpt.ROOT_X86_64_VERITY_SIG, gpt.derived_uuid(seed, "sig-b"), sig_slot),
     ]
-    from farm.image import payload
-
     # Unpartitioned space after the last slot (sparse: costs no disk) for first-boot systemd-repart's swap, /var and
     # /var/tmp; on a larger disk /var grows into all of it.
     gpt.write_disk(raw, parts, label_id=gpt.derived_uuid(seed, "disk"), free=payload.FIRST_BOOT_SPACE)
@@ -295,13 +292,11 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     req.out.mkdir(parents=True, exist_ok=True)
     out = req.out
     root_img, verity_img, sig_img = (out / f"{name}.root.{ext}" for ext in ("erofs", "verity", "verity.sig"))
-    files, machine = manifest_files(got, sbom), machine_id(got.digest)
+    files, machine = manifest_files(got, sbom), payload.machine_id(req.name)
     files[f"{MANIFEST_DIR}/release.crt"] = keys.verity_cert.read_bytes()  # what mangos-update trusts
     files.update(req.extra_files)
 
     def customize(tree: Path) -> None:
-        from farm.image import payload
-
         payload.customize(tree, machine_id=machine, sde=req.sde)
         if farm_kernel is not None:
             kernel.install(tree, farm_kernel, sde=req.sde)
@@ -324,7 +319,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     uki_path = out / f"{name}.efi"
     esp_dir = work / "esp"
     with stages("uki"):
-        from farm.image import payload, uki
+        from farm.image import uki
 
         uki.build_uki(
             root.boot, cmdline=payload.cmdline(v.root_hash, kernel_checks_signature=farm_kernel is not None),
@@ -362,7 +357,7 @@ def _build(req: Request, settings: Settings, watcher: StageWatcher | None) -> Ar
     shutil.rmtree(work, ignore_errors=True)
     result = Artifacts(
         version, v.root_hash, raw, root_img, verity_img, sig_img, uki_path, sbom_path, manifest_path, sums, sums_sig,
-        stages.times, {"root": root.tree_cached, "initrd": root.initrd_cached}, root.tree,
+        stages.times, {"root": root.tree_cached, "initrd": root.initrd_cached}, root.tree, machine,
     )  # fmt: skip
     atomic_write(out / "build.json", (json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n").encode())
     return result

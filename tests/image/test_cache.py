@@ -228,6 +228,8 @@ def test_a_tree_from_the_stored_one_and_a_cold_build_give_the_same_bytes(
     assert delta["tree"] == "delta: hello 2.10-3+bencht1", delta["tree"]
     assert delta["cached"] == {"root": False, "initrd": True} and "rootfs" in delta["stages"]
     assert len(list((cache / "trees").iterdir())) == 1  # the tree made from the stored one is not stored
+    # Another package set, the same machine-id: the /var first boot made (its UUID derives from it) is found again.
+    assert delta["machine_id"] == cold["machine_id"] and len(cold["machine_id"]) == 32
     shutil.rmtree(cache / "trees")
     shutil.rmtree(cache / "entries/root")
     fresh = archive_image.build(out / "fresh", "--deb", str(deb))

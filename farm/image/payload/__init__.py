@@ -9,6 +9,7 @@ is the one place the root hash enters the boot chain, which is why it must be in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -76,6 +77,13 @@ HOSTNAME = "mangos"
 
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 _ROOT_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+def machine_id(name: str) -> str:
+    """The machine-id baked into every release of the image ``name`` (mangos, mangos-installer). It must not
+    change with the packages or the version: the /var partition's UUID derives from it, and a release with another
+    machine-id would boot without the /var that first boot made (an update would lose it)."""
+    return hashlib.sha256(b"mangos-machine-id\0" + name.encode()).hexdigest()[:32]
 
 
 def customize(root: Path, *, machine_id: str, sde: int) -> None:
