@@ -164,18 +164,17 @@ def _tar_members(data: bytes) -> list[tarfile.TarInfo]:
 def deb_facts(deb: Path) -> tuple[Deb822, set[str], list[str]]:
     """A .deb's control fields, control member names and file paths."""
     require_tool("dpkg-deb")
-    control = _tar_members(ctrl := run(["dpkg-deb", "--ctrl-tarfile", str(deb)]).stdout)
-    names = {m.name.lstrip("./") for m in control}
-    with tarfile.open(fileobj=io.BytesIO(ctrl)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(run(["dpkg-deb", "--ctrl-tarfile", str(deb)]).stdout)) as tar:
+        names = {m.name.lstrip("./") for m in tar.getmembers()}
         member = tar.extractfile("./control")
         fields = Deb822(member.read().decode()) if member else Deb822()
     files = [m.name for m in _tar_members(run(["dpkg-deb", "--fsys-tarfile", str(deb)]).stdout)]
     return fields, names, files
 
 
-def installed_facts(tree: Path, name: str) -> tuple[Deb822, set[str], list[str]]:
-    """The same facts of a package installed in ``tree``, from its dpkg database."""
-    fields = next((s for s in _status(tree) if s.get("Package") == name), Deb822())
+def installed_facts(tree: Path, name: str, status: Sequence[Deb822]) -> tuple[Deb822, set[str], list[str]]:
+    """The same facts of a package installed in ``tree``, from its dpkg database (``status``: its paragraphs)."""
+    fields = next((s for s in status if s.get("Package") == name), Deb822())
     info = tree / DPKG / "info"
     stems = (name, f"{name}:{fields.get('Architecture', '')}")
     scripts = {s for s in SCRIPTS for stem in stems if (info / f"{stem}.{s}").exists()}
@@ -211,10 +210,10 @@ def check(d: Delta, got: Inputs) -> str | None:
         if (name in wanted) != (name in d.base.requested):
             return f"{name} is requested in one set and not in the other"
     others = set(d.base.packages) | {p.name for p in got.packages}
-    interests = file_triggers(d.base.tree)
+    interests, status = file_triggers(d.base.tree), _status(d.base.tree)
     old = [p.name for p in d.install if p.name in d.base.packages] + list(d.purge)
     for name in old:
-        why = not_plain(name, installed_facts(d.base.tree, name), others=others, interests=interests)
+        why = not_plain(name, installed_facts(d.base.tree, name, status), others=others, interests=interests)
         if why is None and name not in d.base.requested and name in d.purge:
             why = f"{name} was installed as a dependency"
         if why:

@@ -13,7 +13,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -73,8 +73,7 @@ class BuildRecord:
         # Exactly the constructor's result, without its per-field frozen assignments (a plan reads a record per
         # recipe, thousands at a time): every field present, or at its default.
         record = object.__new__(cls)
-        if "key_inputs" not in data:
-            data["key_inputs"] = {}
+        record.__dict__.update({name: make() for name, make in _RECORD_DEFAULTS.items() if name not in data})
         record.__dict__.update(data)
         return record
 
@@ -93,10 +92,23 @@ class BuildRecord:
         return self.__dict__.get("_stored_sha256")
 
 
+def _defaults(cls: type) -> dict[str, Any]:
+    """Field name -> a function giving its default, for the fields of dataclass ``cls`` that have one."""
+    found: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            found[f.name] = lambda value=f.default: value
+        elif f.default_factory is not MISSING:
+            found[f.name] = f.default_factory
+    return found
+
+
 _RECORD_FIELDS = frozenset(f.name for f in fields(BuildRecord))
-_RECORD_REQUIRED = _RECORD_FIELDS - {"key_inputs"}
+_RECORD_DEFAULTS = _defaults(BuildRecord)
+_RECORD_REQUIRED = _RECORD_FIELDS - set(_RECORD_DEFAULTS)
 _ARTIFACT_FIELDS = frozenset(f.name for f in fields(Artifact))
-_ARTIFACT_REQUIRED = _ARTIFACT_FIELDS - {"executable"}
+_ARTIFACT_DEFAULTS = _defaults(Artifact)
+_ARTIFACT_REQUIRED = _ARTIFACT_FIELDS - set(_ARTIFACT_DEFAULTS)
 
 
 def _artifact(data: dict[str, Any]) -> Artifact:
@@ -104,9 +116,8 @@ def _artifact(data: dict[str, Any]) -> Artifact:
     if type(data) is not dict or not (_ARTIFACT_REQUIRED <= data.keys() <= _ARTIFACT_FIELDS):
         return Artifact(**data)
     artifact = object.__new__(Artifact)
+    artifact.__dict__.update({name: make() for name, make in _ARTIFACT_DEFAULTS.items() if name not in data})
     artifact.__dict__.update(data)
-    if "executable" not in data:
-        artifact.__dict__["executable"] = False
     return artifact
 
 
