@@ -116,6 +116,15 @@ class Cgroup:
     def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs]
 
+    @property
+    def join_files(self) -> list[Path]:
+        """The files a starting step writes to join the cgroup (:data:`farm.build.sandbox.LIMITS_SHELL`). In v1,
+        ``tasks``, where the shell writes ``0`` (itself, single-threaded): the kernel then moves one thread without
+        write-locking the global threadgroup semaphore, whose write lock waits out an RCU grace period (10-15 ms
+        here) whenever no other migration happened within the last one -- i.e. on every step of a real build. In
+        v2, ``cgroup.procs`` (with the shell's pid): v2 moves whole processes only."""
+        return [d / ("cgroup.procs" if self.v2 else "tasks") for d in self.dirs]
+
     def controller_of(self, i: int) -> str:
         return self.controllers[i] if self.controllers else self.dirs[i].parts[-3]
 

@@ -152,13 +152,15 @@ def step_command(script: str) -> list[str]:
 
 # -- limits ------------------------------------------------------------------------------------------------------
 # One fixed dash script, given argv only (no recipe text ever reaches it), runs before bwrap: it joins the cgroups
-# named by its arguments up to the first "--", sets the rlimits given as (option, value) pairs up to the second
+# whose files (:attr:`Cgroup.join_files`: a v1 ``tasks`` gets 0, itself; a ``cgroup.procs`` its pid) are its
+# arguments up to the first "--", sets the rlimits given as (option, value) pairs up to the second
 # "--" with the shell's own ``ulimit`` (no exec of prlimit: a millisecond per step), then becomes the rest. A join
 # or a limit that fails stops it (exit 125) rather than run the step unlimited. dash, named: its ``ulimit`` options
 # are these (bash's ``-p`` is the pipe size, its process count ``-u``).
 LIMITS_SHELL = "/bin/dash"
 _LIMITS = (
-    'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; '
+    'while [ "$1" != "--" ]; do case "$1" in */tasks) echo 0;; *) echo $$;; esac > "$1" || exit 125; shift; done; '
+    "shift; "
     'while [ "$1" != "--" ]; do ulimit "$1" "$2" || exit 125; shift 2; done; shift; '
     'exec "$@"'
 )
@@ -182,7 +184,7 @@ def limited_argv(limits: Limits, cgroup: Cgroup | None, command: list[str]) -> l
     rlimits = rlimit_args(
         limits, memory_cgroup=cgroup is not None and cgroup.has_memory, pids_cgroup=cgroup is not None
     )
-    procs = [str(p) for p in cgroup.procs_files] if cgroup is not None else []
+    procs = [str(p) for p in cgroup.join_files] if cgroup is not None else []
     return [LIMITS_SHELL, "-c", _LIMITS, "mangos-limits", *procs, "--", *rlimits, "--", *command]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from farm.build import sandbox
+from farm.build.cgroups import own_cgroups
 from farm.build.sandbox import MIB, Cgroup, Limits
 from farm.settings import Settings
 from tests.conftest import IN_CI, require
@@ -30,7 +31,9 @@ def test_limited_argv_joins_cgroups_then_sets_rlimits_then_execs_the_command(tmp
     argv = sandbox.limited_argv(LIMITS, group, ["bwrap", "--", "/bin/sh", "-c", "echo; rm -rf /"])
     assert argv[:3] == ["/bin/dash", "-c", sandbox._LIMITS]
     i = argv.index("--")
-    assert argv[4:i] == [str(tmp_path / "pids/g/cgroup.procs"), str(tmp_path / "memory/g/cgroup.procs")]
+    assert argv[4:i] == [str(tmp_path / "pids/g/tasks"), str(tmp_path / "memory/g/tasks")]  # v1: one thread, 0
+    v2 = Cgroup([tmp_path / "g"], v2=True, has_memory=True)
+    assert sandbox.limited_argv(LIMITS, v2, ["x"])[4] == str(tmp_path / "g/cgroup.procs")
     rlimits = sandbox.rlimit_args(LIMITS, memory_cgroup=True, pids_cgroup=True)
     assert argv[i + 1 : i + 1 + len(rlimits)] == rlimits and "-p" not in rlimits  # the cgroup counts
     assert argv[i + 1 + len(rlimits)] == "--"
@@ -52,6 +55,32 @@ def test_the_limits_shell_really_sets_the_limits_and_stops_when_it_cannot(tmp_pa
     group = Cgroup([tmp_path / "nosuch" / "g"], v2=True, has_memory=True)
     failed = subprocess.run(sandbox.limited_argv(LIMITS, group, ["true"]), capture_output=True, check=False)
     assert failed.returncode == 125, "a cgroup it cannot join stops it"
+
+
+def test_a_step_and_its_children_are_in_the_build_cgroup_of_every_controller() -> None:
+    """The limits shell's join (v1: ``0`` into ``tasks``, one thread moved without the global threadgroup lock) puts
+    the step in the build's cgroup of each controller, and what the step forks stays there: the pids limit counts it
+    and the memory limit charges it."""
+    require("dash")
+    group = Cgroup.create(LIMITS)
+    if group is None:
+        if IN_CI:
+            pytest.fail("this process may not create cgroups (not root, or no pids controller)")
+        pytest.skip("this process may not create cgroups")
+    try:
+        script = "cat /proc/self/cgroup; sh -c 'cat /proc/self/cgroup'"
+        out = subprocess.run(
+            sandbox.limited_argv(LIMITS, group, ["sh", "-c", script]), capture_output=True, text=True, check=True
+        ).stdout
+        lines = out.splitlines()
+        half = len(lines) // 2
+        assert lines[:half] == lines[half:], "a child stays in its parent's cgroups"
+        for i, d in enumerate(group.dirs):
+            key = "" if group.v2 else group.controller_of(i)
+            own = own_cgroups("\n".join(lines[:half]))[key]
+            assert d.as_posix().endswith(own), f"{key or 'v2'}: the step is in {own}, not in {d}"
+    finally:
+        group.destroy()
 
 
 def test_bwrap_bounds_tmp_and_starts_clean(tmp_path: Path) -> None:
@@ -110,8 +139,6 @@ def test_config_never_shows_a_broker_password(value: str, shown: str) -> None:
 
 # -- without root: a delegated cgroup, the subordinate-id map --------------------------------------------------
 def test_own_cgroups_reads_v1_and_v2_lines() -> None:
-    from farm.build.cgroups import own_cgroups
-
     text = "12:pids:/a\n4:memory:/b/c\n3:cpu,cpuacct:/\n0::/user.slice/w.service\n"
     assert own_cgroups(text) == {
         "pids": "/a",
