@@ -10,8 +10,8 @@ For each fleet shape (WORKERSxCONCURRENCY) it starts a fresh fleet: two redis-se
 fsync every second), one the Celery broker (MANGOS_FARM_BROKER) and one the coordinator state (MANGOS_FARM_STATE),
 a local directory store (MANGOS_FARM_STORE), one ``mangos-farm coordinator`` process and the workers as
 ``mangos-farm worker --concurrency C --name wK@fleet`` processes. A warm-up run (2 builds per slot: clones the
-source mirror, imports, forks) is not measured; then ``mangos-farm rebuild DIR`` submits the N builds and
-``mangos-farm status RUN --json`` is polled until the run is done.
+source mirror, imports, forks) is not measured; then ``mangos-farm rebuild DIR`` submits the N builds, which are
+waited for (the active-runs set watched, ``mangos-farm status RUN --json`` every 10 s and at the end).
 
 What is measured, per build, all on this machine's clock:
 
@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fleets", default="1x1,2x1", help="fleet shapes WORKERSxCONCURRENCY, comma-separated (default 1x1,2x1)"
     )
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between `mangos-farm status` polls (default 1)")
+    p.add_argument("--poll", type=float, default=0.25,
+                   help="seconds between looks at the run state (default 0.25; the CLI status every 10 s)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600, help="give up on a run after this many seconds")
     p.add_argument("--baseline-runs", type=int, default=200, help="repetitions of each baseline (default 200)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baselines and the in-process breakdown")

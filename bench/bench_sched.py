@@ -15,7 +15,9 @@ pointing at one real git repository (git CLI, fixed dates).
 The fleet: redis-server on a free port, a local directory store, one ``mangos-farm coordinator`` process and
 SLOTS / CONCURRENCY worker processes (by default 2 workers x concurrency 2 = 4 slots), started once for all
 seeds. After a small unmeasured warm-up run, each seed's DAG is submitted with ``mangos-farm rebuild DIR`` and
-``mangos-farm status RUN --json`` is polled until the run is done, one seed after the other. From the status JSON:
+waited for (the coordinator state's active-runs set, watched every ``--poll`` seconds; ``mangos-farm status RUN
+--json`` every 10 s and at the end: the CLI's own CPU would be load on the cores the fleet is measured on), one seed
+after the other. From the status JSON:
 
 - makespan: first ``dispatched_at`` to last ``finished_at`` (the coordinator noticing the last outcome);
 - lower bound: max(critical path of the durations, total work / slots); the ratio makespan / lower bound is the
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=4, help="build slots in the fleet (default 4)")
     p.add_argument("--concurrency", type=int, default=2, help="slots per worker process (default 2: 2 workers x 2)")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every build's duration D (default 1)")
-    p.add_argument("--poll", type=float, default=2.0, help="seconds between `mangos-farm status` polls (default 2)")
+    p.add_argument("--poll", type=float, default=0.25,
+                   help="seconds between looks at the run state (default 0.25; the CLI status every 10 s)")  # fmt: skip
     p.add_argument(
         "--profile", type=Path, help="record py-spy profiles of the coordinator and workers (first seed) into DIR"
     )
