@@ -39,6 +39,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mark(path: Path) -> None:
+    """Create the empty marker ``path`` unless it exists (an existing one is left as it is, its times too)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
 class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -63,10 +68,15 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
 
     def _publish(self, tmp: Path, final: Path) -> bool:
-        """Link ``tmp`` to ``final`` unless it exists. True if this call published it."""
-        final.parent.mkdir(parents=True, exist_ok=True)
+        """Link ``tmp`` to ``final`` unless it exists. True if this call published it. (The directory is made when
+        the link finds none: after the first few builds a fan-out directory is there, and a mkdir that fails with
+        EEXIST costs as much as one that succeeds.)"""
         try:
-            os.link(tmp, final)
+            try:
+                os.link(tmp, final)
+            except FileNotFoundError:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.link(tmp, final)
         except FileExistsError:
             return False
         _fsync_dir(final.parent)
@@ -176,9 +186,11 @@ class LocalStore(Store):
         stored = record if published else self.get_record(record.build_key) or record
         for kind, value in (("recipe", stored.recipe), ("commit", stored.commit)):
             marker = self.root / "index" / kind / value / record.build_key
-            if not marker.exists():
+            try:
+                _mark(marker)
+            except FileNotFoundError:
                 marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+                _mark(marker)
         return published
 
     def get_record(self, build_key: str) -> BuildRecord | None:
