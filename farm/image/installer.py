@@ -5,7 +5,8 @@ the same release keys, kernel and systemd choice) from the image's payload plus,
 into the root with the manifest, so they are part of the root's cache key; the image's payload, packages and bytes do
 not change):
 
-- python3 (:data:`PACKAGES`: ``python3-minimal`` lacks http.client and json, ``libpython3-stdlib`` has them);
+- python3 (:data:`PACKAGES`: ``python3-minimal`` lacks http.client and json, ``libpython3-stdlib`` has them) and
+  ca-certificates (an ``https://`` channel verifies against them, plus the setting ``install-ca``);
 - the in-image installer :mod:`farm.image.installer_guest` and the farm modules it imports (:data:`VENDORED`), copied
   verbatim under :data:`GUEST`;
 - ``payload/installer/``: its entry script, its unit (on the console, settings from systemd credentials) and the
@@ -24,7 +25,7 @@ from farm.image import assemble
 from farm.settings import Settings
 
 NAME = "mangos-installer"  # mangos-installer_V.raw
-PACKAGES = ("python3-minimal", "libpython3-stdlib")
+PACKAGES = ("python3-minimal", "libpython3-stdlib", "ca-certificates")
 GUEST = "usr/lib/mangos/installer"
 VENDORED = (
     "farm/__init__.py",
@@ -35,6 +36,7 @@ VENDORED = (
     "farm/image/bmap.py",
     "farm/image/channelfiles.py",
     "farm/image/stream.py",
+    "farm/image/installer_net.py",
     "farm/image/installer_guest.py",
 )
 PAYLOAD = Path(__file__).with_name("payload") / "installer"

@@ -11,6 +11,9 @@ systemd credential ``mangos.install`` (or the file ``/efi/mangos/install``) name
 :func:`farm.image.stream.write_image` writes it (holes skipped, each range checked before it is written, the GPT
 zeroed first and written last: a cut stream leaves a disk that does not boot) with the bytes written and an ETA on
 the console; then a reboot. Nothing is written before the signature verified and the target passed the rules.
+Before the disks, the network (:mod:`farm.image.installer_net`): the setting ``install-network`` (DHCP by default,
+or a static address), asked for on a screen of its own when the installer is interactive; and for an ``https://``
+channel the image's CAs plus the setting ``install-ca``.
 
 Runs on the image's python3 with the standard library and the farm modules :data:`farm.image.installer.VENDORED`
 only (copied verbatim into the image; a test runs it from such a copy in an isolated interpreter). A target path
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import TextIO
 
 from farm.errors import E, FarmError, TrustError
-from farm.image import stream
+from farm.image import installer_net, stream
 from farm.image.channelfiles import CHANNEL, NEXT_KEY, SUMS, SUMS_SIG, VERSION_RE, parse_sums
 from farm.run import run
 
@@ -222,9 +225,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="", help="the disk, e.g. /dev/vdb (unattended; a path outside /dev: a file)")
     p.add_argument("--version", default="", help="the release to install (default the channel's newest)")
     p.add_argument("--cert", default=str(CERT), help="the release certificate (default the image's)")
+    p.add_argument("--network", default="", help=f"'dhcp' or static: {installer_net.EXAMPLE} (the service: the "
+                   f"setting {installer_net.NETWORK}; interactive: asked)")  # fmt: skip
+    p.add_argument("--ca", default="", help=f"a CA (PEM) trusted for https:// too (the setting {installer_net.CA})")
     p.add_argument("--from-service", action="store_true", help="settings from the unit's credentials; reboot after")
     p.add_argument("--reboot", action="store_true", help="reboot once the release is written")
     return p
+
+
+def given_path(args: argparse.Namespace, environ: Mapping[str, str], name: str, esp: Path = ESP_DIR) -> Path | None:
+    """The file of the setting ``name`` (``--from-service``): the credential ``mangos.NAME``, else ``esp/NAME``
+    (the first that is not empty)."""
+    if not args.from_service:
+        return None
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    for path in ((Path(creds) / f"mangos.{name}") if creds else None, esp / name):
+        if path is not None and _read(path):
+            return path
+    return None
 
 
 def settings(args: argparse.Namespace, environ: Mapping[str, str], esp: Path = ESP_DIR) -> tuple[str, str, bool]:
@@ -232,14 +250,32 @@ def settings(args: argparse.Namespace, environ: Mapping[str, str], esp: Path = E
     else the image's channel."""
 
     def given(name: str) -> str:
-        if not args.from_service:
-            return ""
-        return credential(environ.get("CREDENTIALS_DIRECTORY"), (f"mangos.{name}",)) or credential(str(esp), (name,))
+        return setting(args, environ, name, esp)
 
     target = args.target or given(TARGET)
     channel = args.channel or given(CHANNEL_URL) or _read(DEFAULT_CHANNEL)
     reboot = args.reboot or (args.from_service and given(REBOOT).lower() not in ("no", "false", "0"))
     return target, channel.rstrip("/"), reboot
+
+
+def setting(args: argparse.Namespace, environ: Mapping[str, str], name: str, esp: Path = ESP_DIR) -> str:
+    """The first line of the setting ``name`` (``--from-service`` only; see :func:`given_path`)."""
+    path = given_path(args, environ, name, esp)
+    return credential(str(path.parent), (path.name,)) if path else ""
+
+
+def network_screen(say: Callable[[str], None], ask: Ask, host: installer_net.Host) -> installer_net.Static | None:
+    """The text UI's network screen: the wired interfaces and their addresses; Enter keeps DHCP, or static
+    settings typed (asked again until they parse)."""
+    say("network interfaces:")
+    for name, mac, state, address in host.interfaces() or [("(none)", "-", "-", "-")]:
+        say(f"  {name:<14} {mac:<18} {state:<8} {address}")
+    while True:
+        answer = ask(f"{ME}: network: press Enter to keep DHCP, or type {installer_net.EXAMPLE}: ")
+        try:
+            return installer_net.parse_network(answer)
+        except FarmError as exc:
+            say(f"error[{exc.code}]: {exc.message} ({exc.hint})")
 
 
 def console_ask(prompt: str, console: Path = Path("/dev/console")) -> str:
@@ -254,7 +290,7 @@ def console_ask(prompt: str, console: Path = Path("/dev/console")) -> str:
 
 
 def main(argv: Sequence[str], *, out: TextIO = sys.stdout, ask: Ask | None = None,
-         environ: Mapping[str, str] = os.environ) -> int:  # fmt: skip
+         environ: Mapping[str, str] = os.environ, host: installer_net.Host | None = None) -> int:  # fmt: skip
     def say(text: str) -> None:
         out.write(f"{ME}: {text}\n")
         out.flush()
@@ -262,7 +298,8 @@ def main(argv: Sequence[str], *, out: TextIO = sys.stdout, ask: Ask | None = Non
     args = parser().parse_args(argv)
     try:
         with tempfile.TemporaryDirectory(prefix="mangos-install-") as work:
-            return install(args, say, ask or (console_ask if args.from_service else input), environ, Path(work))
+            answer = ask or (console_ask if args.from_service else input)
+            return install(args, say, answer, environ, work=Path(work), host=host or installer_net.Host())
     except FarmError as exc:
         say(f"error[{exc.code}]: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         say("installation failed")
@@ -276,9 +313,16 @@ def main(argv: Sequence[str], *, out: TextIO = sys.stdout, ask: Ask | None = Non
         return 130
 
 
-def install(args: argparse.Namespace, say: Callable[[str], None], ask: Ask, environ: Mapping[str, str],
-            work: Path) -> int:  # fmt: skip
+def install(args: argparse.Namespace, say: Callable[[str], None], ask: Ask, environ: Mapping[str, str], *,
+            work: Path, host: installer_net.Host) -> int:  # fmt: skip
     target, channel, reboot = settings(args, environ)
+    network = args.network or setting(args, environ, installer_net.NETWORK)
+    if network or args.from_service or not target:  # the network of this machine: never for a plain file target
+        static = installer_net.parse_network(network) if network or target else network_screen(say, ask, host)
+        say(installer_net.apply(static, host))
+    ca = Path(args.ca) if args.ca else given_path(args, environ, installer_net.CA)
+    tls = installer_net.tls_context(ca)
+    installer_net.use_tls(tls)
     booted = boot_disk(_read(Path("/proc/cmdline")))
     disks = list_disks()
     say("block devices:" if disks else "no block devices found")
@@ -288,6 +332,7 @@ def install(args: argparse.Namespace, say: Callable[[str], None], ask: Ask, envi
         if target:
             raise FarmError(E.IMAGE_INPUT, "no channel", hint="give the credential mangos.install-channel=URL")
         channel = ask(f"{ME}: channel URL: ").strip().rstrip("/")
+    installer_net.check_tls(channel, tls)
     version, digests = verify_channel(stream.fetcher(channel), Path(args.cert), work, args.version)
     say(f"release {version} of {channel}: SHA256SUMS signature verified")
     bmap_name = f"mangos_{version}.bmap.json"

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from farm.errors import E, FarmError
-from farm.image import channel, channelfiles, installer, installer_guest, payload, publish, stream
+from farm.image import channel, channelfiles, installer, installer_guest, payload, stream
 from farm.image.installer_guest import Disk, boot_disk, choose, credential, list_disks, refusal
 from farm.image.sums import sign_detached
 from farm.trust.release_keys import generate
-from tests.lib.release import Built, build_out, release_keys
-from tests.lib.tools import require
+from tests.lib.installer_copy import fake_host, guest_copy, publish_small, run_guest
 
 ROOTHASH = "0123456789abcdef" * 4
 UUID = "01234567-89ab-cdef-0123-456789abcdef"  # its first 128 bits, as a PARTUUID
@@ -159,55 +155,37 @@ def test_the_installer_request_is_the_image_request_plus_the_installer() -> None
     assert (base.name, base.extra_packages, base.extra_files) == ("mangos", (), ())  # image build's defaults
 
 
-def test_interactive_install_needs_the_name_typed_again(monkeypatch: pytest.MonkeyPatch, published: Path) -> None:
+def test_interactive_install_needs_the_name_typed_again(
+    monkeypatch: pytest.MonkeyPatch, published: Path, tmp_path: Path
+) -> None:
     """Asked on the console: the disk to install to, then its name again; a different answer writes nothing."""
     disks = [Disk("vda", 10**10, "virtio disk"), Disk("vdb", 10**10, "virtio disk")]
     monkeypatch.setattr(installer_guest, "list_disks", lambda: disks)
     monkeypatch.setattr(installer_guest, "boot_disk", lambda cmdline: "vda")
-    answers = iter(["vdb", "vda"])
+    answers = iter(["", "vdb", "vda"])  # Enter keeps DHCP
     out = io.StringIO()
     cert = published.parent / "keys" / "verity.crt"
     code = installer_guest.main(["--channel", str(published), "--cert", str(cert)], out=out,
-                                ask=lambda prompt: next(answers), environ={})  # fmt: skip
+                                ask=lambda prompt: next(answers), environ={}, host=fake_host(tmp_path))  # fmt: skip
     text = out.getvalue()
     assert code == 1, text
+    assert "network: dhcp (the image's default): ens3 10.0.2.15/24" in text
     assert "vda: refused: the installer booted from it" in text and "vdb: can be installed to" in text
     assert "/dev/vdb was not confirmed" in text and "writing" not in text
+    assert not (tmp_path / "network").exists()  # DHCP kept: nothing written, nothing run
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A channel (a directory) with release 1.0 of a small image."""
-    require("sfdisk")
-    require("openssl")
-    tmp = tmp_path_factory.mktemp("installer")
-    keys = release_keys(tmp / "keys")
-    built: Built = build_out(tmp / "out", "1.0", keys)
-    publish.publish(built.out, str(tmp / "chan"), keys, tmp / "work")
-    return tmp / "chan"
-
-
-def _guest_copy(dest: Path) -> Path:
-    """The installer's files as the image carries them; its entry script."""
-    for rel, data in installer.guest_files().items():
-        if rel.startswith(installer.GUEST):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dest / rel).write_bytes(data)
-    return dest / installer.GUEST / "mangos-install"
-
-
-def _run_guest(script: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    """The in-image program from its copy, in an isolated interpreter without site-packages (only the stdlib)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    return subprocess.run([sys.executable, "-I", "-S", "-B", str(script), *argv], capture_output=True, text=True,
-                          env=env, cwd=script.parent, timeout=120, check=False)  # fmt: skip
+    return publish_small(tmp_path_factory.mktemp("installer"))
 
 
 def test_the_in_image_copy_installs_a_release_by_itself(published: Path, tmp_path: Path) -> None:
-    script = _guest_copy(tmp_path / "root")
+    script = guest_copy(tmp_path / "root")
     target = tmp_path / "disk.raw"
     cert = published.parent / "keys" / "verity.crt"
-    done = _run_guest(script, "--channel", str(published), "--target", str(target), "--cert", str(cert))
+    done = run_guest(script, "--channel", str(published), "--target", str(target), "--cert", str(cert))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "release 1.0 of " in done.stdout and "SHA256SUMS signature verified" in done.stdout
     assert f"mangos-install: wrote {target.stat().st_size}" not in done.stdout  # holes are not written
@@ -221,7 +199,7 @@ def test_the_in_image_copy_installs_a_release_by_itself(published: Path, tmp_pat
 
 
 def test_a_channel_signed_by_another_key_writes_nothing(published: Path, tmp_path: Path) -> None:
-    script = _guest_copy(tmp_path / "root")
+    script = guest_copy(tmp_path / "root")
     other = generate(tmp_path / "other")
     forged = tmp_path / "forged"
     forged.mkdir()
@@ -233,7 +211,7 @@ def test_a_channel_signed_by_another_key_writes_nothing(published: Path, tmp_pat
     (forged / "1.0" / "SHA256SUMS.p7s").write_bytes(sign_detached((published / "1.0/SHA256SUMS").read_bytes(), other))
     target = tmp_path / "disk.raw"
     cert = published.parent / "keys" / "verity.crt"
-    done = _run_guest(script, "--channel", str(forged), "--target", str(target), "--cert", str(cert))
+    done = run_guest(script, "--channel", str(forged), "--target", str(target), "--cert", str(cert))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "error[E-CHANNEL-UNTRUSTED]: release 1.0: SHA256SUMS is not signed by a key this installer trusts" in (
         done.stdout

@@ -1,9 +1,10 @@
 """The installer image in QEMU (issue #15, test 4): ``mangos-installer_V.raw`` (:mod:`farm.image.installer`, one more
 ``assemble.build`` with the farm's kernel and systemd 254, as the releases) boots under Secure Boot with a blank second
-disk the size of the image, installs release 2 of the channel onto it unattended (the target and the channel as
-systemd credentials: files on the installer's ESP, since the farm's kernel has no DMI_SYSFS for SMBIOS credentials)
-and reboots; that disk alone then boots release 2 to its self-test under Secure Boot. A stream cut midway, run on the
-host with the same program against a server that drops the connection, leaves a disk with no partition table.
+disk the size of the image, installs release 2 of the channel onto it unattended (the target, the channel and a
+static network setting as systemd credentials: files on the installer's ESP, since the farm's kernel has no
+DMI_SYSFS for SMBIOS credentials) and reboots; that disk alone then boots release 2 to its self-test under Secure
+Boot. A stream cut midway, run on the host with the same program against a server that drops the connection, leaves
+a disk with no partition table.
 
 The releases are the session's :mod:`tests.lib.releases` set (not built again); the channel is served from a loopback
 port through QEMU's user network with ``restrict=on`` and a guest forward. Figures go to record_property: bytes
@@ -46,6 +47,11 @@ OK = re.compile(re.escape(SELFTEST_OK) + r"[^\r\n]*")
 WROTE = r"wrote (\d+) bytes to (\S+) in ([0-9.]+) s"
 DONE = re.compile(rf"mangos-install: ({WROTE}|installation failed|service (?!success)\S+)")  # or the unit's failure
 Record = Callable[[str, object], None]
+STATIC = "address=10.0.2.15/24 gateway=10.0.2.2 dns=10.0.2.3"  # QEMU's user network, given as static settings
+NETWORK = re.compile(
+    rf"mangos-install: network: static {re.escape(STATIC)} applied on \S+ \(networkd: "
+    r"/run/systemd/network/10-mangos-install\.network configured, routable; address now 10\.0\.2\.15/24\)"
+)
 
 release_set = releases.release_set
 
@@ -88,6 +94,7 @@ def test_installer_installs_release_2_unattended_and_the_disk_boots_it(
     disk = gpt.sparse_copy(installer_image.raw, tmp_path / "installer.raw")
     esp_put(disk, "mangos/install", "/dev/vdb\n")
     esp_put(disk, "mangos/install-channel", GUEST_CHANNEL + "\n")
+    esp_put(disk, "mangos/install-network", STATIC + "\n")  # instead of the image's DHCP
     blank = tmp_path / "blank.raw"
     with blank.open("wb") as fh:
         fh.truncate(release.stat().st_size)  # sparse: a blank disk exactly the image's size
@@ -109,6 +116,8 @@ def test_installer_installs_release_2_unattended_and_the_disk_boots_it(
     assert "/dev/vda" in text and "[booted from]" in text  # the listing; vda (the installer) marked
     assert re.search(r"ETA \d+ s", text), text[-4000:]
     assert "rebooting into the installed disk" in text
+    network = NETWORK.search(text)  # networkd took the static settings before anything was fetched
+    assert network and text.index(network.group(0)) < text.index("SHA256SUMS signature verified"), text[-4000:]
     sums = channelfiles.parse_sums((release.parent / "SHA256SUMS").read_bytes())
     assert file_sha256(blank) == sums[release.name]  # the image, exactly
     image_allocated = allocated(release)

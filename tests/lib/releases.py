@@ -137,11 +137,19 @@ def build_release_set(work: Path) -> ReleaseSet:
     return ReleaseSet(keys.dir, builds, channels, foreign, round(time.monotonic() - start, 1))
 
 
+_BUILT: dict[Path, ReleaseSet] = {}  # by the session's base temporary directory
+
+
 @pytest.fixture(scope="session")
 def release_set(tmp_path_factory: pytest.TempPathFactory) -> ReleaseSet:
+    """The set, built once per session: each test module that imports this fixture registers a fixture of its own
+    (pytest keeps a session fixture per defining module), so the set itself is kept here and built by the first."""
     require("qemu-system-x86_64")
     require("swtpm")
-    return build_release_set(tmp_path_factory.mktemp("releases"))
+    base = tmp_path_factory.getbasetemp()
+    if base not in _BUILT:
+        _BUILT[base] = build_release_set(tmp_path_factory.mktemp("releases"))
+    return _BUILT[base]
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -190,6 +198,7 @@ class Boot:
         self.serial, self.monitor, self.tpm = serial, monitor, tpm or ExitStack()
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.start = time.monotonic()
+        self.seen: dict[str, float] = {}  # pattern -> when wait_for first saw it (time.monotonic())
 
     def text(self) -> str:
         raw = self.serial.read_bytes() if self.serial.exists() else b""
@@ -204,6 +213,7 @@ class Boot:
         while True:
             found = pattern.search(self.text())
             if found:
+                self.seen.setdefault(pattern.pattern, time.monotonic())
                 return found
             if self.proc.poll() is not None:
                 raise AssertionError(f"QEMU ended before {pattern.pattern!r}\n{self.tail()}")
