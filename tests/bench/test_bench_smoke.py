@@ -20,7 +20,10 @@ import pytest
 from tests.lib.cli import REPO, clean_env
 from tests.lib.tools import require
 
-BENCHES = ["bench_overhead", "bench_sched", "bench_plan", "bench_s3", "bench_debian", "bench_image", "bench_archive"]
+BENCHES = [
+    "bench_overhead", "bench_sched", "bench_plan", "bench_s3", "bench_debian", "bench_image", "bench_archive",
+    "bench_makespan",
+]  # fmt: skip
 
 
 def bench(name: str, *args: str, ok_codes: tuple[int, ...] = (0,), timeout: float = 120) -> dict[str, Any]:
@@ -147,3 +150,83 @@ def test_archive() -> None:
         assert positive(r["figures"][key]), key
     assert r["cancel"]["dispatched_after_cancel"] <= r["fleet"]["slots"]  # at most a tick begun before it
     assert {run["status"] for run in r["cancel"]["runs"].values()} == {"cancelled"}
+
+
+def _makespan_fixture(root: Path) -> tuple[Path, Path]:
+    """Five script recipes (a -> b -> c, d, e <- a, d) and a farm home whose store holds a's build under the key the
+    plan computes (measured) and b's under another key (an earlier build); c and e have no record, d's recipe carries
+    an "Estimated" comment. No coordinator state: no attempts."""
+    from farm.coordinator.planning import plan_recipes
+    from farm.settings import Settings
+    from farm.store.base import Artifact, BuildRecord
+    from tests.lib.git import make_repo
+    from tests.lib.recipes import write_recipe
+
+    commit = make_repo(root / "repo")
+    recipes, home = root / "recipes", root / "home"
+    for name, deps in {"a": [], "b": ["a"], "c": ["b"], "d": [], "e": ["a", "d"]}.items():
+        write_recipe(recipes, name, git_url=str(root / "repo"), commit=commit, steps=["true"], depends=deps)
+    path = recipes / "d.toml"
+    path.write_text("# Estimated 2-4 min on 2 cores with its trims.\n" + path.read_text())
+    plan, store = plan_recipes(recipes, Settings().with_home(home))
+
+    def record(name: str, key: str, seconds: int) -> None:
+        b = plan.builds[name]
+        blob = store.put_bytes(f"{name} {key}".encode())
+        art = Artifact(name, blob, len(f"{name} {key}"))
+        end = f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z"
+        store.put_record(BuildRecord(
+            key, name, "1.0", "0" * 64, str(root / "repo"), commit, b.source.tree, b.environment or "host",
+            (art,), blob, blob, "test", "2026-01-01T00:00:00Z", end,
+        ))  # fmt: skip
+
+    assert plan.builds["a"].key is not None
+    record("a", plan.builds["a"].key, 100)
+    record("b", "b" * 64, 200)
+    return recipes, home
+
+
+@pytest.mark.e2e
+def test_makespan(tmp_path: Path) -> None:
+    recipes, home = _makespan_fixture(tmp_path)
+    args = ["--home", str(home), "--slots", "1,2,16", "--estimate", "c=60", "--hours", "0.1"]
+    r = bench("bench_makespan", str(recipes), *args, ok_codes=(0, 1))
+    rows = {b["name"]: b for b in r["builds"]}
+    assert [rows[n]["source"] for n in "abcde"] == ["measured", "measured (earlier build)", *["estimated"] * 3]
+    assert [rows[n]["seconds"] for n in "abcde"] == [100, 200, 60, 180, 150]  # e: median of a and b
+    assert [rows[n]["estimated"] for n in "abcde"] == [False, False, True, True, True]
+    assert "--estimate" in rows["c"]["note"] and "comment" in rows["d"]["note"] and "median" in rows["e"]["note"]
+    assert r["durations"]["by_source"] == {"measured": 1, "measured (earlier build)": 1, "estimated": 3}
+    one, two, sixteen = r["table"]
+    assert [t["slots"] for t in r["table"]] == [1, 2, 16]
+    assert one["makespan_s"] == one["work_s"] == 690 and one["ratio"] == 1.0
+    assert sixteen["critical_path_s"] == 360 and sixteen["makespan_s"] == 360  # a -> b -> c
+    assert all(t["ratio"] >= 1.0 and t["makespan_s"] >= t["bound_s"] for t in r["table"])
+    assert two["makespan_s"] == 360  # a, then b and d side by side, then c and e
+    assert r["within"]["slots"] == 2 and r["within"]["saturation_slots"] == 2  # 0.1 h = 360 s
+    assert r["within"]["critical_path_builds"] == ["a", "b", "c"]
+    assert r["ratio"] == sixteen["ratio"] and r["meets_target"] is True
+
+
+@pytest.mark.e2e
+def test_makespan_floors(tmp_path: Path) -> None:
+    """An unfinished attempt raises an estimate only as ``floor`` says: a timeout by default, any with ``all``."""
+    from bench._makespan_data import Attempt, durations
+    from farm.coordinator.planning import plan_recipes
+    from farm.settings import Settings
+
+    recipes, home = _makespan_fixture(tmp_path)
+    plan, store = plan_recipes(recipes, Settings().with_home(home))
+    attempts = {
+        "a": Attempt(900, "timeout", "r0"),
+        "c": Attempt(500, "timeout", "r1"),
+        "e": Attempt(400, "cancelled", "r2"),
+    }
+
+    def seconds(floor: str) -> list[float]:
+        rows = durations(plan, store, estimates={"c": 60}, attempts=attempts, floor=floor)
+        return [rows[n].seconds for n in "ace"]
+
+    assert seconds("timeout") == [100, 500, 150]  # a measured: never raised
+    assert seconds("all") == [100, 500, 400]
+    assert seconds("none") == [100, 60, 150]
