@@ -1,8 +1,8 @@
-"""A recipe's build trims (``build.options`` and ``build.profiles``) carried across a re-import.
+"""A recipe's build trims (``build.options``, ``build.profiles`` and ``build.arch-all``) carried across a re-import.
 
 ``recipes import`` and ``recipes update`` rewrite a recipe from the archive when its source moves. The trims are the
 farm's own choice (what a big package leaves out so that its build fits the machine), each with its reason in
-comments beside it, so they are carried over as written: the text of the two keys of the recipe's ``[build]`` table,
+comments beside it, so they are carried over as written: the text of those keys of the recipe's ``[build]`` table,
 each with the comment lines just above it and every comment inside its array. Should that text not be found as such
 (the keys written some other way, e.g. as dotted keys), the values are carried over without their comments: a trim
 is never dropped silently.
@@ -20,9 +20,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KEYS = ("options", "profiles")
+KEYS = ("options", "profiles", "arch-all")
 _HEADER = re.compile(r"^\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(?:#.*)?$")
-_KEY = re.compile(r"^\s*(?:options|profiles)\s*=")
+_KEY = re.compile(r"^\s*(?:options|profiles|arch-all)\s*=")
 
 
 def _parses(text: str) -> bool:

@@ -34,10 +34,11 @@ def binnmu_version(version: str, number: int) -> str:
     return f"{version}+b{number}"
 
 
-def build_type(number: int) -> str:
+def build_type(number: int, *, arch_all: bool = True) -> str:
     """dpkg-buildpackage's build type of a debian build that is binNMU ``number`` (0: none): ``-B`` (the
-    architecture's own binaries, as Debian's buildds build a binNMU) or ``-b`` (every binary package)."""
-    return "-B" if number else "-b"
+    architecture's own binaries, as Debian's buildds build a binNMU, and as a recipe with ``arch-all = false`` asks)
+    or ``-b`` (every binary package)."""
+    return "-B" if number or not arch_all else "-b"
 
 
 def changelog_date(epoch: int) -> str:

@@ -287,7 +287,7 @@ def run_debian_build(
         if variation.file_order:
             require_tool("disorderfs")
             src_mount = Path(tempfile.mkdtemp(prefix="mangos-disorderfs-"))
-    build_type = binnmu.build_type(recipe.binnmu)  # a binNMU: the architecture's own packages (-B)
+    build_type = binnmu.build_type(recipe.binnmu, arch_all=recipe.arch_all)  # -B: the architecture's own packages
     script = outer_script(
         lower=env_lower,
         layer=layer,

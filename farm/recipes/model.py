@@ -32,6 +32,7 @@ from farm.recipes.schema import (
     check_source,
     check_table,
     non_empty,
+    parse_arch_all,
     parse_build_flags,
     parse_debian,
     parse_env,
@@ -76,6 +77,7 @@ class Recipe:
     needs: tuple[str, ...] = ()  # capabilities declared (farm.recipes.needs): scheduling only, not content
     binnmu: int = 0  # a debian build's binNMU number (farm.recipes.binnmu); 0: none
     binnmu_message: str = ""  # its changelog entry's reason
+    arch_all: bool = True  # a debian build's Architecture: all packages built too (dpkg-buildpackage -b, not -B)
 
     def content(self) -> dict[str, Any]:
         """What a build key and provenance record of the recipe: everything but where the file lies."""
@@ -95,6 +97,8 @@ class Recipe:
                 build["profiles"] = list(self.profiles)
             if self.binnmu:  # likewise: a recipe without a binNMU keeps its key
                 build |= {"binnmu": self.binnmu, "binnmu-message": self.binnmu_message}
+            if not self.arch_all:  # likewise: a recipe without arch-all = false keeps its key
+                build["arch-all"] = False
         elif self.environment:  # a script recipe in a pinned environment (none had one before: keys unchanged)
             build["environment"] = self.environment
         content: dict[str, Any] = {
@@ -169,6 +173,7 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
     kind, environment, pins = parse_debian(build, path, errors, present=isinstance(data.get("build"), dict))
     options, profiles = parse_build_flags(build, kind, BUILDD, path, errors)
     binnmu, binnmu_message = parse_binnmu(build, kind, path, errors)
+    arch_all = parse_arch_all(build, kind, path, errors)
     patches = parse_patches(data.get("patches", []), path, errors, pinned=pinned)
     inputs = parse_inputs(data.get("inputs", []), path, errors, pinned=pinned)
     bootstrap = parse_bootstrap(data.get("bootstrap", []), name, depends, path, errors)
@@ -202,4 +207,5 @@ def parse(data: dict[str, Any], path: Path, *, pinned: bool = False) -> Recipe:
         needs=needs,
         binnmu=binnmu,
         binnmu_message=binnmu_message,
+        arch_all=arch_all,
     )

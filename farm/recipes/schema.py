@@ -68,6 +68,12 @@ SCHEMA: dict[str, dict[str, tuple[type, bool, str]]] = {
             "worker's, never the recipe's), e.g. options = [\"nocheck\"]",
         ),
         "profiles": (list, False, 'build profiles of a debian build (dpkg-buildpackage -P), e.g. profiles = ["nodoc"]'),
+        "arch-all": (
+            bool,
+            False,
+            "false: a debian build builds only its architecture's binary packages (dpkg-buildpackage -B, sbuild's "
+            "--no-arch-all), none of its Architecture: all ones; with its reason in a comment, e.g. arch-all = false",
+        ),
         "buildd": (int, False, "the build-root version a debian build's content records (written by the farm)"),
         "binnmu": (int, False, "a debian build's binNMU number: its binaries are versioned VERSION+bN"),
         "binnmu-message": (str, False, "the binNMU changelog entry's reason, one line (needs build.binnmu)"),
@@ -362,3 +368,14 @@ def parse_build_flags(
             )
         )
     return options, profiles
+
+
+def parse_arch_all(build: Mapping[str, Any], kind: str, path: Path, errors: list[FarmError]) -> bool:
+    """Whether a debian build builds its Architecture: all packages too (``build.arch-all``, default true)."""
+    value = build.get("arch-all", True)
+    if not isinstance(value, bool):  # the table's check says so (E-RECIPE-TYPE)
+        return True
+    if kind != "debian" and "arch-all" in build:
+        errors.append(err(E.RECIPE_VALUE, path, "build.arch-all", "only a debian build has one", 'add kind = "debian"'))
+        return True
+    return value

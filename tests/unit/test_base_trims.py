@@ -97,22 +97,26 @@ def _base() -> dict[str, Recipe]:
 
 
 def _trimmed() -> dict[str, Recipe]:
-    return {n: r for n, r in _base().items() if r.options or r.profiles}
+    return {n: r for n, r in _base().items() if r.options or r.profiles or not r.arch_all}
 
 
 # -- the fields ---------------------------------------------------------------------------------------------------
 _ITEM = re.compile(r'^\s*"[^"]*"\s*,?\s*(#\s*\S.*)?$')
 _ONE_LINE = re.compile(r"^\s*(options|profiles)\s*=\s*\[.*\]\s*(#\s*\S.*)?$")
+_FLAG = re.compile(r"^\s*arch-all\s*=\s*(?:true|false)\s*(#\s*\S.*)?$")
 
 
 def unreasoned(block: str) -> list[str]:
     """The lines of a trims block whose values have no reason: an array item needs a comment on its line or above
     it inside the array (a comment covers the items below it), a one-line array a comment on its line."""
-    bad, covered = [], False
+    bad, covered, above = [], False, False
     for line in block.splitlines():
         stripped = line.strip()
         one = _ONE_LINE.match(line)
-        if one:
+        flag = _FLAG.match(line)
+        if flag:  # arch-all = false: a comment on its line or right above it
+            bad += [] if flag.group(1) or above else [stripped]
+        elif one:
             bad += [] if one.group(2) else [stripped]
         elif re.match(r"^\s*(options|profiles)\s*=\s*\[\s*$", line):
             covered = False
@@ -120,6 +124,7 @@ def unreasoned(block: str) -> list[str]:
             covered = True
         elif (item := _ITEM.match(line)) and not (item.group(1) or covered):
             bad.append(stripped)
+        above = stripped.startswith("#")
     return bad
 
 
@@ -149,6 +154,7 @@ def test_the_fields_are_well_formed_and_reasoned(name: str) -> None:
 def test_a_value_without_a_reason_is_found() -> None:
     block = 'options = [\n  # why\n  "a",\n  "b",\n]\nprofiles = [\n  "c",  # why\n  "d",\n]\nprofiles = ["e"]\n'
     assert unreasoned(block) == ['"d",', 'profiles = ["e"]']
+    assert unreasoned("arch-all = false\n# why\narch-all = false\narch-all = false  # why\n") == ["arch-all = false"]
 
 
 # -- against the source at the recipe's commit ---------------------------------------------------------------------
@@ -184,12 +190,13 @@ def _profiles_ok(restrictions: object, profiles: tuple[str, ...]) -> bool:
     return any(all((t.profile in profiles) == t.enabled for t in group) for group in restrictions)  # type: ignore[attr-defined]
 
 
-def built_binaries(control: str, profiles: tuple[str, ...]) -> set[str]:
-    """The binary packages debian/control has built for amd64 under ``profiles`` (no cross build)."""
+def built_binaries(control: str, profiles: tuple[str, ...], *, arch_all: bool = True) -> set[str]:
+    """The binary packages debian/control has built for amd64 under ``profiles`` (no cross build); without the
+    Architecture: all ones when ``arch_all`` is false (``dpkg-buildpackage -B``)."""
     out = set()
     for para in list(deb822.Deb822.iter_paragraphs(control))[1:]:
         arches = set(para.get("Architecture", "").split())
-        if not arches & {ARCH, "any", "all", "linux-any", f"any-{ARCH}"}:
+        if not arches & {ARCH, "any", "linux-any", f"any-{ARCH}", *(["all"] if arch_all else [])}:
             continue
         field = para.get("Build-Profiles", "")
         restrictions = deb822.PkgRelation.parse_relations(f"x {field}")[0][0]["restrictions"] if field else None
@@ -231,7 +238,7 @@ def test_every_needed_binary_is_still_built(name: str) -> None:
     repo = _repo(recipe)
     control = _git(repo, "show", f"{recipe.source.commit}:debian/control")
     want = needed(name, recipes)
-    missing = want - built_binaries(control, recipe.profiles)
+    missing = want - built_binaries(control, recipe.profiles, arch_all=recipe.arch_all)
     assert not missing, f"{name}: the profiles {recipe.profiles} drop {sorted(missing)}, which are needed"
     patterns = ("-e", "DEB_BUILD", "-e", "findstring", "-e", "filter")
     rules = _git(
@@ -250,12 +257,16 @@ print-lists:
 """
 
 
-def rules_lists(name: str, options: tuple[str, ...], profiles: tuple[str, ...], tmp: Path) -> set[str]:
+def rules_lists(
+    name: str, options: tuple[str, ...], profiles: tuple[str, ...], tmp: Path, *, arch_all: bool = True
+) -> set[str]:
     """The package lists debian/rules computes under these options and profiles (``make`` evaluates the variables;
-    nothing is configured or built)."""
+    nothing is configured or built); without the Architecture: all lists when ``arch_all`` is false."""
     recipe = _base()[name]
     repo = _repo(recipe)
     rules, variables, _ = RULES_LISTS[name]
+    if not arch_all:
+        variables = tuple(v for v in variables if "indep" not in v.lower())
     for tool in ("make", "dpkg-architecture", "dpkg-parsechangelog", "lsb_release"):
         require(tool)
     if not (tmp / "debian").is_dir():
@@ -290,7 +301,7 @@ def test_the_rules_still_build_every_needed_binary(name: str, tmp_path: Path) ->
     want = needed(name, _base())
     unmapped = {b for b in want if names and b not in names}
     assert not unmapped, f"add the name debian/rules uses for {sorted(unmapped)} to RULES_LISTS"
-    trimmed = rules_lists(name, recipe.options, recipe.profiles, tmp_path)
+    trimmed = rules_lists(name, recipe.options, recipe.profiles, tmp_path, arch_all=recipe.arch_all)
     default = rules_lists(name, (), (), tmp_path)
     missing = sorted(b for b in want if names.get(b, b) not in trimmed)
     assert not missing, f"{name}: under {recipe.options} {recipe.profiles} debian/rules no longer builds {missing}"
