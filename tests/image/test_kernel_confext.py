@@ -197,7 +197,9 @@ def test_kernel_merges_only_our_signed_confext(confext_image: ConfextImage, name
     assert fields["confext-unit"] == "active/success", fields
     if name == "ours":  # merged, through a dm-verity device the kernel checked the signature of (besides the root)
         assert fields["confext-merged"] == "ours" and fields["verity-signed"] == "2", fields
-        assert "Using extensions 'ours'." in serial and not refused_by_kernel, serial[-4000:]
+        # (not systemd-confext's own "Using extensions 'ours'." line: it reaches the console only through journald,
+        # which a starved guest may still be starting then; /etc/extension-release.d is what the report reads)
+        assert not refused_by_kernel, serial[-4000:]
     else:
         assert fields["confext-merged"] == "none" and fields["verity-signed"] == "1", fields
     if name == "foreign":  # the kernel itself refused the signature (the image's own root was accepted)
