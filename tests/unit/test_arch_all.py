@@ -16,6 +16,7 @@ from farm.build import binnmu
 from farm.errors import E, ErrorGroup, RecipeError
 from farm.identity import build_key
 from farm.recipes import Recipe, parse
+from tests.unit.test_binnmu import _doc
 from tests.unit.test_buildd import KEY, RECIPE
 from tests.unit.test_reimport_trims import OLD, _reimport
 
@@ -24,16 +25,6 @@ pytestmark = pytest.mark.unit
 
 def key(recipe: Recipe) -> str:
     return build_key(recipe.content(), "c" * 40, "7" * 40, "e" * 64, {})
-
-
-def _doc(build: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": "probe",
-        "version": "1.0",
-        "outputs": ["*.deb"],
-        "source": {"dsc": "probe=1.0", "commit": "c" * 40},
-        "build": {"kind": "debian", "environment": "bookworm-amd64"} | build,
-    }
 
 
 def test_a_recipe_without_the_field_keeps_its_golden_key_and_builds_every_package() -> None:
