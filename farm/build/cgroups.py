@@ -113,10 +113,6 @@ class Cgroup:
     controllers: tuple[str, ...] = field(default=())
 
     @property
-    def procs_files(self) -> list[Path]:
-        return [d / "cgroup.procs" for d in self.dirs]
-
-    @property
     def join_files(self) -> list[Path]:
         """The files a starting step writes to join the cgroup (:data:`farm.build.sandbox.LIMITS_SHELL`). In v1,
         ``tasks``, where the shell writes ``0`` (itself, single-threaded): the kernel then moves one thread without

@@ -95,7 +95,6 @@ class FirstPass:
     resume: hashlib._Hash
     single: bool = False  # the whole file fits in one part, kept[0] (or is empty)
     claimed: bool = False  # digest and size are the caller's, still to be checked against the rest of the file
-    kept_hashed: bool = True  # ``resume`` is the state after the kept parts (else before them: hash them first)
 
 
 def first_pass(fh: io.BufferedIOBase, part_size: int, keep: int) -> FirstPass:
@@ -127,14 +126,12 @@ def first_pass(fh: io.BufferedIOBase, part_size: int, keep: int) -> FirstPass:
 
 def claimed_pass(fh: io.BufferedIOBase, part_size: int, digest: str, size: int) -> FirstPass:
     """The start of a file whose digest and size the caller gives: only its first part is read (a file of one part
-    is then hashed whole; a larger one is hashed part by part as the upload sends it, each part just after it is
-    handed to the upload, and checked at the end)."""
+    is then hashed whole; a larger one is hashed part by part as the upload sends the rest, and checked at the end)."""
     h = hashlib.sha256()
-    part = read_part(fh, part_size, None)
+    part = read_part(fh, part_size, h)
     if len(part) < part_size:
-        h.update(part)
         return FirstPass(digest=h.hexdigest(), size=len(part), kept=[part] if part else [], resume=h, single=True)
-    return FirstPass(digest=digest, size=size, kept=[part], resume=h, claimed=True, kept_hashed=False)
+    return FirstPass(digest=digest, size=size, kept=[part], resume=h, claimed=True)
 
 
 def mismatch(what: str, url: str, named: tuple[str, int], read: tuple[str, int]) -> StoreError:
@@ -198,9 +195,6 @@ def put_large(store: Bucket, fh: io.BufferedIOBase, first: FirstPass, what: str)
 
 def _check_rest(fh: io.BufferedIOBase, first: FirstPass, what: str, url: str) -> None:
     h = first.resume.copy()
-    if not first.kept_hashed:
-        for p in first.kept:
-            h.update(p)
     size = sum(len(p) for p in first.kept)
     fh.seek(size)
     with memoryview(bytearray(CHUNK)) as buf:
@@ -239,14 +233,11 @@ def _upload_parts(
                 number += 1
                 pending.add(pool.submit(_upload_part, store, key, upload_id, number, part))
 
-            # Each part is handed to the upload as soon as it is read and hashed just after, while it is sent: the
-            # hash (sequential) is never what the parts in flight wait for, and what is sent is what is hashed.
             while kept:
-                part = kept.pop(0)
-                submit(part)  # the pool holds each part only until it is uploaded
-                if not first.kept_hashed:
-                    h.update(part)
+                submit(kept.pop(0))  # the pool holds each part only until it is uploaded
             fh.seek(kept_size)
+            # Each further part is handed to the upload as soon as it is read and hashed just after, while it is
+            # sent: the (sequential) hash is not what the parts in flight wait for, and what is sent is what is hashed.
             while part := read_part(fh, part_size, None):
                 submit(part)
                 h.update(part)
