@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _overhead_parts as parts
-from bench._common import add_redis_fsync, parser, progress, require_tools, workdir
+from bench._common import add_redis_fsync, machine_state, parser, progress, require_tools, workdir
 from bench._fleet import (
     POLL_CLIENT,
     BenchFleet,
@@ -333,12 +333,7 @@ def render(report: Report) -> str:
 
 def machine() -> dict[str, Any]:
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=False)
-    return {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "redis": redis_version.stdout.split()[2] if redis_version.returncode == 0 else None,
-        "loadavg_before": os.getloadavg(),
-    }
+    return machine_state() | {"redis": redis_version.stdout.split()[2] if redis_version.returncode == 0 else None}
 
 
 def main(argv: list[str] | None = None) -> int:

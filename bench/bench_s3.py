@@ -33,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench._common import machine_state, progress, workdir
 from bench._common import parser as bench_parser
-from bench._common import progress, workdir
 from farm.store.base import Artifact
 from farm.store.s3 import S3Store
 from tests.lib.moto import FAKE_CREDENTIALS, REGION, MotoServer, s3_client
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         os.environ.pop(name, None)
 
+    machine = machine_state()
     with workdir("farm-bench-s3-", args.keep) as tmp:
         src = tmp / "payload.bin"
         writer_hash = hashlib.sha256()  # what a packer computes while it writes its output
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
 
-    report = summarize(results, args.size_mib)
+    report = summarize(results, args.size_mib) | {"machine": machine}
     if args.json:
         print(json.dumps(report, indent=1))
     else:

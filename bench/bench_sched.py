@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._common import add_redis_fsync, parser, percentile, progress, require_tools, workdir
+from bench._common import add_redis_fsync, machine_state, parser, percentile, progress, require_tools, workdir
 from bench._fleet import BenchFleet, BuildTimes, make_repo, write_recipe
 from bench._overhead_parts import summarize_profiles
 from bench._sched_model import ORACLE, OURS, Dag, make_dag, schedulers, simulate
@@ -339,11 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(SeedReport(seed, dag, args.slots, {}))
         for name, choose in schedulers(dag, aging, args.slots).items():
             reports[-1].simulated[name] = simulate(dag, args.slots, choose)
-    machine: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "loadavg_before": os.getloadavg(),
-    }
+    machine: dict[str, Any] = machine_state()
     total_bound = sum(r.lower_bound for r in reports)
     progress(f"{args.seeds} DAG(s) of {args.builds} builds, lower bounds {total_bound:.0f}s in all; simulated")
     if not args.simulate_only:
