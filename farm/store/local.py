@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -42,6 +42,17 @@ def _fsync_dir(path: Path) -> None:
 def _mark(path: Path) -> None:
     """Create the empty marker ``path`` unless it exists (an existing one is left as it is, its times too)."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _in_its_directory(path: Path, make: Callable[[Path], None]) -> None:
+    """``make(path)`` (which creates ``path``), making ``path``'s directory first if that is what it lacked. The
+    directory is made only when missing: after the first few builds a fan-out directory is there, and a mkdir
+    that fails with EEXIST costs as much as one that succeeds."""
+    try:
+        make(path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make(path)
 
 
 class LocalStore(Store):
@@ -68,15 +79,9 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
 
     def _publish(self, tmp: Path, final: Path) -> bool:
-        """Link ``tmp`` to ``final`` unless it exists. True if this call published it. (The directory is made when
-        the link finds none: after the first few builds a fan-out directory is there, and a mkdir that fails with
-        EEXIST costs as much as one that succeeds.)"""
+        """Link ``tmp`` to ``final`` unless it exists. True if this call published it."""
         try:
-            try:
-                os.link(tmp, final)
-            except FileNotFoundError:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.link(tmp, final)
+            _in_its_directory(final, lambda path: os.link(tmp, path))
         except FileExistsError:
             return False
         _fsync_dir(final.parent)
@@ -186,11 +191,7 @@ class LocalStore(Store):
         stored = record if published else self.get_record(record.build_key) or record
         for kind, value in (("recipe", stored.recipe), ("commit", stored.commit)):
             marker = self.root / "index" / kind / value / record.build_key
-            try:
-                _mark(marker)
-            except FileNotFoundError:
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                _mark(marker)
+            _in_its_directory(marker, _mark)
         return published
 
     def get_record(self, build_key: str) -> BuildRecord | None:
