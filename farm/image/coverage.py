@@ -26,6 +26,7 @@ from typing import Any
 from farm.archive.closure import UNAVAILABLE_FILE
 from farm.archive.versions import ArchiveVersions
 from farm.errors import E, FarmError
+from farm.image.inputs import debian_recipe_digests
 from farm.image.packages import FARM, Package
 from farm.store import Store
 
@@ -199,9 +200,16 @@ def _why(  # noqa: PLR0917 (one decision over the package and what is known of i
     return "no-recipe", f"no recipe for source {source} in {recipes_dir}"
 
 
-def built_recipes(store: Store, recipes: Mapping[str, str]) -> set[str]:
-    """The recipes the store has a build of at their pinned commit."""
-    return {r for r, commit in recipes.items() if any(b.commit == commit for b in store.records_for_recipe(r))}
+def built_recipes(store: Store, recipes: Mapping[str, str], digests: Mapping[str, str] | None = None) -> set[str]:
+    """The recipes the store has a build of at their pinned commit; with ``digests`` (name -> recipe digest), of
+    the recipe as written (not a stage-1 variant, other trims or another set's recipe of the name)."""
+    digests = digests or {}
+
+    def built(name: str, commit: str) -> bool:
+        want = digests.get(name)
+        return any(b.commit == commit and want in (None, b.recipe_digest) for b in store.records_for_recipe(name))
+
+    return {r for r, commit in recipes.items() if built(r, commit)}
 
 
 def measure(
@@ -212,8 +220,9 @@ def measure(
     store: Store,
     lists_dir: Path | None = None,
 ) -> Coverage:
-    """:func:`of`, with the built recipes looked up in ``store``."""
-    built = built_recipes(store, recipes)
+    """:func:`of`, with the built recipes (as written in ``recipes_dir``) looked up in ``store``."""
+    digests = debian_recipe_digests(recipes_dir) if recipes_dir.is_dir() else {}
+    built = built_recipes(store, recipes, digests)
     return of(packages, recipes=recipes, built=built, recipes_dir=recipes_dir, lists_dir=lists_dir)
 
 

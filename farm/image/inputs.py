@@ -36,7 +36,7 @@ from farm.image.closure import archive_debs, deb_fields, fetch_pinned
 from farm.image.lock import ImageLock, LockedPackage
 from farm.image.packages import ARCHIVE, FARM, Inputs, Package
 from farm.log import step
-from farm.recipes.load import recipe_files
+from farm.recipes.load import load_file, recipe_files
 from farm.sources.apt import APT_LISTS
 from farm.store import BuildRecord, Store
 from farm.tomlfile import load_toml
@@ -62,13 +62,27 @@ def debian_recipes(recipes_dir: Path) -> dict[str, str]:
     return found
 
 
+def debian_recipe_digests(recipes_dir: Path) -> dict[str, str]:
+    """name -> digest of every Debian recipe of the directory tree, as written (what a build's record and signed
+    provenance name as its recipe digest)."""
+    found = {}
+    for path in recipe_files(recipes_dir):
+        data = load_toml(path, E.RECIPE_SYNTAX, what="recipe", hint="fix the TOML")
+        if data.get("build", {}).get("kind") == "debian" and data.get("source", {}).get("commit"):
+            found[str(data["name"])] = load_file(path).digest
+    return found
+
+
 def is_image_deb(name: str) -> bool:
     """Debug symbols never go into the image; the rest of a recipe's .debs are candidates."""
     return name.endswith(".deb") and "-dbgsym_" not in name
 
 
-def latest_record(store: Store, recipe: str, commit: str) -> BuildRecord | None:
-    records = [r for r in store.records_for_recipe(recipe) if r.commit == commit]
+def latest_record(store: Store, recipe: str, commit: str, digest: str | None = None) -> BuildRecord | None:
+    """The newest build of ``recipe`` at ``commit``; with ``digest``, of the recipe as written only. A store holds
+    builds of one recipe and commit under other definitions too: a ``rebuild --stage 1`` variant (against the farm's
+    bootstrap dependencies), other trims, another set's recipe of the same name. None of those is this recipe's."""
+    records = [r for r in store.records_for_recipe(recipe) if r.commit == commit and digest in (None, r.recipe_digest)]
     return max(records, key=lambda r: (r.finished, r.build_key)) if records else None
 
 
@@ -79,11 +93,13 @@ def _statement(envelope_path: Path) -> dict[str, Any]:
 
 
 def farm_debs(store: Store, recipes_dir: Path, trusted: Sequence[PublicKey], dest: Path) -> dict[str, Package]:
-    """package name -> verified farm-built .deb, for the Debian recipes that have a build at their commit."""
+    """package name -> verified farm-built .deb, for the Debian recipes that have a build at their commit, of the
+    recipe as written (its recipe digest)."""
     dest.mkdir(parents=True, exist_ok=True)
     found: dict[str, Package] = {}
+    digests = debian_recipe_digests(recipes_dir)
     for recipe, commit in debian_recipes(recipes_dir).items():
-        record = latest_record(store, recipe, commit)
+        record = latest_record(store, recipe, commit, digests[recipe])
         if record is None:
             log.info("recipe %s has no build at %s: its packages come from the archive", recipe, commit[:12])
             continue
@@ -99,11 +115,14 @@ def farm_debs(store: Store, recipes_dir: Path, trusted: Sequence[PublicKey], des
             envelope_path = dest / (artifact.name + ENVELOPE_SUFFIX)
             envelope_path.write_bytes(envelope)
             verified = verify_file(path, trusted)
-            if (verified.recipe, verified.commit) != (recipe, commit):
+            statement = _statement(envelope_path)
+            signed = statement["predicate"]["buildDefinition"]["internalParameters"].get("recipeDigest")
+            if (verified.recipe, verified.commit, signed) != (recipe, commit, digests[recipe]):
                 raise TrustError(
                     E.ARTIFACT_REFUSED,
-                    f"{artifact.name} is signed as {verified.recipe} at {verified.commit[:12]}, but the store's "
-                    f"index lists it for {recipe} at {commit[:12]}",
+                    f"{artifact.name} is signed as {verified.recipe} at {verified.commit[:12]} (recipe digest "
+                    f"{str(signed)[:12]}), but the store's index lists it for {recipe} at {commit[:12]} (recipe "
+                    f"digest {digests[recipe][:12]})",
                     file=path,
                     hint="the store's index was tampered with; investigate before building an image",
                 )
@@ -120,7 +139,7 @@ def farm_debs(store: Store, recipes_dir: Path, trusted: Sequence[PublicKey], des
                 build_key=record.build_key,
                 builder=verified.builder,
                 keyid=verified.keyid,
-                statement=_statement(envelope_path),
+                statement=statement,
             )
     return found
 
@@ -345,6 +364,7 @@ __all__ = [
     "Package",
     "archive_debs",
     "deb_fields",
+    "debian_recipe_digests",
     "debian_recipes",
     "farm_debs",
     "fetch_pinned",

@@ -150,14 +150,14 @@ def test_sysext_is_reproducible_and_systemd_dissect_recognises_it(release: Relea
     assert info["useSystemExtension"] is True and "ID=_any" in info["extensionRelease"], info
 
 
-def _deb(root: Path, name: str) -> Path:
+def _deb(root: Path, name: str, content: str = "#!/bin/sh\n") -> Path:
     pkg = root / name
     (pkg / "DEBIAN").mkdir(parents=True)
     (pkg / "DEBIAN/control").write_text(
         f"Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\nMaintainer: t <t@x>\nDescription: test\n"
     )
     (pkg / "usr/bin").mkdir(parents=True)
-    (pkg / "usr/bin" / name).write_text("#!/bin/sh\n")
+    (pkg / "usr/bin" / name).write_text(content)
     out = root / f"{name}_1.0-1_amd64.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(pkg), str(out)], check=True,
                    capture_output=True, env={"SOURCE_DATE_EPOCH": "1700000000", "PATH": "/usr/bin:/bin"})  # fmt: skip
@@ -165,12 +165,14 @@ def _deb(root: Path, name: str) -> Path:
     return out
 
 
-def _sign(deb: Path, key: BuilderKey, build_key: str = "k" * 64) -> None:
+def _sign(
+    deb: Path, key: BuilderKey, build_key: str = "k" * 64, *, commit: str = "c" * 40, recipe_digest: str = "r" * 64
+) -> None:
     digest = hashlib.sha256(deb.read_bytes()).hexdigest()
     stmt = statement(
-        subjects=[(deb.name, digest)], recipe={"name": "demo"}, recipe_digest="r" * 64, source_url="dsc:demo=1.0-1",
-        commit="c" * 40, tree="t" * 40, environment="e" * 64, dependencies=[], builder_id="test", build_key=build_key,
-        started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
+        subjects=[(deb.name, digest)], recipe={"name": "demo"}, recipe_digest=recipe_digest,
+        source_url="dsc:demo=1.0-1", commit=commit, tree="t" * 40, environment="e" * 64, dependencies=[],
+        builder_id="test", build_key=build_key, started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
     )  # fmt: skip
     (deb.parent / f"{deb.name}.intoto.json").write_text(json.dumps(sign(stmt, key)))
 
@@ -242,31 +244,91 @@ def test_trace_follows_a_file_to_its_commit_and_refuses_a_mismatched_manifest(tm
     assert exc.value.code == "E-VERIFY-UNTRUSTED-KEY"
 
 
+DEMO_RECIPE = """name = "demo"
+version = "1.0-1"
+outputs = ["*.deb"]
+[source]
+dsc = "demo=1.0-1"
+commit = "{commit}"
+[build]
+kind = "debian"
+environment = "bookworm-amd64"
+"""
+
+
+class DemoStore:
+    """A store of signed builds of one .deb of recipe ``demo``, which recipes/demo.toml pins at commit d*40."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from farm.recipes.load import load_file
+        from farm.store import open_store
+
+        require("dpkg-deb")
+        self.tmp = tmp_path
+        self.key = generate(tmp_path / "keys")
+        self.store = open_store(f"file://{tmp_path / 'store'}")
+        self.commit = "d" * 40
+        self.recipes = tmp_path / "recipes"
+        self.recipes.mkdir()
+        (self.recipes / "demo.toml").write_text(DEMO_RECIPE.format(commit=self.commit))
+        self.digest = load_file(self.recipes / "demo.toml").digest
+
+    def build(self, build_key: str, *, finished: str, recipe_digest: str, signed_commit: str = "", signed: str = "",
+              content: str = "#!/bin/sh\n") -> str:  # fmt: skip
+        """Store a build of demo at the pinned commit whose index entry names ``recipe_digest``; its provenance
+        names ``signed_commit`` and ``signed`` (a recipe digest) when given, else the same. Returns the .deb's
+        sha256."""
+        from farm.store import BuildRecord
+
+        deb = _deb(self.tmp / build_key[:8], "demo", content)
+        _sign(deb, self.key, build_key, commit=signed_commit or self.commit, recipe_digest=signed or recipe_digest)
+        artifact = self.store.put_file(deb)
+        envelope = self.store.put_bytes((deb.parent / f"{deb.name}.intoto.json").read_bytes())
+        record = BuildRecord(
+            build_key=build_key, recipe="demo", version="1.0-1", recipe_digest=recipe_digest,
+            source_url="dsc:demo=1.0-1", commit=self.commit, tree="t" * 40, environment="e" * 64,
+            artifacts=(artifact,), provenance=envelope, log=self.store.put_bytes(b"log"), builder="test",
+            started="2023-11-14T22:13:20Z", finished=finished,
+        )  # fmt: skip
+        assert self.store.put_record(record)
+        return artifact.digest
+
+    def farm_debs(self) -> dict[str, inputs.Package]:
+        return inputs.farm_debs(self.store, self.recipes, [self.key.public], self.tmp / "work")
+
+
 def test_farm_debs_refuse_a_record_the_index_lists_under_another_commit(tmp_path: Path) -> None:
     """A trusted build of other inputs, indexed as if it were this recipe's pinned commit, is not admitted."""
-    from farm.store import BuildRecord, open_store
-
-    require("dpkg-deb")
-    key = generate(tmp_path / "keys")
-    deb = _deb(tmp_path, "demo")
-    _sign(deb, key, build_key="b" * 64)  # provenance about commit c*40
-    store = open_store(f"file://{tmp_path / 'store'}")
-    artifact = store.put_file(deb)
-    envelope = store.put_bytes((deb.parent / f"{deb.name}.intoto.json").read_bytes())
-    log = store.put_bytes(b"log")
-
-    def record(commit: str) -> BuildRecord:
-        return BuildRecord(
-            build_key="b" * 64, recipe="demo", version="1.0-1", recipe_digest="r" * 64, source_url="dsc:demo=1.0-1",
-            commit=commit, tree="t" * 40, environment="e" * 64, artifacts=(artifact,), provenance=envelope, log=log,
-            builder="test", started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
-        )  # fmt: skip
-
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    pinned = "d" * 40
-    (recipes / "demo.toml").write_text(f'name = "demo"\n[source]\ncommit = "{pinned}"\n[build]\nkind = "debian"\n')
-    assert store.put_record(record(pinned))  # the index says: demo at the pinned commit
+    demo = DemoStore(tmp_path)
+    demo.build("b" * 64, finished="2023-11-14T22:13:21Z", recipe_digest=demo.digest, signed_commit="c" * 40)
     with pytest.raises(FarmError) as exc:
-        inputs.farm_debs(store, recipes, [key.public], tmp_path / "work")
+        demo.farm_debs()
     assert exc.value.code == "E-ARTIFACT-REFUSED" and "index" in exc.value.message
+
+
+def test_farm_debs_take_the_build_of_the_recipe_as_written(tmp_path: Path) -> None:
+    """A newer build of the same recipe and commit under another definition (a ``rebuild --stage 1`` variant,
+    other trims) is not this recipe's: the image takes the build whose recipe digest is the recipe's, and the
+    coverage counts only that one. An index entry that claims the recipe's digest for a build signed under
+    another is refused."""
+    from farm.image import coverage
+
+    demo = DemoStore(tmp_path)
+    ours = demo.build("a" * 64, finished="2023-11-14T22:13:21Z", recipe_digest=demo.digest)
+    demo.build("f" * 64, finished="2023-11-15T00:00:00Z", recipe_digest="v" * 64, content="#!/bin/sh\n# stage 1\n")
+    got = demo.farm_debs()
+    assert got["demo"].sha256 == ours and got["demo"].build_key == "a" * 64
+    assert coverage.built_recipes(demo.store, {"demo": demo.commit}, {"demo": demo.digest}) == {"demo"}
+    assert coverage.built_recipes(demo.store, {"demo": demo.commit}, {"demo": "0" * 64}) == set()
+
+    # only the variant: no build of the recipe as written, so its packages come from the archive
+    variant = DemoStore(tmp_path / "variant")
+    variant.build("f" * 64, finished="2023-11-15T00:00:00Z", recipe_digest="v" * 64)
+    assert variant.farm_debs() == {}
+
+    # the index says "the recipe as written", the signed provenance says another recipe
+    lying = DemoStore(tmp_path / "lying")
+    lying.build("e" * 64, finished="2023-11-15T00:00:00Z", recipe_digest=lying.digest, signed="v" * 64)
+    with pytest.raises(FarmError) as exc:
+        lying.farm_debs()
+    assert exc.value.code == "E-ARTIFACT-REFUSED" and "recipe digest" in exc.value.message
