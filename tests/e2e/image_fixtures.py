@@ -1,8 +1,16 @@
 """One MANGOS image per test session, built through the CLI as a user would (shared by the image and boot tests).
 
-A fresh farm home: builder key, the pinned bookworm environment, the farm's own ``hello`` .deb built from source,
-release keys, then ``image build``. ``tests/e2e/conftest.py`` registers the fixture once for the whole directory
-(importing it into each test module would build the image once per module).
+A fresh farm home: builder key, the pinned bookworm environment, release keys, and the farm's own builds of issue
+#12's CI slice (:mod:`tests.lib.slice`: hello, zlib with a bootstrap edge to file, and file, in ``slice/``), then
+``image build`` of the slice. ``recipes/`` holds hello alone, as before: it is the default ``--recipes`` of the
+tests' own ``image build`` calls, and hello's build is the same for both directories (one record).
+
+The slice's zlib (bookworm's 1:1.2.13.dfsg-1: this mirror does not serve bookworm-security's source) is older than
+the archive's, so the image takes the archive's zlib1g with that reason (``--allow-archive-fallback``), and no
+package of the image needs file's: its package set (so its digest, its version and the stored package tree) is the
+hello-only image's; only zlib1g's reason in the manifest, SBOM and lock, and the lock's list of recipes, are new.
+``tests/e2e/conftest.py`` registers the fixture once for the whole directory (importing it into each test module
+would build the image once per module).
 """
 
 from __future__ import annotations
@@ -12,14 +20,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require
 from tests.e2e.conftest import REPO, Farm
+from tests.lib.slice import SLICE_DIR, write_slice
 
 SOURCE_DATE_EPOCH = "1700000000"
-FARM_RECIPES = ("hello",)  # farm-built; everything else of the image comes pinned from the archive
+FARM_RECIPES = ("hello",)  # recipes/: the default --recipes of image build
+# The image is the slice's: zlib is older than the archive's zlib1g, which goes in instead with that reason.
+IMAGE_ARGS = ("--recipes", SLICE_DIR, "--allow-archive-fallback")
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,14 @@ class BuiltImage:
     release: Path  # verity.{key,crt}, db.{key,crt}
     version: str
     root_hash: str
-    commits: dict[str, str]  # recipe -> source commit
+    commits: dict[str, str]  # recipe of the slice -> source commit
+    build_keys: dict[str, str]  # recipe of the slice -> its stage-0 build key
+    bootstrap_edge: tuple[str, str, str]  # the slice's one: (zlib, file, the archive version of file)
+    coverage: dict[str, Any]  # image build's, of the image it made
+
+    @property
+    def slice(self) -> Path:
+        return self.farm.root / SLICE_DIR
 
     @property
     def verity_cert(self) -> Path:
@@ -51,7 +70,7 @@ class BuiltImage:
 
 def build_image(farm: Farm, out: Path) -> dict[str, object]:
     env = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
-    result: dict[str, object] = farm.json("image", "build", "-o", str(out), env=env)
+    result: dict[str, object] = farm.json("image", "build", "-o", str(out), *IMAGE_ARGS, env=env)
     return result
 
 
@@ -63,6 +82,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     (root / "recipes").mkdir()
     for name in FARM_RECIPES:
         shutil.copy(REPO / "recipes" / "debian" / f"{name}.toml", root / "recipes" / f"{name}.toml")
+    edge = write_slice(root / SLICE_DIR)
     shutil.copytree(REPO / "patches", root / "patches")  # the recipes name patches/NAME/... (found in a parent)
     shutil.copytree(REPO / "envs", root / "envs")
     home = root / "home"
@@ -71,12 +91,14 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     farm = Farm(root, home, env)
     farm.run("keys", "generate")
     farm.run("env", "build", "bookworm-amd64")
-    built = farm.json("rebuild", "recipes")
+    built = farm.json("rebuild", SLICE_DIR)
     assert built["ok"], built
     farm.run("keys", "generate", "--release")
-    plan = {b["recipe"]: b["commit"] for b in farm.json("plan", "recipes")["builds"]}
+    plan = {b["recipe"]: b for b in farm.json("plan", SLICE_DIR)["builds"]}
+    assert {b["recipe"]: b["decision"] for b in farm.json("plan", "recipes")["builds"]} == {"hello": "cached"}
     result = build_image(farm, root / "out")
-    raw = Path(str(result["raw"]))
+    raw, coverage = Path(str(result["raw"])), result["coverage"]
+    assert isinstance(coverage, dict), result
     return BuiltImage(
         farm=farm,
         out=root / "out",
@@ -88,7 +110,10 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
         release=home / "release",
         version=str(result["version"]),
         root_hash=str(result["root_hash"]),
-        commits=plan,
+        commits={name: b["commit"] for name, b in plan.items()},
+        build_keys={name: b["build_key"] for name, b in plan.items()},
+        bootstrap_edge=edge,
+        coverage=coverage,
     )
 
 
