@@ -55,6 +55,23 @@ def _in_its_directory(path: Path, make: Callable[[Path], None]) -> None:
         make(path)
 
 
+def _digest_of(src: IO[bytes]) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    while chunk := src.read(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _claim_refused(expect: str, digest: str) -> StoreError:
+    return StoreError(
+        E.STORE_CORRUPT,
+        f"a file to be stored as blob {expect} hashes to {digest}",
+        hint="nothing was stored; give the store the digest of exactly the file's bytes",
+    )
+
+
 class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -100,19 +117,22 @@ class LocalStore(Store):
             os.chmod(tmp, 0o444)
             digest = h.hexdigest()
             if expect is not None and digest != expect:
-                raise StoreError(
-                    E.STORE_CORRUPT,
-                    f"a file to be stored as blob {expect} hashes to {digest}",
-                    hint="nothing was stored; give the store the digest of exactly the file's bytes",
-                )
+                raise _claim_refused(expect, digest)
             self._publish(tmp, self._blob_path(digest))
         return digest, size
 
     def put_file(self, path: Path, *, sha256: str | None = None) -> Artifact:
+        """A blob already stored under the digest the caller gives is not written again (no copy, no fsync: a
+        reproducible rebuild makes the same outputs), but the file is still read to check that it is that blob."""
         if sha256 is not None:
             check_digest(sha256)
         with path.open("rb") as src:
-            digest, size = self._put_stream(src, sha256)
+            if sha256 is not None and self.has_blob(sha256):
+                digest, size = _digest_of(src)
+                if digest != sha256:
+                    raise _claim_refused(sha256, digest)
+            else:
+                digest, size = self._put_stream(src, sha256)
         return Artifact(name=path.name, digest=digest, size=size, executable=os.access(path, os.X_OK))
 
     def put_bytes(self, data: bytes) -> str:

@@ -110,6 +110,39 @@ def test_a_given_digest_of_a_stored_blob_sends_nothing_but_is_still_checked(
     assert objects(s3_store, "blobs/") == [f"blobs/sha256/{sha256(data)[:2]}/{sha256(data)}"]
 
 
+def test_a_given_digest_of_a_blob_in_a_local_store_writes_nothing_but_is_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reproducible rebuild hands the local store outputs it has: no staging copy and no fsync for those, and
+    a file whose bytes are not the claimed blob is refused all the same."""
+    import os
+
+    from farm.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    data = payload(3 * MiB + 5, seed=9)
+    path = tmp_path / "out.bin"
+    path.write_bytes(data)
+    store.put_file(path, sha256=sha256(data))
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    again = store.put_file(path, sha256=sha256(data))
+    assert (again.name, again.digest, again.size) == ("out.bin", sha256(data), len(data))
+    assert fsyncs == [] and list((tmp_path / "store" / "tmp").iterdir()) == []
+    other = tmp_path / "other.bin"
+    other.write_bytes(data[:-1] + b"\0")
+    with pytest.raises(FarmError) as info:
+        store.put_file(other, sha256=sha256(data))
+    assert info.value.code == E.STORE_CORRUPT and fsyncs == []
+    assert store.get_bytes(sha256(data)) == data
+
+
 @pytest.mark.parametrize("failure", ["changes", "raises"])
 def test_a_one_pass_upload_that_fails_leaves_nothing_behind(s3_store: S3Store, failure: str) -> None:
     data = payload(30 * MiB, seed=9)
