@@ -26,6 +26,7 @@ from farm.archive.versions import ArchiveVersions, parse_packages
 from farm.errors import FarmError
 from farm.image import admission, inputs, lock
 from tests.lib.debarchive import tiny_deb
+from tests.lib.minirecipe import write_debian_recipe
 
 CLI = str(Path(sys.executable).parent / "mangos-farm")
 SHA = "a" * 64
@@ -183,12 +184,12 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[s
     return proc
 
 
-def _statement(deb: Path, recipe: str, commit: str, build_key: str) -> dict[str, Any]:
+def _statement(deb: Path, recipe: str, commit: str, build_key: str, recipe_digest: str = "0" * 64) -> dict[str, Any]:
     from farm.trust.provenance import statement
 
     digest = hashlib.sha256(deb.read_bytes()).hexdigest()
     return statement(
-        subjects=[(deb.name, digest)], recipe={"name": recipe}, recipe_digest="0" * 64,
+        subjects=[(deb.name, digest)], recipe={"name": recipe}, recipe_digest=recipe_digest,
         source_url=f"dsc:{recipe}", commit=commit, tree="0" * 40, environment="0" * 64, dependencies=[],
         builder_id="test-admission", build_key=build_key, started="2023-11-14T22:13:20Z",
         finished="2023-11-14T22:13:21Z",
@@ -219,17 +220,16 @@ def _record_build(home: Path, recipes: Path, name: str, version: str, commit: st
     work.mkdir(parents=True, exist_ok=True)
     deb = tiny_deb(work, name, version)
     build_key = hashlib.sha256(f"{name}@{commit}".encode()).hexdigest()
-    envelope = sign(_statement(deb, name, commit, build_key), load_builder(home / "keys"))
+    recipe_digest = write_debian_recipe(recipes, name, commit, version)
+    envelope = sign(_statement(deb, name, commit, build_key, recipe_digest), load_builder(home / "keys"))
     artifact = store.put_file(deb)
     record = BuildRecord(
-        build_key=build_key, recipe=name, version=version, recipe_digest="0" * 64, source_url=f"dsc:{name}={version}",
-        commit=commit, tree="0" * 40, environment="0" * 64, artifacts=(artifact,),
+        build_key=build_key, recipe=name, version=version, recipe_digest=recipe_digest,
+        source_url=f"dsc:{name}={version}", commit=commit, tree="0" * 40, environment="0" * 64, artifacts=(artifact,),
         provenance=store.put_bytes(json.dumps(envelope).encode()), log=store.put_bytes(b"log\n"),
         builder="test-admission", started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
     )  # fmt: skip
     assert store.put_record(record)
-    recipes.mkdir(parents=True, exist_ok=True)
-    (recipes / f"{name}.toml").write_text(f'name = "{name}"\n[source]\ncommit = "{commit}"\n[build]\nkind = "debian"\n')
 
 
 @pytest.fixture(scope="module")

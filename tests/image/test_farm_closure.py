@@ -23,6 +23,7 @@ from farm.image.packages import ARCHIVE, FARM, Package
 from farm.trust.keys import BuilderKey
 from tests.conftest import require
 from tests.lib.debarchive import tiny_deb
+from tests.lib.minirecipe import write_debian_recipe
 
 RECIPE = "mangos-pair"
 COMMIT = "d" * 40
@@ -89,25 +90,22 @@ def test_gather_takes_the_dependency_from_the_farm_into_the_sbom_and_the_lock(
     from farm.trust.provenance import sign, statement
 
     store = open_store(str(tmp_path / "store"))
+    recipes = tmp_path / "recipes"
+    recipe_digest = write_debian_recipe(recipes, RECIPE, COMMIT, "2.0-1")
     artifacts = tuple(store.put_file(deb) for deb in pair)
     build_key = "e" * 64
     subjects = [(deb.name, hashlib.sha256(deb.read_bytes()).hexdigest()) for deb in pair]
     envelope = sign(statement(
-        subjects=subjects, recipe={"name": RECIPE}, recipe_digest="0" * 64, source_url=f"dsc:{RECIPE}",
+        subjects=subjects, recipe={"name": RECIPE}, recipe_digest=recipe_digest, source_url=f"dsc:{RECIPE}",
         commit=COMMIT, tree="0" * 40, environment="0" * 64, dependencies=[], builder_id="test-farm-closure",
         build_key=build_key, started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
     ), builder_key)  # fmt: skip
     assert store.put_record(BuildRecord(
-        build_key=build_key, recipe=RECIPE, version="2.0-1", recipe_digest="0" * 64, source_url=f"dsc:{RECIPE}",
+        build_key=build_key, recipe=RECIPE, version="2.0-1", recipe_digest=recipe_digest, source_url=f"dsc:{RECIPE}",
         commit=COMMIT, tree="0" * 40, environment="0" * 64, artifacts=artifacts,
         provenance=store.put_bytes(json.dumps(envelope).encode()), log=store.put_bytes(b"log\n"),
         builder="test-farm-closure", started="2023-11-14T22:13:20Z", finished="2023-11-14T22:13:21Z",
     ))  # fmt: skip
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    (recipes / f"{RECIPE}.toml").write_text(
-        f'name = "{RECIPE}"\n[source]\ncommit = "{COMMIT}"\n[build]\nkind = "debian"\n'
-    )
 
     got = inputs.gather(
         store=store, recipes_dir=recipes, trusted=[builder_key.public], work=tmp_path / "work", payload=(),

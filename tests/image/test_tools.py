@@ -19,6 +19,7 @@ from farm.trust.provenance import sign, statement
 from farm.trust.release_keys import ReleaseKeys, load_cert, load_key
 from farm.trust.release_keys import generate as generate_release
 from tests.conftest import require
+from tests.lib.minirecipe import write_debian_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -244,23 +245,10 @@ def test_trace_follows_a_file_to_its_commit_and_refuses_a_mismatched_manifest(tm
     assert exc.value.code == "E-VERIFY-UNTRUSTED-KEY"
 
 
-DEMO_RECIPE = """name = "demo"
-version = "1.0-1"
-outputs = ["*.deb"]
-[source]
-dsc = "demo=1.0-1"
-commit = "{commit}"
-[build]
-kind = "debian"
-environment = "bookworm-amd64"
-"""
-
-
 class DemoStore:
     """A store of signed builds of one .deb of recipe ``demo``, which recipes/demo.toml pins at commit d*40."""
 
     def __init__(self, tmp_path: Path) -> None:
-        from farm.recipes.load import load_file
         from farm.store import open_store
 
         require("dpkg-deb")
@@ -269,9 +257,7 @@ class DemoStore:
         self.store = open_store(f"file://{tmp_path / 'store'}")
         self.commit = "d" * 40
         self.recipes = tmp_path / "recipes"
-        self.recipes.mkdir()
-        (self.recipes / "demo.toml").write_text(DEMO_RECIPE.format(commit=self.commit))
-        self.digest = load_file(self.recipes / "demo.toml").digest
+        self.digest = write_debian_recipe(self.recipes, "demo", self.commit)
 
     def build(self, build_key: str, *, finished: str, recipe_digest: str, signed_commit: str = "", signed: str = "",
               content: str = "#!/bin/sh\n") -> str:  # fmt: skip
